@@ -89,7 +89,7 @@ def test_messages_assistant_first_and_empty_turns(tiny_tokenizer):
     chat = [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "king"},
             {"role": "assistant", "content": ""}]
     (enc,) = encode_batch({"messages": [chat]}, tiny_tokenizer, task="causal_lm")
-    assert labelled(tiny_tokenizer, enc) == "hello"
+    assert labelled(tiny_tokenizer, enc) == "hello <|im_end|>"
 
 
 def test_ner_first_subtoken_ints_and_strings(tiny_tokenizer, bert_tokenizer):
