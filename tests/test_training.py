@@ -1,0 +1,251 @@
+"""finetune / evaluate_loss / adapter helpers on the tiny random models."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from peft import get_peft_model
+
+from tests import tiny
+from tov_datasets import training
+from tov_datasets.formats import collate, encode_batch
+
+TEXTS = [
+    "the king of france is a math proof",
+    "music film game song album",
+    "a prime number theorem in algebra and geometry",
+    "the river in the city of london",
+    "hello world",
+    "the player of the team was in the court",
+    "a cell gene protein",
+    "star planet energy law",
+    "the company market was not yes no",
+]
+
+
+@pytest.fixture
+def text_ds():
+    return Dataset.from_dict({"text": TEXTS})
+
+
+@pytest.fixture
+def ner_ds():
+    words = [t.split() for t in TEXTS]
+    tags = [[tiny.NER_LABELS[(i + j) % len(tiny.NER_LABELS)] for j in range(len(w))]
+            for i, w in enumerate(words)]
+    return Dataset.from_dict({"tokens": words, "ner_tags": tags})
+
+
+def _weights(model, adapter):
+    return [p.detach().clone() for p in training.adapter_parameters(model, adapter)]
+
+
+def _reference_loss(model, ds, tok, task):
+    """Token-mean log-loss with one plain forward per row and an explicit log-softmax."""
+    label2id = model.config.label2id if task == "token_classification" else None
+    rows = encode_batch(ds[:], tok, task=task, label2id=label2id)
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for row in rows:
+            logits = model(input_ids=torch.tensor([row.input_ids])).logits[0].double()
+            labels = torch.tensor(row.labels)
+            if task == "causal_lm":
+                logits, labels = logits[:-1], labels[1:]
+            keep = labels != -100
+            logp = F.log_softmax(logits[keep], -1).gather(1, labels[keep, None])
+            total -= logp.sum().item()
+            count += int(keep.sum())
+    return total / count
+
+
+def test_evaluate_loss_matches_plain_forwards(tiny_tokenizer, tiny_causal_lm, text_ds):
+    model = tiny_causal_lm
+    got = training.evaluate_loss(model, text_ds, tokenizer=tiny_tokenizer, batch_size=4)
+    ref = _reference_loss(model, text_ds, tiny_tokenizer, "causal_lm")
+    assert got == pytest.approx(ref, rel=1e-5)
+    got_val = training.evaluate_loss(model, text_ds, tokenizer=tiny_tokenizer, adapter="val")
+    assert model.active_adapter == "base"
+    model.set_adapter("val")
+    assert got_val == pytest.approx(_reference_loss(model, text_ds, tiny_tokenizer, "causal_lm"))
+    assert got_val != pytest.approx(got)
+
+
+def test_evaluate_loss_token_classification(tiny_tokenizer, tiny_token_classifier, ner_ds):
+    model = tiny_token_classifier.train()
+    got = training.evaluate_loss(model, ner_ds, tokenizer=tiny_tokenizer, batch_size=3)
+    assert model.training  # mode restored
+    ref = _reference_loss(model, ner_ds, tiny_tokenizer, "token_classification")
+    assert got == pytest.approx(ref, rel=1e-5)
+
+
+def test_evaluate_loss_plain_model(tiny_tokenizer, text_ds):
+    model = tiny.causal_lm(tiny_tokenizer)
+    got = training.evaluate_loss(model, text_ds, tokenizer=tiny_tokenizer)
+    assert got == pytest.approx(_reference_loss(model, text_ds, tiny_tokenizer, "causal_lm"))
+
+
+@pytest.mark.parametrize("kind", ["causal_lm", "token_classification"])
+def test_finetune_lowers_training_loss(tiny_tokenizer, text_ds, ner_ds, kind):
+    if kind == "causal_lm":
+        base, ds = tiny.causal_lm(tiny_tokenizer), text_ds
+    else:
+        base, ds = tiny.token_classifier(tiny_tokenizer), ner_ds
+    model = get_peft_model(base, training.default_lora_config(kind, 8, model=base))
+    before = training.evaluate_loss(model, ds, tokenizer=tiny_tokenizer)
+    out = training.finetune(model, ds, tokenizer=tiny_tokenizer, epochs=8, lr=1e-2, batch_size=4)
+    after = training.evaluate_loss(model, ds, tokenizer=tiny_tokenizer)
+    assert after < before - 0.2
+    assert out["steps"] == 8 * 3 and len(out["losses"]) == out["steps"]
+
+
+def test_finetune_trains_only_its_adapter_and_restores_state(tiny_tokenizer, tiny_causal_lm,
+                                                              text_ds):
+    model = tiny_causal_lm
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    base0, val0 = _weights(model, "base"), _weights(model, "val")
+    rng_state = torch.get_rng_state()
+    training.finetune(model, text_ds, tokenizer=tiny_tokenizer, adapter="val", lr=1e-2)
+    assert all(torch.equal(a, b) for a, b in zip(base0, _weights(model, "base"), strict=True))
+    assert not any(torch.equal(a, b) for a, b in zip(val0, _weights(model, "val"), strict=True))
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert model.active_adapter == "base" and not model.training
+    assert torch.equal(torch.get_rng_state(), rng_state)  # dropout RNG was forked
+
+
+def test_dropout_is_on_during_training(tiny_tokenizer, text_ds):
+    base = tiny.causal_lm(tiny_tokenizer)
+    model = get_peft_model(base, training.default_lora_config("causal_lm", 4, model=base))
+    dropouts = [m for n, m in model.named_modules() if n.endswith("lora_dropout.default")]
+    assert dropouts and dropouts[0].p == training.LORA_DROPOUT
+    seen = []
+    dropouts[0].register_forward_pre_hook(lambda mod, args: seen.append(mod.training))
+    training.finetune(model, text_ds, tokenizer=tiny_tokenizer, lr=1e-3)
+    assert seen and all(seen)
+    seen.clear()
+    training.evaluate_loss(model, text_ds, tokenizer=tiny_tokenizer)
+    assert seen and not any(seen)
+
+
+def test_finetune_is_deterministic_from_seed(tiny_tokenizer, text_ds):
+    def run(seed):
+        base = tiny.causal_lm(tiny_tokenizer)
+        torch.manual_seed(0)
+        model = get_peft_model(base, training.default_lora_config("causal_lm", 4, model=base))
+        training.finetune(model, text_ds, tokenizer=tiny_tokenizer, lr=1e-2, seed=seed,
+                          batch_size=2)
+        return _weights(model, "default")
+
+    a, b, c = run(0), run(0), run(1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_lr_schedules_and_persistent_optimizer(tiny_tokenizer, tiny_causal_lm, text_ds):
+    model = tiny_causal_lm
+    out = training.finetune(model, text_ds, tokenizer=tiny_tokenizer, lr=0.1, epochs=2,
+                            batch_size=3)
+    assert out["lrs"] == pytest.approx([0.1 * (6 - t) / 6 for t in range(6)])
+    params = training.adapter_parameters(model, "base")
+    opt = torch.optim.AdamW(params, lr=1.0)
+    out = training.finetune(model, text_ds, tokenizer=tiny_tokenizer, lr=0.05, batch_size=3,
+                            schedule="constant", optimizer=opt)
+    assert out["lrs"] == [0.05] * 3
+    assert int(opt.state[params[0]]["step"]) == 3
+    training.finetune(model, text_ds, tokenizer=tiny_tokenizer, lr=0.05, batch_size=3,
+                      optimizer=opt)
+    assert int(opt.state[params[0]]["step"]) == 6  # state carries on
+    wrong = torch.optim.AdamW(training.adapter_parameters(model, "val"), lr=1.0)
+    with pytest.raises(ValueError, match="outside the trained adapter"):
+        training.finetune(model, text_ds, tokenizer=tiny_tokenizer, optimizer=wrong)
+
+
+def test_full_batch_step_is_one_sgd_step_on_the_mean_loss(tiny_tokenizer, tiny_causal_lm,
+                                                          text_ds):
+    """grad_accumulation >= #micro-batches: one step with the token-mean gradient of all."""
+    model = tiny_causal_lm  # lora_dropout 0: the gradient is deterministic
+    tok = tiny_tokenizer
+    params = training.adapter_parameters(model, "base")
+    before = _weights(model, "base")
+    rows = encode_batch(text_ds[:], tok, task="causal_lm")
+    batch = collate(rows, training.pad_token_id(tok))
+    model.train()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                           batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
+    grads = torch.autograd.grad(loss, params)
+    model.eval()
+    opt = torch.optim.SGD(params, lr=0.5)
+    out = training.finetune(model, text_ds, tokenizer=tok, lr=0.5, batch_size=2,
+                            grad_accumulation=100, optimizer=opt, schedule="constant")
+    assert out["steps"] == 1 and out["lrs"] == [0.5]
+    for p, p0, g in zip(params, before, grads, strict=True):
+        torch.testing.assert_close(p.detach(), p0 - 0.5 * g, rtol=1e-5, atol=1e-6)
+
+
+def test_copy_adapter(tiny_tokenizer, tiny_causal_lm, tiny_token_classifier):
+    for model in (tiny_causal_lm, tiny_token_classifier):
+        val_params = training.adapter_parameters(model, "val")
+        training.copy_adapter(model, "base", "val")
+        after = training.adapter_parameters(model, "val")
+        assert [id(p) for p in after] == [id(p) for p in val_params]
+        for a, b in zip(training.adapter_parameters(model, "base"), after, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_copy_adapter_copies_the_classifier_head(tiny_tokenizer):
+    base = tiny.token_classifier(tiny_tokenizer)
+    cfg = training.default_lora_config("token_classification", model=base)
+    model = get_peft_model(base, cfg, adapter_name="one")
+    model.add_adapter("two", cfg)
+    with torch.no_grad():
+        for p in training.adapter_parameters(model, "one"):
+            p.add_(1.0)
+    training.copy_adapter(model, "one", "two")
+    head = [n for n, _ in model.named_parameters() if "modules_to_save.two." in n]
+    assert head  # the classification head belongs to the adapter
+    assert all(torch.equal(x, y) for x, y in zip(_weights(model, "one"), _weights(model, "two"),
+                                                 strict=True))
+
+
+def test_default_lora_config():
+    tok = tiny.tokenizer()
+    cfg = training.default_lora_config("causal_lm", model=tiny.causal_lm(tok))
+    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout) == (256, 32, 0.2)
+    assert set(cfg.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                       "up_proj", "down_proj"}
+    cfg = training.default_lora_config("token_classification", model=tiny.token_classifier(tok))
+    assert cfg.r == 1 and set(cfg.target_modules) == {"query", "key", "value", "dense"}
+    assert training.default_lora_config("causal_lm", 8).target_modules == "all-linear"
+    assert set(training.default_lora_config("causal_lm", target_modules=["q_proj"])
+               .target_modules) == {"q_proj"}
+    with pytest.raises(ValueError, match="task"):
+        training.default_lora_config("seq2seq")
+
+
+def test_micro_batches_cover_all_rows_and_are_seeded():
+    lengths = np.random.default_rng(0).integers(1, 100, 103)
+    a = training.micro_batches(lengths, 8, seed=3)
+    assert sorted(np.concatenate(a).tolist()) == list(range(103))
+    assert all(len(b) <= 8 for b in a)
+    assert [b.tolist() for b in a] == [b.tolist() for b in training.micro_batches(lengths, 8, 3)]
+    assert [b.tolist() for b in a] != [b.tolist() for b in training.micro_batches(lengths, 8, 4)]
+    s = np.concatenate(training.micro_batches(lengths, 8))
+    assert np.all(np.diff(lengths[s]) >= 0)
+
+
+def test_errors(tiny_tokenizer, tiny_causal_lm, text_ds):
+    plain = tiny.causal_lm(tiny_tokenizer)
+    with pytest.raises(ValueError, match="get_peft_model"):
+        training.finetune(plain, text_ds, tokenizer=tiny_tokenizer)
+    with pytest.raises(ValueError, match="empty"):
+        training.finetune(tiny_causal_lm, text_ds.select([]), tokenizer=tiny_tokenizer)
+    with pytest.raises(ValueError, match="schedule"):
+        training.finetune(tiny_causal_lm, text_ds, tokenizer=tiny_tokenizer, schedule="cosine")
+    with pytest.raises(ValueError, match="no adapter"):
+        training.evaluate_loss(tiny_causal_lm, text_ds, tokenizer=tiny_tokenizer, adapter="x")
+    with pytest.raises(ValueError, match="no scored tokens"):
+        training.evaluate_loss(tiny_causal_lm, text_ds.select([]), tokenizer=tiny_tokenizer)

@@ -1,0 +1,304 @@
+"""Atomic writes and the run manifest: everything tov writes to disk goes through here.
+
+A file or directory is written under a temporary name in its destination directory, flushed
+with fsync and moved into place with ``os.replace``, so a reader never sees a partial file.
+A :class:`Manifest` (JSON, itself written atomically) records the run's arguments and the
+finished steps with the sha256 of each file they wrote; a step counts as finished only while
+its files still match their checksums, so a rerun redoes exactly the missing or damaged steps.
+
+Tensors are stored only as safetensors (adapters through peft's ``save_pretrained``); nothing
+here unpickles user files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = [
+    "Manifest",
+    "ManifestMismatchError",
+    "atomic_write",
+    "atomic_write_dir",
+    "canonical_hash",
+    "directory_bytes",
+    "load_adapter",
+    "load_tensors",
+    "read_parquet",
+    "save_adapter",
+    "save_tensors",
+    "sha256_file",
+    "write_parquet",
+]
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "tov-manifest/1"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_TMP_MARK = ".tmp-"
+
+
+class ManifestMismatchError(ValueError):
+    """An output directory holds a run made with different arguments."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _tmp_name(path: Path) -> str:
+    return f".{path.name}{_TMP_MARK}"
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Create the file ``path`` with ``write(tmp_path)``, atomically (temp name, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_name(path), dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        _fsync_file(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_dir(path: str | os.PathLike[str], build: Callable[[Path], Path | None]) -> Path:
+    """Create the directory ``path`` with ``build(tmp_dir)``, atomically.
+
+    ``build`` fills ``tmp_dir`` or returns a directory inside it to use instead. An existing
+    ``path`` is removed first (directories cannot be replaced in one rename); the manifest,
+    not the directory's presence, says whether a step finished.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_name(path), dir=path.parent))
+    try:
+        built = build(tmp) or tmp
+        for f in built.rglob("*"):
+            if f.is_file():
+                _fsync_file(f)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(built, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_dir(path.parent)
+    return path
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def canonical_hash(value: Any) -> str:
+    """sha256 of the canonical JSON of ``value`` (sorted keys; non-JSON values via ``str``)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def directory_bytes(path: str | os.PathLike[str]) -> int:
+    """Total size of the regular files under ``path``."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def write_parquet(path: str | os.PathLike[str], table: pa.Table) -> Path:
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def read_parquet(path: str | os.PathLike[str]) -> pa.Table:
+    return pq.read_table(path)
+
+
+def save_tensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Save tensors as safetensors (contiguous CPU copies), atomically."""
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=dict(metadata or {})))
+
+
+def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    return load_file(str(path)), metadata
+
+
+def save_adapter(model: Any, adapter: str, path: str | os.PathLike[str]) -> Path:
+    """Save one adapter of a peft model to the directory ``path`` (safetensors + config).
+
+    The result loads with ``PeftModel.from_pretrained(base_model, path)``.
+    """
+
+    def build(tmp: Path) -> Path:
+        model.save_pretrained(tmp, selected_adapters=[adapter], safe_serialization=True)
+        return tmp / adapter if adapter != "default" else tmp
+
+    return atomic_write_dir(path, build)
+
+
+def load_adapter(model: Any, adapter: str, path: str | os.PathLike[str]) -> None:
+    """Load weights saved by :func:`save_adapter` into the existing adapter ``adapter``."""
+    from peft import set_peft_model_state_dict
+
+    state = load_file(str(Path(path) / ADAPTER_WEIGHTS))
+    result = set_peft_model_state_dict(model, state, adapter_name=adapter)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"{path} does not fit adapter {adapter!r}: unexpected {unexpected[:5]}")
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    import fcntl
+
+    with open(directory / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"{directory} is in use by another tov run; wait for it or pass another "
+                "output_dir"
+            ) from None
+        yield
+
+
+def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [
+        f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+        for k in keys
+        if canonical_hash(old.get(k)) != canonical_hash(new.get(k))
+    ]
+
+
+class Manifest:
+    """The record of a run in ``directory``: its arguments and its finished steps.
+
+    Opening a directory that holds a manifest with other arguments raises
+    :class:`ManifestMismatchError`. Use as a context manager: it holds an exclusive lock on
+    the directory and removes temporary files left by killed runs.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], args: Mapping[str, Any]):
+        self.directory = Path(directory)
+        self.args = json.loads(json.dumps(dict(args), sort_keys=True, default=str))
+        self.args_hash = canonical_hash(self.args)
+        self.steps: dict[str, dict[str, Any]] = {}
+        self._lock: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> Manifest:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stack = contextlib.ExitStack()
+        stack.enter_context(_locked(self.directory))
+        self._lock = stack
+        try:
+            self._open()
+        except BaseException:
+            stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            self._lock.close()
+
+    def _open(self) -> None:
+        for stale in self.directory.rglob(f".*{_TMP_MARK}*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+        path = self.directory / MANIFEST_NAME
+        if not path.exists():
+            self._save()
+            return
+        stored = json.loads(path.read_text())
+        if stored.get("format") != MANIFEST_FORMAT:
+            raise ManifestMismatchError(
+                f"{path} is not a {MANIFEST_FORMAT} manifest; pass another output_dir"
+            )
+        if stored["args_hash"] != self.args_hash:
+            changes = "; ".join(_diff(stored["args"], self.args))
+            raise ManifestMismatchError(
+                f"{self.directory} holds a run made with different arguments ({changes}); "
+                "rerun with the same arguments to resume, or pass a new output_dir"
+            )
+        self.steps = stored["steps"]
+
+    def _save(self) -> None:
+        content = {
+            "format": MANIFEST_FORMAT,
+            "args_hash": self.args_hash,
+            "args": self.args,
+            "steps": self.steps,
+        }
+        text = json.dumps(content, indent=1, sort_keys=True) + "\n"
+        atomic_write(self.directory / MANIFEST_NAME, lambda tmp: tmp.write_text(text))
+
+    def path(self, relative: str) -> Path:
+        return self.directory / relative
+
+    def verify(self, step: str) -> bool:
+        """Whether ``step`` is recorded and each of its files still has its checksum."""
+        record = self.steps.get(step)
+        if record is None:
+            return False
+        for relative, digest in record["files"].items():
+            path = self.path(relative)
+            if not path.is_file() or sha256_file(path) != digest:
+                return False
+        return True
+
+    def record(self, step: str, paths: list[Path], **info: Any) -> None:
+        """Mark ``step`` finished with the files (or all files under directories) it wrote."""
+        files = {}
+        for p in paths:
+            for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
+                if f.is_file():
+                    files[f.relative_to(self.directory).as_posix()] = sha256_file(f)
+        self.steps[step] = {"files": files, "info": info}
+        self._save()
+
+    def info(self, step: str) -> dict[str, Any]:
+        return self.steps[step]["info"]
+
+    def forget(self, predicate: Callable[[str], bool]) -> None:
+        """Drop the steps whose names match ``predicate`` (their files stay until rewritten)."""
+        kept = {k: v for k, v in self.steps.items() if not predicate(k)}
+        if len(kept) != len(self.steps):
+            self.steps = kept
+            self._save()
