@@ -1,0 +1,293 @@
+"""report.md and PNG plots of a ToV selection, for people (used by ``tov select`` and ``tov demo``).
+
+The report holds tables of counts, score statistics per length bin, the composition of each
+selection against the pool (by a group column), the agreement of the per-epoch scores
+(Spearman) and the time per stage, plus three plots. Plots use matplotlib's Agg canvas
+directly (no pyplot state); every file is written atomically through ``storage.atomic_write``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tov_datasets.storage import atomic_write
+
+__all__ = [
+    "PLOTS",
+    "REPORT_NAME",
+    "ReportData",
+    "bin_rows",
+    "composition_rows",
+    "length_bins",
+    "markdown_table",
+    "spearman_matrix",
+    "write_report",
+]
+
+REPORT_NAME = "report.md"
+PLOTS = {
+    "bins": "score_by_length_bin.png",
+    "composition": "composition.png",
+    "agreement": "epoch_agreement.png",
+}
+MAX_GROUPS = 15  # groups shown in the composition table and plot; the rest are pooled
+OTHER_GROUPS = "(other)"
+_DPI = 110
+
+
+@dataclass
+class ReportData:
+    """What a report shows; arrays have one entry per pool row (N,).
+
+    scores: the (epoch-averaged) ToV score; lengths: scored tokens per row;
+    epoch_scores: {column name: per-epoch scores}; selections: {name: selected row indices},
+    the first one is the ToV selection; groups: a label per row for the composition
+    (``group_column`` names it); counts: free-form {label: value} summary rows;
+    timings: {stage: seconds}; sections: extra markdown sections {heading: body} shown after
+    the summary.
+    """
+
+    title: str
+    scores: np.ndarray
+    lengths: np.ndarray
+    selections: Mapping[str, np.ndarray]
+    epoch_scores: Mapping[str, np.ndarray] = field(default_factory=dict)
+    num_bins: int = 10
+    groups: np.ndarray | None = None
+    group_column: str | None = None
+    counts: Mapping[str, Any] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
+    sections: Mapping[str, str] = field(default_factory=dict)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table; floats get 4 significant digits."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, (float, np.floating)):
+            return "nan" if math.isnan(value) else f"{value:.4g}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def length_bins(lengths: np.ndarray, num_bins: int) -> np.ndarray:
+    """Bin id per row as ``select`` cuts them (equal-count bins of rows with length > 0,
+    ordered by (length, row index)); -1 for rows without tokens."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    eligible = np.flatnonzero(lengths > 0)
+    order = eligible[np.argsort(lengths[eligible], kind="stable")]
+    bin_start = np.arange(num_bins + 1, dtype=np.int64) * order.size // num_bins
+    bins = np.full(lengths.size, -1, dtype=np.int64)
+    bins[order] = np.searchsorted(bin_start, np.arange(order.size), side="right") - 1
+    return bins
+
+
+def bin_rows(data: ReportData) -> list[list[Any]]:
+    """Per length bin: token range, rows, score mean/std/min/median/max, rows per selection."""
+    bins = length_bins(data.lengths, data.num_bins)
+    masks = {name: _mask(idx, bins.size) for name, idx in data.selections.items()}
+    rows = []
+    for b in range(data.num_bins):
+        in_bin = bins == b
+        if not in_bin.any():
+            continue
+        s = data.scores[in_bin].astype(np.float64)
+        lengths = data.lengths[in_bin]
+        rows.append([
+            b, f"{lengths.min()}-{lengths.max()}", int(in_bin.sum()), s.mean(), s.std(),
+            s.min(), float(np.median(s)), s.max(),
+            *(int((mask & in_bin).sum()) for mask in masks.values()),
+        ])
+    return rows
+
+
+def _mask(indices: np.ndarray, size: int) -> np.ndarray:
+    mask = np.zeros(size, dtype=bool)
+    mask[np.asarray(indices, dtype=np.int64)] = True
+    return mask
+
+
+def _top_groups(groups: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Group labels as strings with all but the MAX_GROUPS largest pooled, and their order
+    (largest first)."""
+    labels = np.asarray([str(g) for g in groups], dtype=object)
+    names, counts = np.unique(labels, return_counts=True)
+    order = [str(names[i]) for i in np.lexsort((names, -counts))]
+    if len(order) > MAX_GROUPS:
+        keep = set(order[: MAX_GROUPS - 1])
+        labels = np.where(np.isin(labels, list(keep)), labels, OTHER_GROUPS)
+        order = order[: MAX_GROUPS - 1] + [OTHER_GROUPS]
+    return labels, order
+
+
+def composition_rows(data: ReportData) -> list[list[Any]]:
+    """Per group: pool count and share, then count and share of each selection."""
+    labels, order = _top_groups(data.groups)
+    selected = {name: labels[np.asarray(idx, dtype=np.int64)] for name, idx in
+                data.selections.items()}
+    rows = []
+    for group in order:
+        pool = int((labels == group).sum())
+        row: list[Any] = [group, pool, f"{pool / labels.size:.1%}"]
+        for chosen in selected.values():
+            count = int((chosen == group).sum())
+            row += [count, f"{count / max(chosen.size, 1):.1%}"]
+        rows.append(row)
+    return rows
+
+
+def spearman_matrix(columns: Mapping[str, np.ndarray], lengths: np.ndarray) -> np.ndarray:
+    """Spearman rank correlations between score columns over the rows with tokens."""
+    import pandas as pd
+
+    eligible = np.asarray(lengths) > 0
+    frame = pd.DataFrame({name: np.asarray(v)[eligible] for name, v in columns.items()})
+    return frame.corr(method="spearman").to_numpy()
+
+
+def _agreement_columns(data: ReportData) -> dict[str, np.ndarray]:
+    return {**data.epoch_scores, "mean": data.scores}
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: Path) -> Path:
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI))
+
+
+def plot_bins(data: ReportData, path: Path) -> Path:
+    """Box plot of the scores in each length bin, with the rows of the ToV selection on top."""
+    bins = length_bins(data.lengths, data.num_bins)
+    used = [b for b in range(data.num_bins) if (bins == b).any()]
+    fig = _figure(max(6.0, 0.7 * len(used) + 2), 4.2)
+    ax = fig.add_subplot()
+    ax.boxplot([data.scores[bins == b] for b in used], positions=range(len(used)),
+               showfliers=False)
+    name, idx = next(iter(data.selections.items()))
+    idx = np.asarray(idx, dtype=np.int64)
+    idx = idx[bins[idx] >= 0]
+    position = {b: i for i, b in enumerate(used)}
+    xs = np.array([position[b] for b in bins[idx]], dtype=float)
+    jitter = np.random.default_rng(0).uniform(-0.18, 0.18, xs.size)
+    ax.scatter(xs + jitter, data.scores[idx], s=8, alpha=0.6, color="tab:red",
+               label=f"selected ({name})")
+    labels = [f"{data.lengths[bins == b].min()}-{data.lengths[bins == b].max()}" for b in used]
+    ax.set_xticks(range(len(used)), labels, rotation=30)
+    ax.set_xlabel("length bin (scored tokens)")
+    ax.set_ylabel("ToV score")
+    ax.set_title("Score distribution per length bin")
+    ax.legend(loc="best", fontsize="small")
+    return _save(fig, path)
+
+
+def plot_composition(data: ReportData, path: Path) -> Path:
+    """Horizontal bars: share of each group in the pool and in each selection."""
+    labels, order = _top_groups(data.groups)
+    series = {"pool": labels}
+    series.update({name: labels[np.asarray(idx, dtype=np.int64)] for name, idx in
+                   data.selections.items()})
+    fig = _figure(7.0, 1.2 + 0.35 * len(order) * max(1, len(series) / 2))
+    ax = fig.add_subplot()
+    height = 0.8 / len(series)
+    y = np.arange(len(order))
+    for k, (name, values) in enumerate(series.items()):
+        shares = [(values == g).sum() / max(values.size, 1) for g in order]
+        ax.barh(y + k * height, shares, height=height, label=name)
+    ax.set_yticks(y + height * (len(series) - 1) / 2, order)
+    ax.invert_yaxis()
+    ax.xaxis.set_major_formatter(_percent())
+    ax.set_xlabel("share of rows")
+    ax.set_title(f"Composition by {data.group_column or 'group'}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    return _save(fig, path)
+
+
+def _percent() -> Any:
+    from matplotlib.ticker import PercentFormatter
+
+    return PercentFormatter(xmax=1.0)
+
+
+def plot_agreement(data: ReportData, path: Path) -> Path:
+    """Heat map of the Spearman correlations between per-epoch scores and their mean."""
+    columns = _agreement_columns(data)
+    matrix = spearman_matrix(columns, data.lengths)
+    names = list(columns)
+    size = 2.5 + 0.7 * len(names)
+    fig = _figure(size + 1.0, size)
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
+    for (i, j), value in np.ndenumerate(matrix):
+        text = "nan" if np.isnan(value) else f"{value:.2f}"
+        color = "white" if abs(value) > 0.6 else "black"
+        ax.text(j, i, text, ha="center", va="center", fontsize="small", color=color)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_title("Per-epoch score agreement (Spearman)")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return _save(fig, path)
+
+
+def _markdown(data: ReportData, plots: Mapping[str, Path]) -> str:
+    parts = [f"# {data.title}", "## Summary",
+             markdown_table(["", "value"], [[k, v] for k, v in data.counts.items()])]
+    for heading, body in data.sections.items():
+        parts += [f"## {heading}", body]
+    names = list(data.selections)
+    if data.groups is not None:
+        headers = [data.group_column or "group", "pool", "pool share"]
+        for name in names:
+            headers += [name, f"{name} share"]
+        parts += [f"## Composition by `{data.group_column}`",
+                  markdown_table(headers, composition_rows(data))]
+    parts += [
+        "## Scores per length bin",
+        "Equal-count bins of the rows with scored tokens, as the selection cuts them; the last "
+        "columns count the rows each selection takes from the bin.",
+        markdown_table(["bin", "tokens", "rows", "mean", "std", "min", "median", "max", *names],
+                       bin_rows(data)),
+    ]
+    columns = _agreement_columns(data)
+    matrix = spearman_matrix(columns, data.lengths)
+    parts += ["## Agreement between epochs (Spearman)",
+              markdown_table(["", *columns], [[n, *row] for n, row in
+                                               zip(columns, matrix, strict=True)])]
+    if data.timings:
+        total = sum(data.timings.values())
+        rows = [[stage, seconds, f"{seconds / total:.0%}" if total else "-"]
+                for stage, seconds in data.timings.items()]
+        parts += ["## Time per stage (s)",
+                  markdown_table(["stage", "seconds", "share"], [*rows, ["total", total, ""]])]
+    parts += ["## Plots", *(f"![{key}]({p.name})" for key, p in plots.items())]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_report(out_dir: str | Path, data: ReportData) -> dict[str, Path]:
+    """Write report.md and the plots into ``out_dir``; returns {name: path} of each file.
+
+    The composition plot is drawn only when ``data.groups`` is given.
+    """
+    out_dir = Path(out_dir)
+    plots = {"bins": plot_bins(data, out_dir / PLOTS["bins"])}
+    if data.groups is not None:
+        plots["composition"] = plot_composition(data, out_dir / PLOTS["composition"])
+    plots["agreement"] = plot_agreement(data, out_dir / PLOTS["agreement"])
+    text = _markdown(data, plots)
+    report = atomic_write(out_dir / REPORT_NAME, lambda tmp: tmp.write_text(text))
+    return {"report": report, **plots}
