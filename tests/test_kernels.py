@@ -186,14 +186,18 @@ def test_torch_path_chunks_tokens_and_vocabulary(monkeypatch):
     assert rel_err(out, reference(hb @ weight.T, hv @ weight.T, labels)) <= 1e-5
 
 
-def test_empty_batch_and_all_masked():
-    lb = torch.randn(0, 4, 10)
-    assert paired_logprob_delta(lb, lb, torch.zeros(0, 4, dtype=torch.long)).shape == (0,)
-    lb = torch.randn(2, 3, 10)
-    labels = torch.full((2, 3), IGNORE)
-    for backend in BACKENDS:
-        out = paired_logprob_delta(lb, lb + 1, labels, backend=backend)
-        assert torch.equal(out, torch.zeros(2))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_and_all_masked(backend):
+    lb = torch.randn(0, 4, 10, device=DEVICE)
+    empty = torch.zeros(0, 4, dtype=torch.long, device=DEVICE)
+    assert paired_logprob_delta(lb, lb, empty, backend=backend).shape == (0,)
+    lb = torch.randn(2, 3, 10, device=DEVICE)
+    labels = torch.full((2, 3), IGNORE, device=DEVICE)
+    out = paired_logprob_delta(lb, lb + 1, labels, backend=backend)
+    assert torch.equal(out.cpu(), torch.zeros(2))
+    out = paired_linear_logprob_delta(lb, lb, torch.randn(7, 10, device=DEVICE), labels,
+                                      backend=backend)
+    assert torch.equal(out.cpu(), torch.zeros(2))
 
 
 class TestBadInput:
