@@ -1,0 +1,307 @@
+"""The ToV scorer: a callable for ``Dataset.map(batched=True)`` and Ray Data ``map_batches``.
+
+score(x) = mean over scored output tokens t of F(log p_val(y_t) - log p_base(y_t)), with both
+adapters run in ONE forward over 2B rows (peft mixed-adapter batches). For causal LMs the
+final hidden states go through `paired_linear_logprob_delta` with the output projection, so
+no (B, T, V) logits tensor is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+import xxhash
+from datasets.fingerprint import Hasher
+from datasets.utils._dill import pklregister
+from peft import PeftModel
+from transformers.models.auto import modeling_auto
+
+from tov_datasets.formats import IGNORE_INDEX, Encoded, collate, encode_batch
+from tov_kernels import paired_linear_logprob_delta, paired_logprob_delta
+
+SCORE = "tov_score"
+NUM_TOKENS = "tov_num_tokens"
+# Config attributes that change logits after the output projection: use the full-logits path.
+_LOGIT_POSTPROCESSING = ("logit_scale", "logits_scaling", "final_logit_softcapping")
+# First elements of each frozen base weight that enter the fingerprint (a cheap identity check).
+_BASE_SAMPLE = 64
+
+
+def _infer_task(model: torch.nn.Module) -> str:
+    name = type(model).__name__
+    if name in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() or name.endswith(
+        "ForCausalLM"
+    ):
+        return "causal_lm"
+    if name in modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES.values() or (
+        name.endswith("ForTokenClassification")
+    ):
+        return "token_classification"
+    raise ValueError(
+        f"cannot score a {name}: ToVScorer needs a causal LM (…ForCausalLM) or a token "
+        "classifier (…ForTokenClassification)"
+    )
+
+
+def _accepts(module: torch.nn.Module, arg: str) -> bool:
+    return arg in inspect.signature(module.forward).parameters
+
+
+def _tensor_bytes(t: torch.Tensor) -> np.ndarray:
+    return t.detach().reshape(-1).view(torch.uint8).cpu().numpy()
+
+
+def check_adapter_names(adapter_names: Sequence[str], rows: int) -> None:
+    """peft leaves its hooks registered (breaking every later forward) when ``adapter_names``
+    does not match the batch size: check it before calling the model."""
+    if len(adapter_names) != rows:
+        raise ValueError(
+            f"adapter_names has {len(adapter_names)} entries for a batch of {rows} rows"
+        )
+
+
+class ToVScorer:
+    """Adds ``tov_score`` (float32) and ``tov_num_tokens`` (int32) to a batch of samples.
+
+    model: a peft model holding both LoRA adapters, or a plain transformers model with
+    ``base_adapter``/``val_adapter`` given as directories saved by peft (loaded under the
+    names "base" and "val"; the model is wrapped in place). The task (causal LM or token
+    classification) is inferred from the model. transform: "identity", "abs" or "relu".
+    max_length: truncation length (default: the model's max_position_embeddings, if any).
+    batch_size: samples per micro-batch (the forward runs 2 * batch_size rows).
+    device: where to score (default: where the model is; the model is moved there).
+    column_map: {user_column: canonical_column}, see `tov_datasets.formats`.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        base_adapter: str | os.PathLike[str] = "base",
+        val_adapter: str | os.PathLike[str] = "val",
+        transform: str = "identity",
+        max_length: int | None = None,
+        batch_size: int = 16,
+        device: str | torch.device | None = None,
+        kernel_backend: str | None = None,
+        column_map: Mapping[str, str] | None = None,
+    ) -> None:
+        if not isinstance(model, PeftModel):
+            model, base_adapter, val_adapter = self._load_adapters(model, base_adapter,
+                                                                   val_adapter)
+        present = sorted(model.peft_config)
+        for adapter in (base_adapter, val_adapter):
+            if adapter not in model.peft_config:
+                raise ValueError(f"the model has no adapter {adapter!r}; it has {present}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.base_adapter, self.val_adapter = str(base_adapter), str(val_adapter)
+        self.transform = transform
+        self.batch_size = batch_size
+        self.kernel_backend = kernel_backend
+        self.column_map = dict(column_map) if column_map else None
+        inner = model.get_base_model()
+        self.task = _infer_task(inner)
+        self.max_length = max_length or getattr(inner.config, "max_position_embeddings", None)
+        self.label2id = None
+        if self.task == "token_classification":
+            self.label2id = dict(inner.config.label2id)
+        self._position_ids = _accepts(inner, "position_ids")
+        self._no_cache = _accepts(inner, "use_cache")
+        self._head = self._linear_head(inner)
+        if device is not None:
+            model.to(device)
+        self._tokenizer_digest = Hasher.hash(tokenizer)
+
+    # ---------------------------------------------------------------- construction helpers
+    @staticmethod
+    def _load_adapters(model: torch.nn.Module, base_dir: Any, val_dir: Any):
+        dirs = [base_dir, val_dir]
+        if not all(os.path.isdir(d) for d in dirs):
+            raise ValueError(
+                f"{type(model).__name__} is not a peft model; pass a PeftModel holding both "
+                f"adapters, or base_adapter/val_adapter as adapter directories (got {dirs})"
+            )
+        peft_model = PeftModel.from_pretrained(model, base_dir, adapter_name="base")
+        peft_model.load_adapter(val_dir, adapter_name="val")
+        return peft_model.eval(), "base", "val"
+
+    def _linear_head(self, inner: torch.nn.Module) -> torch.nn.Linear | None:
+        """The plain output projection for the hidden-state path, or None (full logits)."""
+        if self.task != "causal_lm" or not _accepts(inner, "logits_to_keep"):
+            return None
+        head = inner.get_output_embeddings()
+        config = inner.config
+        if type(head) is not torch.nn.Linear or any(
+            getattr(config, a, None) not in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING
+        ):
+            return None
+        return head
+
+    @property
+    def pad_token_id(self) -> int:
+        """The tokenizer's pad token, else its EOS, else 0 (the tokenizer is left as is)."""
+        for token_id in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if token_id is not None:
+                return int(token_id)
+        return 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---------------------------------------------------------------- fingerprint
+    def fingerprint(self) -> str:
+        """A hex digest of everything that determines the scores: the config, the tokenizer,
+        both adapters' weights and configs, and a sample of the frozen base weights.
+        Milliseconds, where pickling the model for `datasets` fingerprints takes seconds."""
+        h = xxhash.xxh64()
+        config = (
+            type(self).__qualname__, self.task, self.base_adapter, self.val_adapter,
+            self.transform, self.max_length, self.batch_size, self.kernel_backend,
+            sorted((self.column_map or {}).items()), sorted((self.label2id or {}).items()),
+            self._tokenizer_digest, self.pad_token_id, self.tokenizer.padding_side,
+        )
+        h.update(repr(config).encode())
+        adapters = (self.base_adapter, self.val_adapter)
+        for adapter in adapters:
+            h.update(repr(sorted(self.model.peft_config[adapter].to_dict().items())).encode())
+        for name, p in self.model.named_parameters():
+            parts = name.split(".")
+            if any(a in parts for a in adapters) and (
+                "modules_to_save" in parts or any(s.startswith("lora_") for s in parts)
+            ):
+                h.update(name.encode())
+                h.update(_tensor_bytes(p))
+            elif not any(s.startswith("lora_") or s == "modules_to_save" for s in parts):
+                h.update(name.encode())
+                h.update(_tensor_bytes(p.reshape(-1)[:_BASE_SAMPLE]))
+        return h.hexdigest()
+
+    # ---------------------------------------------------------------- scoring
+    def __call__(self, batch: Any, rank: int | None = None) -> Any:
+        """Score a batch: what ``Dataset.map(batched=True)`` passes (returns the two new
+        columns), a dict of numpy arrays or a pyarrow Table as Ray Data passes (returns the
+        same type with the two columns added). ``rank`` (``with_rank=True``) selects
+        cuda:rank when CUDA exists."""
+        if rank is not None and torch.cuda.is_available():
+            self.model.to(torch.device("cuda", rank % torch.cuda.device_count()))
+        if isinstance(batch, pa.Table):
+            columns = {name: batch.column(name) for name in batch.column_names}
+        else:
+            columns = batch
+        scores, counts = self.score_columns(columns)
+        if isinstance(batch, pa.Table):
+            for name, values in ((SCORE, scores), (NUM_TOKENS, counts)):
+                if name in batch.column_names:
+                    batch = batch.drop_columns([name])
+                batch = batch.append_column(name, pa.array(values))
+            return batch
+        new = {SCORE: scores, NUM_TOKENS: counts}
+        if type(batch) is dict and all(isinstance(v, np.ndarray) for v in batch.values()):
+            return {**batch, **new}
+        return new
+
+    def score_columns(self, columns: Mapping[str, Sequence]) -> tuple[np.ndarray, np.ndarray]:
+        """Scores float32 (N,) and scored-token counts int32 (N,) of a dict of columns."""
+        encoded = encode_batch(
+            columns, self.tokenizer, task=self.task, max_length=self.max_length,
+            column_map=self.column_map, label2id=self.label2id,
+        )
+        first = 1 if self.task == "causal_lm" else 0  # nothing predicts a causal LM's token 0
+        counts = np.array(
+            [sum(label != IGNORE_INDEX for label in e.labels[first:]) for e in encoded],
+            dtype=np.int32,
+        )
+        scores = np.zeros(len(encoded), dtype=np.float32)
+        rows = np.flatnonzero(counts)
+        rows = rows[np.argsort([len(encoded[i].input_ids) for i in rows], kind="stable")]
+        with self._scoring_mode():
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start:start + self.batch_size]
+                scores[chunk] = self._score_encoded([encoded[i] for i in chunk]).cpu().numpy()
+        return scores, counts
+
+    @contextlib.contextmanager
+    def _scoring_mode(self) -> Iterator[None]:
+        """Eval mode and inference mode; every module's mode and the active adapter are
+        restored afterwards."""
+        modes = [(m, m.training) for m in self.model.modules()]
+        active = self.model.active_adapter
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            for module, training in modes:
+                module.training = training
+            if self.model.active_adapter != active:
+                self.model.set_adapter(active)
+
+    def _score_encoded(self, samples: list[Encoded]) -> torch.Tensor:
+        """F-mean of the per-token deltas, float32 (B,), for B samples with scored tokens."""
+        side = self.tokenizer.padding_side if self._position_ids else "right"
+        batch = {k: v.to(self.device) for k, v in collate(samples, self.pad_token_id,
+                                                          side).items()}
+        B = len(samples)
+        mask = batch["attention_mask"].repeat(2, 1)
+        inputs = {"input_ids": batch["input_ids"].repeat(2, 1), "attention_mask": mask}
+        if self._position_ids:
+            inputs["position_ids"] = (mask.cumsum(1) - 1).clamp_(min=0)
+        if self._no_cache:
+            inputs["use_cache"] = False
+        adapter_names = [self.base_adapter] * B + [self.val_adapter] * B
+        labels = batch["labels"]
+        options = {"transform": self.transform, "backend": self.kernel_backend}
+        if self.task == "causal_lm":  # labels[:, t + 1] is predicted at position t
+            labels = labels[:, 1:].masked_fill(batch["attention_mask"][:, :-1] == 0, IGNORE_INDEX)
+        if self._head is not None:
+            hidden = self._final_hidden(inputs, adapter_names)[:, :-1]
+            return paired_linear_logprob_delta(
+                hidden[:B], hidden[B:], self._head.weight, labels, bias=self._head.bias,
+                **options,
+            )
+        logits = self._forward(inputs, adapter_names).logits
+        if self.task == "causal_lm":
+            logits = logits[:, :-1]
+        return paired_logprob_delta(logits[:B], logits[B:], labels, **options)
+
+    def _forward(self, inputs: dict[str, torch.Tensor], adapter_names: list[str]) -> Any:
+        check_adapter_names(adapter_names, inputs["input_ids"].shape[0])
+        return self.model(**inputs, adapter_names=adapter_names)
+
+    def _final_hidden(self, inputs: dict[str, torch.Tensor], adapter_names: list[str]):
+        """The decoder's last_hidden_state (2B, T, H), captured by a forward hook while the
+        LM head only projects the last position (logits_to_keep=1)."""
+        inner = self.model.get_base_model()
+        decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
+        if decoder is None:
+            decoder = getattr(inner, inner.base_model_prefix)
+        captured = []
+
+        def hook(_module, _args, output):
+            captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+
+        handle = decoder.register_forward_hook(hook)
+        try:
+            self._forward({**inputs, "logits_to_keep": 1}, adapter_names)
+        finally:
+            handle.remove()
+        return captured[-1]
+
+
+@pklregister(ToVScorer)
+def _hash_scorer(pickler: Any, scorer: ToVScorer) -> None:
+    """What datasets' fingerprint Hasher pickles for a scorer (only its hashing pickler uses
+    this dispatch table; real pickling, e.g. to num_proc workers, ships the whole model)."""
+    pickler.save_reduce(tuple, ((type(scorer).__qualname__, scorer.fingerprint()),), obj=scorer)
