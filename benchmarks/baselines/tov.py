@@ -1,0 +1,56 @@
+"""ToV through the library's public API (``tov_select``), with the benchmark's variants.
+
+Variants (names used in the benchmark tables):
+- ``tov`` (default): F identity, Score+Random (half top-per-bin, half random from U),
+  10 length bins, interleaved trajectory;
+- ``tov_abs`` / ``tov_relu``: F = |.| / relu;
+- ``tov_score_only``: no random half (random_fraction 0);
+- ``tov_nobins``: one bin (no length binning);
+- ``tov_parallel``: the parallel trajectory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "tov": {},
+    "tov_abs": {"transform": "abs"},
+    "tov_relu": {"transform": "relu"},
+    "tov_score_only": {"random_fraction": 0.0},
+    "tov_nobins": {"num_bins": 1},
+    "tov_parallel": {"variant": "parallel"},
+}
+
+
+def _tov_select():
+    try:
+        from tov_datasets import tov_select
+    except ImportError:  # until the package exports it
+        from tov_datasets.trajectory import tov_select
+    return tov_select
+
+
+def run(model, tokenizer, pool, val, n: int, seed: int = 0, name: str = "tov", **kwargs):
+    """The library's ToVResult for variant ``name`` (kwargs go to tov_select)."""
+    options = {**VARIANTS[name], **kwargs}
+    return _tov_select()(model, tokenizer, pool, val, n=n, seed=seed, **options)
+
+
+def selected_rows(result) -> np.ndarray:
+    return np.sort(np.asarray(result.selected.data.column("tov_row").to_numpy(), dtype=np.int64))
+
+
+def pool_scores(result) -> np.ndarray:
+    table = result.scores.data
+    rows = table.column("tov_row").to_numpy()
+    out = np.empty(len(rows), dtype=np.float64)
+    out[rows] = table.column("tov_score").to_numpy()
+    return out
+
+
+def select(model, tokenizer, pool, val, n: int, seed: int = 0, name: str = "tov",
+           **kwargs) -> np.ndarray:
+    return selected_rows(run(model, tokenizer, pool, val, n, seed, name, **kwargs))

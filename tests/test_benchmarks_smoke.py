@@ -1,0 +1,114 @@
+"""Smoke tests of the benchmarks: baselines on tiny random models (LESS optimised ==
+published), and every benchmark script end to end in --tiny mode (files and shapes only;
+the quality targets are not asserted here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from datasets import Dataset
+from peft import LoraConfig
+
+from tests import tiny
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def _text_sets(seed=0, n_pool=32, n_val=5):
+    rng = np.random.default_rng(seed)
+
+    def sent():
+        return " ".join(rng.choice(tiny.WORDS, rng.integers(3, 12)))
+
+    return (Dataset.from_dict({"text": [sent() for _ in range(n_pool)]}),
+            Dataset.from_dict({"text": [sent() for _ in range(n_val)]}))
+
+
+def _ner_sets(seed=0, n_pool=24, n_val=5):
+    rng = np.random.default_rng(seed)
+
+    def row():
+        words = [str(w) for w in rng.choice(tiny.WORDS, rng.integers(3, 10))]
+        return words, [str(rng.choice(tiny.NER_LABELS)) for _ in words]
+
+    rows = [row() for _ in range(n_pool + n_val)]
+    ds = Dataset.from_dict({"tokens": [r[0] for r in rows], "ner_tags": [r[1] for r in rows]})
+    return ds.select(range(n_pool)), ds.select(range(n_pool, n_pool + n_val))
+
+
+LORA_LM = LoraConfig(r=2, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+                     task_type="CAUSAL_LM")
+LORA_NER = LoraConfig(r=1, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"],
+                      task_type="TOKEN_CLS")
+
+
+@pytest.mark.parametrize("task", ["causal_lm", "token_classification"])
+def test_less_optimised_equals_published(tiny_tokenizer, task, tmp_path):
+    from benchmarks.baselines import less
+
+    if task == "causal_lm":
+        model, lora = tiny.causal_lm(tiny_tokenizer), LORA_LM
+        pool, val = _text_sets()
+    else:
+        model, lora = tiny.token_classifier(tiny_tokenizer), LORA_NER
+        pool, val = _ner_sets()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    results = {}
+    for mode in less.MODES:
+        results[mode] = less.less_scores(
+            model, tiny_tokenizer, pool, val, mode=mode, lora=lora, n=8, seed=3,
+            warmup_fraction=0.25, lr=1e-2, proj_dim=64, block_rows=40, train_batch_size=4,
+            grad_batch_size=5, proj_batch=7, output_dir=tmp_path / mode,
+        )
+    pub, opt = results["published"], results["optimised"]
+    assert pub.scores.shape == (len(pool),) and np.isfinite(pub.scores).all()
+    assert np.abs(pub.scores).max() > 0
+    np.testing.assert_allclose(opt.scores, pub.scores, rtol=1e-4, atol=1e-5 * np.abs(
+        pub.scores).max())
+    assert pub.selected.tolist() == opt.selected.tolist() and len(pub.selected) == 8
+    assert len(pub.checkpoint_weights) == 4 and all(w > 0 for w in pub.checkpoint_weights)
+    # LESS's layout: per checkpoint an adapter + optimizer state, chunked + merged grads
+    assert len(list((tmp_path / "published").glob("ckpt*/optimizer.safetensors"))) == 4
+    assert len(list((tmp_path / "published").rglob("all_unormalized.safetensors"))) == 8
+    assert pub.peak_disk_bytes > opt.peak_disk_bytes > 0
+    for k, v in model.state_dict().items():  # the caller's model is untouched
+        assert torch_equal(v, before[k])
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_projector_is_blockwise_consistent():
+    import torch
+
+    from benchmarks.baselines.less import RademacherProjector
+
+    g = torch.randn(5, 103)
+    a = RademacherProjector(103, 32, seed=1, block_rows=10).project(g)
+    b = RademacherProjector(103, 32, seed=1, block_rows=10, cache_bytes=1 << 30)
+    full = torch.cat([b.block(i) for i in range(b.num_blocks)])
+    assert set(full.unique().tolist()) == {-1.0, 1.0}
+    torch.testing.assert_close(a, g @ full / 32**0.5, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b.project(g[:2]), a[:2], rtol=1e-5, atol=1e-5)
+
+
+def test_baselines_same_interface(tiny_tokenizer):
+    from benchmarks.baselines import max_uncertainty, random_select, tov
+
+    pool, val = _text_sets()
+    model = tiny.causal_lm(tiny_tokenizer)
+    for fn, kw in (
+        (random_select.select, {}),
+        (max_uncertainty.select, {"lora": LORA_LM, "lr": 1e-2, "warmup_fraction": 0.25}),
+        (tov.select, {"lora": LORA_LM, "base_size": 8, "epochs": 1}),
+    ):
+        idx = fn(model, tiny_tokenizer, pool, val, 8, seed=1, **kw)
+        assert idx.shape == (8,) and len(set(idx.tolist())) == 8
+        assert 0 <= idx.min() and idx.max() < len(pool)
+    r = tov.run(model, tiny_tokenizer, pool, val, 8, seed=1, name="tov_score_only",
+                lora=LORA_LM, base_size=8, epochs=1)
+    assert tov.pool_scores(r).shape == (len(pool),)
+    assert len(tov.selected_rows(r)) == 8
