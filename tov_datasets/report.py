@@ -8,9 +8,16 @@ directly (no pyplot state); every file is written atomically through ``storage.a
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import math
-from collections.abc import Mapping, Sequence
+import platform
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +29,20 @@ __all__ = [
     "PLOTS",
     "REPORT_NAME",
     "ReportData",
+    "Stages",
+    "TRAJECTORY_STAGES",
     "bin_rows",
     "composition_rows",
+    "device_name",
     "length_bins",
     "markdown_table",
+    "report_data",
     "spearman_matrix",
     "write_report",
+    "write_run_json",
 ]
+
+log = logging.getLogger("tov")
 
 REPORT_NAME = "report.md"
 PLOTS = {
@@ -39,6 +53,35 @@ PLOTS = {
 MAX_GROUPS = 15  # groups shown in the composition table and plot; the rest are pooled
 OTHER_GROUPS = "(other)"
 _DPI = 110
+_VERSIONED = ("tov", "torch", "transformers", "peft", "datasets", "pyarrow", "numpy", "numba")
+SCORE, NUM_TOKENS = "tov_score", "tov_num_tokens"
+# tov_select's timings {key: seconds}, as reports name them.
+TRAJECTORY_STAGES = {
+    "setup": "ToV setup", "train_base": "ToV base training", "train_val": "ToV val training",
+    "score": "ToV scoring", "io": "ToV checkpoint io", "select": "selection",
+}
+
+
+class Stages:
+    """Wall-clock seconds per named stage, logged: ``with stages("load model"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        log.info("%s ...", name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            log.info("%s: %.1f s", name, self.seconds[name])
+
+    def add(self, timings: Mapping[str, float], names: Mapping[str, str]) -> None:
+        """Add a library's per-stage timings {key: s} under the names {key: name}."""
+        for key, name in names.items():
+            self.seconds[name] = self.seconds.get(name, 0.0) + float(timings.get(key, 0.0))
 
 
 @dataclass
@@ -278,6 +321,20 @@ def _markdown(data: ReportData, plots: Mapping[str, Path]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def report_data(
+    title: str,
+    scores: Any,
+    selections: Mapping[str, np.ndarray],
+    **options: Any,
+) -> ReportData:
+    """`ReportData` from a pyarrow scores table (``tov_score``, ``tov_num_tokens`` and the
+    ``tov_score_epoch_k`` columns); ``options`` are the other `ReportData` fields."""
+    column = lambda name: scores.column(name).to_numpy()
+    epochs = {c: column(c) for c in scores.column_names if c.startswith(f"{SCORE}_epoch_")}
+    return ReportData(title=title, scores=column(SCORE), lengths=column(NUM_TOKENS),
+                      selections=selections, epoch_scores=epochs, **options)
+
+
 def write_report(out_dir: str | Path, data: ReportData) -> dict[str, Path]:
     """Write report.md and the plots into ``out_dir``; returns {name: path} of each file.
 
@@ -291,3 +348,29 @@ def write_report(out_dir: str | Path, data: ReportData) -> dict[str, Path]:
     text = _markdown(data, plots)
     report = atomic_write(out_dir / REPORT_NAME, lambda tmp: tmp.write_text(text))
     return {"report": report, **plots}
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found
+
+
+def device_name(model: Any) -> str:
+    """Where a model runs, e.g. "cpu (2 threads)" or "cuda:0 (NVIDIA H200)"."""
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({torch.get_num_threads()} threads)"
+
+
+def write_run_json(path: str | Path, **record: Any) -> Path:
+    """run.json: ``record`` plus package versions and the finishing time, atomically."""
+    content = {**record, "versions": _versions(),
+               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    text = json.dumps(content, indent=1, sort_keys=True, default=str) + "\n"
+    return atomic_write(Path(path), lambda tmp: tmp.write_text(text))

@@ -1,0 +1,206 @@
+"""The `tov` command end to end on a tiny random Llama saved to disk and tiny JSONL files."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from matplotlib.image import imread
+
+from tests import tiny
+from tov_datasets import cli, report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TOPICS = ("math", "music", "law")
+SELECT = ["--n", "12", "--base-size", "24", "--epochs", "2", "--lora-rank", "2",
+          "--batch-size", "8", "--max-length", "24", "--bins", "4", "--lr", "1e-3"]
+
+
+def _rows(count: int, seed: int, topics=TOPICS) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(count):
+        topic = topics[i % len(topics)]
+        words = rng.choice(tiny.WORDS, size=int(rng.integers(3, 20)))
+        rows.append({"text": f"{topic} " + " ".join(words), "topic": topic, "id": i})
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A saved tiny causal LM (model + tokenizer dir), a 60-row pool and an 8-row val set."""
+    root = tmp_path_factory.mktemp("cli")
+    tok = tiny.tokenizer()
+    model_dir = root / "model"
+    tiny.causal_lm(tok).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    pool = _write_jsonl(root / "pool.jsonl", _rows(60, 0))
+    val = _write_jsonl(root / "val.jsonl", _rows(8, 1, topics=("math",)))
+    return {"root": root, "model": model_dir, "pool": pool, "val": val}
+
+
+def _select(files, out: Path, *extra: str) -> int:
+    return cli.main([
+        "select", "--model", str(files["model"]), "--pool", str(files["pool"]),
+        "--val", str(files["val"]), "--out", str(out), "--group-column", "topic", "--quiet",
+        *SELECT, *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def selected_run(files):
+    """One `tov select` run, then a rerun on the same directory."""
+    out = files["root"] / "run"
+    assert _select(files, out) == 0
+    first = json.loads((out / cli.RUN_FILE).read_text())
+    assert _select(files, out) == 0
+    second = json.loads((out / cli.RUN_FILE).read_text())
+    return out, first, second
+
+
+def _check_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    image = imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_select_writes_consistent_outputs(files, selected_run):
+    out, run, _ = selected_run
+    pool = [json.loads(line) for line in files["pool"].read_text().splitlines()]
+    selected = pq.read_table(out / cli.SELECTED_FILE).to_pylist()
+    assert len(selected) == 12
+    for row in selected:  # every selected row is the pool row it claims to be
+        assert {k: row[k] for k in ("text", "topic", "id")} == pool[row["tov_row"]]
+    scores = pq.read_table(out / cli.SCORES_FILE)
+    assert scores.num_rows == 60
+    assert {"tov_row", "tov_score", "tov_num_tokens", "tov_score_epoch_1", "tov_score_epoch_2",
+            cli.IN_BASE} <= set(scores.column_names)
+    epochs = np.stack([scores.column(f"tov_score_epoch_{k}").to_numpy() for k in (1, 2)])
+    np.testing.assert_allclose(scores.column("tov_score").to_numpy(), epochs.mean(0),
+                               rtol=1e-5, atol=1e-7)
+    assert scores.column(cli.IN_BASE).to_numpy().sum() == 24
+    by_row = {r["tov_row"]: r["tov_score"] for r in scores.to_pylist()}
+    assert all(by_row[r["tov_row"]] == pytest.approx(r["tov_score"]) for r in selected)
+    for name in report.PLOTS.values():
+        _check_png(out / name)
+    text = (out / report.REPORT_NAME).read_text()
+    for heading in ("## Summary", "## Composition by `topic`", "## Scores per length bin",
+                    "## Agreement between epochs", "## Time per stage"):
+        assert heading in text
+    assert run["command"] == "select" and run["arguments"]["n"] == 12
+    assert run["counts"]["selected (n)"] == 12 and run["device"].startswith("cpu")
+    assert {"torch", "transformers", "peft", "datasets", "python"} <= set(run["versions"])
+    assert run["disk_bytes"]["trajectory"] > 0
+    assert {"load model", "ToV base training", "ToV scoring", "report"} <= set(run["timings"])
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]  # no temp files left behind
+
+
+def test_rerun_resumes_from_the_trajectory(selected_run):
+    out, first, second = selected_run
+    assert not first["resumed"] and second["resumed"]
+    assert first["trajectory_timings"]["train_base"] > 0 and first["trajectory_timings"]["score"]
+    for stage in ("train_base", "train_val", "score"):
+        assert second["trajectory_timings"][stage] == 0.0
+    assert second["history"] == first["history"]
+    manifest = json.loads((out / cli.TRAJECTORY_DIR / "manifest.json").read_text())
+    assert {"epoch_1/train", "epoch_2/train"} <= set(manifest["steps"])
+
+
+def test_select_only_reproduces_and_reselects(files, selected_run, tmp_path):
+    out = selected_run[0]
+    selected = pq.read_table(out / cli.SELECTED_FILE)
+    again = tmp_path / "again.parquet"
+    args = ["select-only", "--scores", str(out / cli.SCORES_FILE), "--bins", "4", "--quiet"]
+    assert cli.main([*args, "--n", "12", "--out", str(again)]) == 0
+    assert pq.read_table(again).column("tov_row").to_pylist() == \
+        selected.column("tov_row").to_pylist()
+    rows = tmp_path / "rows.parquet"
+    assert cli.main([*args, "--n", "20", "--pool", str(files["pool"]), "--out", str(rows)]) == 0
+    table = pq.read_table(rows)
+    assert table.num_rows == 20 and {"text", "topic", "tov_score"} <= set(table.column_names)
+    pool = [json.loads(line) for line in files["pool"].read_text().splitlines()]
+    assert [pool[r]["id"] for r in table.column("tov_row").to_pylist()] == \
+        table.column("id").to_pylist()
+
+
+def test_score_with_saved_adapters(files, tmp_path):
+    model = tiny.causal_lm_with_adapters(tiny.tokenizer())
+    for name in ("base", "val"):
+        model.save_pretrained(tmp_path / "adapters", selected_adapters=[name])
+    out = tmp_path / "scores.parquet"
+    assert cli.main([
+        "score", "--model", str(files["model"]), "--pool", str(files["pool"]),
+        "--base-adapter", str(tmp_path / "adapters" / "base"),
+        "--val-adapter", str(tmp_path / "adapters" / "val"), "--out", str(out), "--quiet",
+    ]) == 0
+    scores = pq.read_table(out)
+    assert scores.column_names == ["tov_row", "tov_score", "tov_num_tokens"]
+    assert scores.column("tov_row").to_pylist() == list(range(60))
+    values = scores.column("tov_score").to_numpy()
+    assert np.isfinite(values).all() and np.abs(values).max() > 0
+
+
+def test_score_along_the_trajectory(files, tmp_path):
+    out = tmp_path / "scores.parquet"
+    assert cli.main([
+        "score", "--model", str(files["model"]), "--pool", str(files["pool"]),
+        "--val", str(files["val"]), "--out", str(out), "--base-size", "24", "--epochs", "1",
+        "--lora-rank", "2", "--max-length", "24", "--quiet",
+    ]) == 0
+    scores = pq.read_table(out)
+    assert scores.num_rows == 60 and "tov_score_epoch_1" in scores.column_names
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--pool": "missing.jsonl"}, "no such file"),
+        ({"--model": "./missing-dir"}, "no such directory"),
+        ({"--group-column": "nope"}, "no column 'nope'"),
+        ({"--n": "0"}, "n=0"),
+        ({"--pool": "bad.jsonl"}, "cannot tell the input format"),
+        ({"--pool": "broken.jsonl"}, "cannot read pool"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(files, tmp_path, capsys, change, message):
+    _write_jsonl(tmp_path / "bad.jsonl", [{"body": "math"}])
+    (tmp_path / "broken.jsonl").write_text('{"text": "math"\n')
+    args = {"--model": str(files["model"]), "--pool": str(files["pool"]),
+            "--val": str(files["val"]), "--out": str(tmp_path / "out"),
+            "--group-column": "topic", "--n": "12"}
+    args.update({k: (str(tmp_path / v) if k == "--pool" else v) for k, v in change.items()})
+    argv = ["select", "--quiet", *[x for kv in args.items() for x in kv], "--base-size", "24"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tov select: error:") and message in err
+    assert "\n" not in err and "Traceback" not in err
+
+
+def test_changed_arguments_on_rerun_exit_2(files, selected_run, capsys):
+    out = selected_run[0]
+    assert _select(files, out, "--seed", "1") == 2
+    assert "different arguments" in capsys.readouterr().err
+
+
+def test_select_only_bad_input(tmp_path, capsys):
+    assert cli.main(["select-only", "--scores", str(tmp_path / "none.parquet"), "--n", "3",
+                     "--out", str(tmp_path / "o.parquet")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert cli.main(["select-only", "--scores", "s.parquet", "--n", "3", "--out", "o.csv"]) == 2
+    assert "*.parquet" in capsys.readouterr().err
+
+
+def test_console_script_help():
+    script = Path(sys.executable).parent / "tov"
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    for command in ("select", "score", "select-only", "demo"):
+        assert command in done.stdout
