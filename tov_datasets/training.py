@@ -22,6 +22,7 @@ from tov_datasets.formats import IGNORE_INDEX, TASKS, Encoded, collate, encode_b
 
 __all__ = [
     "SCHEDULES",
+    "adamw",
     "adapter_parameters",
     "copy_adapter",
     "default_lora_config",
@@ -30,11 +31,14 @@ __all__ = [
     "finetune",
     "fit",
     "infer_task",
+    "label_map",
     "lr_schedule",
     "mean_loss",
     "micro_batches",
+    "num_scored",
     "pad_token_id",
     "progress_bar",
+    "seeded_rng",
 ]
 
 SCHEDULES = ("linear", "constant")
@@ -197,7 +201,8 @@ def encode_dataset(
     return encoded
 
 
-def _num_scored(sample: Encoded, task: str) -> int:
+def num_scored(sample: Encoded, task: str) -> int:
+    """Tokens of a sample that enter the loss (a causal LM's first token never does)."""
     labels = sample.labels[1:] if task == "causal_lm" else sample.labels
     return sum(label != IGNORE_INDEX for label in labels)
 
@@ -316,6 +321,11 @@ def _check_positive(**values: float) -> None:
             raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
+def adamw(params: Sequence[nn.Parameter], lr: float) -> torch.optim.AdamW:
+    """The default optimizer: AdamW with weight decay 0 (torch's other defaults)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
 def _check_optimizer(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
     allowed = {id(p) for p in params}
     for group in optimizer.param_groups:
@@ -327,7 +337,7 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, params: list[nn.Parameter
 
 
 @contextlib.contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch's RNG (dropout) for the block, leaving the caller's RNG state untouched."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -365,7 +375,7 @@ def fit(
     _require_peft(model)
     task = infer_task(model)
     lengths = np.array([len(s.input_ids) for s in samples])
-    counts = np.array([_num_scored(s, task) for s in samples])
+    counts = np.array([num_scored(s, task) for s in samples])
     if counts.sum() == 0:
         raise ValueError("the dataset has no scored tokens (every label is -100)")
     accumulation = grad_accumulation or 1
@@ -378,11 +388,11 @@ def fit(
     with _using(model, adapter, train=True) as used:
         params = adapter_parameters(model, used)
         if optimizer is None:
-            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+            optimizer = adamw(params, lr)
         else:
             _check_optimizer(optimizer, params)
         with (
-            _seeded(seed, _device(model)),
+            seeded_rng(seed, _device(model)),
             progress_bar(progress, len(plan), f"train {used}") as bar,
         ):
             for step, step_lr in zip(plan, lrs, strict=True):
@@ -403,7 +413,8 @@ def fit(
     return {"lrs": lrs, "losses": losses, "mean_loss": mean, "steps": len(plan), "adapter": used}
 
 
-def _label2id(model: nn.Module, task: str) -> Mapping[str, int] | None:
+def label_map(model: nn.Module, task: str) -> Mapping[str, int] | None:
+    """The model's label2id for token classification (what NER tag strings map to)."""
     return getattr(model.config, "label2id", None) if task == "token_classification" else None
 
 
@@ -440,7 +451,7 @@ def finetune(
     task = infer_task(model)
     samples = encode_dataset(
         dataset, tokenizer, task=task, max_length=max_length, column_map=column_map,
-        label2id=_label2id(model, task),
+        label2id=label_map(model, task),
     )
     return fit(
         model, samples, pad_token_id=pad_token_id(tokenizer), adapter=adapter, epochs=epochs,
@@ -461,7 +472,7 @@ def mean_loss(
     _check_positive(batch_size=batch_size)
     task = infer_task(model)
     lengths = np.array([len(s.input_ids) for s in samples])
-    counts = np.array([_num_scored(s, task) for s in samples])
+    counts = np.array([num_scored(s, task) for s in samples])
     if counts.sum() == 0:
         raise ValueError("the dataset has no scored tokens (empty, or every label is -100)")
     total = 0.0
@@ -487,7 +498,7 @@ def evaluate_loss(
     task = infer_task(model)
     samples = encode_dataset(
         dataset, tokenizer, task=task, max_length=max_length, column_map=column_map,
-        label2id=_label2id(model, task),
+        label2id=label_map(model, task),
     )
     return mean_loss(
         model, samples, pad_token_id=pad_token_id(tokenizer), adapter=adapter,

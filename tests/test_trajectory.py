@@ -1,0 +1,406 @@
+"""tov_select: the trajectory (interleaved / parallel), resumption, errors; storage helpers;
+and a small real-model run (SmolLM2-135M on Wikipedia summaries)."""
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, concatenate_datasets
+
+from tests import tiny
+from tov_datasets import storage, training, trajectory
+from tov_datasets.formats import collate
+from tov_datasets.scorer import ToVScorer
+from tov_datasets.select import select_indices
+
+N_POOL = 30
+
+
+@pytest.fixture(scope="module")
+def pool():
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(tiny.WORDS, rng.integers(2, 12))) for _ in range(N_POOL)]
+    return Dataset.from_dict({"text": texts, "id": list(range(N_POOL))})
+
+
+@pytest.fixture(scope="module")
+def val():
+    return Dataset.from_dict({"text": ["math number theorem prime proof", "a prime number",
+                                       "the proof of the theorem in algebra"]})
+
+
+@pytest.fixture
+def lora(tiny_tokenizer):
+    """Rank-4 LoRA on the tiny Llama; dropout 0 where a test needs exact gradients."""
+    return training.default_lora_config("causal_lm", 4, model=tiny.causal_lm(tiny_tokenizer))
+
+
+def _no_dropout(cfg):
+    cfg.lora_dropout = 0.0
+    return cfg
+
+
+def _run(tok, pool, val, **kw):
+    kw = {"n": 10, "base_size": 20, "epochs": 2, "lr": 3e-2, "batch_size": 4, **kw}
+    return trajectory.tov_select(tiny.causal_lm(tok), tok, pool, val, **kw)
+
+
+def _weights(model, adapter):
+    return [p.detach().clone() for p in training.adapter_parameters(model, adapter)]
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.fixture
+def fit_calls(monkeypatch):
+    """Record every training.fit call: adapter, lr, optimizer, steps, weights before/after."""
+    calls = []
+    real_fit = training.fit
+
+    def recording_fit(model, samples, **kw):
+        call = {"adapter": kw["adapter"], "lr": kw["lr"], "optimizer": kw.get("optimizer"),
+                "schedule": kw["schedule"], "before": _weights(model, kw["adapter"])}
+        out = real_fit(model, samples, **kw)
+        call.update(after=_weights(model, kw["adapter"]), steps=out["steps"], lrs=out["lrs"])
+        calls.append(call)
+        return out
+
+    monkeypatch.setattr(training, "fit", recording_fit)
+    return calls
+
+
+@pytest.mark.parametrize("variant", ["interleaved", "parallel"])
+def test_adapter_sequence_and_learning_rates(tiny_tokenizer, pool, val, lora, fit_calls,
+                                             variant):
+    result = _run(tiny_tokenizer, pool, val, epochs=3, lr=0.03, lora=lora, variant=variant)
+    assert [c["adapter"] for c in fit_calls] == ["tov_base", "tov_val"] * 3
+    base, val_calls = fit_calls[0::2], fit_calls[1::2]
+    lrs = [0.03, 0.02, 0.01]  # linear decay across the epochs
+    assert [c["lr"] for c in base] == pytest.approx(lrs)
+    assert [c["lr"] for c in val_calls] == pytest.approx([0.1 * lr for lr in lrs])
+    assert all(c["schedule"] == "constant" for c in fit_calls)
+    # the base optimizer persists across epochs; each val epoch gets a fresh AdamW
+    assert base[0]["optimizer"] is base[1]["optimizer"] is base[2]["optimizer"] is not None
+    assert all(c["optimizer"] is None for c in val_calls)
+    assert all(c["steps"] == 5 for c in base)  # ceil(20 / 4) micro-batches per epoch
+    for k in range(3):
+        assert _same(val_calls[k]["before"], base[k]["after"])  # val starts from the base
+        assert not _same(val_calls[k]["after"], base[k]["after"])
+    for k in range(2):
+        source = val_calls[k] if variant == "interleaved" else base[k]
+        assert _same(base[k + 1]["before"], source["after"])
+    assert [h["base_lr"] for h in result.history] == pytest.approx(lrs)
+    assert [h["val_lr"] for h in result.history] == pytest.approx([0.1 * lr for lr in lrs])
+
+
+def test_interleaved_and_parallel_share_epoch_one_only(tiny_tokenizer, pool, val, lora):
+    inter = _run(tiny_tokenizer, pool, val, lora=lora, variant="interleaved").scores
+    par = _run(tiny_tokenizer, pool, val, lora=lora, variant="parallel").scores
+    assert np.array_equal(inter["tov_score_epoch_1"], par["tov_score_epoch_1"])
+    assert not np.allclose(inter["tov_score_epoch_2"], par["tov_score_epoch_2"])
+
+
+def test_val_mode_step_is_one_sgd_step_on_the_full_val_gradient(tiny_tokenizer, pool, val, lora,
+                                                                monkeypatch):
+    lora = _no_dropout(lora)
+    checked = []
+    real_fit = training.fit
+
+    def checking_fit(model, samples, **kw):
+        if kw["adapter"] != "tov_val":
+            return real_fit(model, samples, **kw)
+        params = training.adapter_parameters(model, "tov_val")
+        before = _weights(model, "tov_val")
+        batch = collate(samples, kw["pad_token_id"])
+        model.set_adapter("tov_val")
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                               batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
+        grads = torch.autograd.grad(loss, params)
+        model.set_adapter("tov_base")
+        out = real_fit(model, samples, **kw)
+        assert isinstance(kw["optimizer"], torch.optim.SGD) and out["steps"] == 1
+        for p, p0, g in zip(params, before, grads, strict=True):
+            torch.testing.assert_close(p.detach(), p0 - kw["lr"] * g, rtol=1e-5, atol=1e-7)
+        checked.append(kw["lr"])
+        return out
+
+    monkeypatch.setattr(training, "fit", checking_fit)
+    result = _run(tiny_tokenizer, pool, val, lora=lora, val_mode="step", lr=0.5, batch_size=2)
+    assert checked == pytest.approx([0.05, 0.025])
+    assert [h["val_steps"] for h in result.history] == [1, 1]
+
+
+def test_epochs_rule(tiny_tokenizer, pool, val, lora, monkeypatch):
+    assert [trajectory.num_epochs(b) for b in (1024, 3000, 4096, 16384, 100_000)] == [
+        16, 5, 4, 1, 1]
+    assert trajectory.num_epochs(4096, epochs=7) == 7
+    assert trajectory.epoch_lrs(1.0, 4) == [1.0, 0.75, 0.5, 0.25]
+    monkeypatch.setattr(trajectory, "TRAJECTORY_SAMPLES", 40)  # base_size 20 -> L = 2
+    result = _run(tiny_tokenizer, pool, val, lora=lora, epochs=None)
+    assert len(result.history) == 2
+    assert {"tov_score_epoch_1", "tov_score_epoch_2"} <= set(result.scores.column_names)
+
+
+def test_result_layout(tiny_tokenizer, pool, val, lora, tmp_path):
+    result = _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path)
+    scores = result.scores
+    assert scores.column_names == ["tov_row", "tov_score", "tov_num_tokens",
+                                   "tov_score_epoch_1", "tov_score_epoch_2"]
+    assert scores["tov_row"] == list(range(N_POOL))
+    mean = (np.asarray(scores["tov_score_epoch_1"], np.float64)
+            + np.asarray(scores["tov_score_epoch_2"], np.float64)) / 2
+    np.testing.assert_allclose(scores["tov_score"], mean, rtol=1e-6)
+    base = result.base_indices
+    assert base.dtype == np.int64 and base.size == 20 and np.all(np.diff(base) > 0)
+    sel = result.selected
+    assert len(sel) == 10 and sel["id"] == sel["tov_row"]
+    assert set(sel.column_names) >= {"text", "id", "tov_score", "tov_num_tokens"}
+    expected = select_indices(np.asarray(scores["tov_score"]), np.asarray(scores["tov_num_tokens"]),
+                              10, random_pool=base, seed=0)
+    assert sel["tov_row"] == expected.tolist()
+    assert result.disk_bytes == storage.directory_bytes(tmp_path) > 0
+    assert {"setup", "train_base", "train_val", "score", "io", "select", "total"} <= set(
+        result.timings)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert "epoch_2/train" in manifest["steps"] and manifest["args"]["lr"] == 3e-2
+
+
+def test_resume_after_deleting_the_last_epoch_is_bit_identical(tiny_tokenizer, pool, val, lora,
+                                                               tmp_path, monkeypatch, fit_calls):
+    monkeypatch.setattr(trajectory, "SHARD_ROWS", 7)  # 5 shards per epoch
+    first = _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path)  # dropout 0.2 on
+    in_memory = _run(tiny_tokenizer, pool, val, lora=lora)
+    assert first.scores.data.table.equals(in_memory.scores.data.table)
+
+    shutil.rmtree(tmp_path / "epoch_002")
+    fit_calls.clear()
+    scored = []
+    real_score = ToVScorer.score_columns
+    monkeypatch.setattr(ToVScorer, "score_columns",
+                        lambda self, cols: scored.append(1) or real_score(self, cols))
+    second = _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path)
+    assert [c["adapter"] for c in fit_calls] == ["tov_base", "tov_val"]  # epoch 2 only
+    assert len(scored) == 5
+    assert second.scores.data.table.equals(first.scores.data.table)
+    assert second.selected.data.table.equals(first.selected.data.table)
+
+    (tmp_path / "epoch_001" / "scores" / "shard_00003.parquet").unlink()
+    fit_calls.clear()
+    scored.clear()
+    third = _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path)
+    assert fit_calls == [] and len(scored) == 1  # only the missing shard is rescored
+    assert third.scores.data.table.equals(first.scores.data.table)
+
+
+def test_damaged_adapter_is_retrained(tiny_tokenizer, pool, val, lora, tmp_path, fit_calls):
+    first = _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path)
+    weights = tmp_path / "epoch_001" / "val" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    fit_calls.clear()
+    again = _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path)
+    assert len(fit_calls) == 4  # epoch 1 failed its checksum: both epochs redone
+    assert again.scores.data.table.equals(first.scores.data.table)
+
+
+def test_changed_arguments_with_the_same_output_dir(tiny_tokenizer, pool, val, lora, tmp_path):
+    _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path, epochs=1)
+    with pytest.raises(storage.ManifestMismatchError, match="lr: 0.03 -> 0.01"):
+        _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path, epochs=1, lr=1e-2)
+    with pytest.raises(storage.ManifestMismatchError, match="val"):
+        _run(tiny_tokenizer, pool, val.select([0, 1]), lora=lora, output_dir=tmp_path, epochs=1)
+    # the selection arguments act on the stored scores: changing them is fine
+    again = _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path, epochs=1, n=6)
+    assert len(again.selected) == 6
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"base_size": 31}, r"base_size=31 exceeds the pool's 30 rows; pass base_size=30"),
+        ({"n": 31}, r"n=31 must be in \[1, len\(pool\)=30\]"),
+        ({"n": 0}, r"n=0"),
+        ({"val": "empty"}, "validation set is empty"),
+        ({"pool": "empty"}, "pool is empty"),
+        ({"variant": "serial"}, "variant='serial'"),
+        ({"val_mode": "batch"}, "val_mode='batch'"),
+        ({"n": 30, "base_size": 10}, "random part"),
+    ],
+)
+def test_bad_inputs(tiny_tokenizer, pool, val, change, message):
+    kw = {"n": 10, "base_size": 20, **change}
+    val = val.select([]) if kw.pop("val", None) == "empty" else val
+    pool = pool.select([]) if kw.pop("pool", None) == "empty" else pool
+    model = tiny.causal_lm(tiny_tokenizer)
+    with pytest.raises(ValueError, match=message):
+        trajectory.tov_select(model, tiny_tokenizer, pool, val, **kw)
+    assert not hasattr(model, "peft_config")
+
+
+def test_plain_model_is_left_as_it_was(tiny_tokenizer, pool, val, lora):
+    model = tiny.causal_lm(tiny_tokenizer).train()
+    model.model.embed_tokens.weight.requires_grad_(False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    modules = [(n, type(m)) for n, m in model.named_modules()]
+    flags = [p.requires_grad for p in model.parameters()]
+    attrs = set(vars(model))
+    rng = torch.get_rng_state()
+    trajectory.tov_select(model, tiny_tokenizer, pool, val, n=10, base_size=20, epochs=1,
+                          lora=lora)
+    assert [(n, type(m)) for n, m in model.named_modules()] == modules
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert set(vars(model)) == attrs and model.training
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_peft_model_starts_from_its_active_adapter(tiny_tokenizer, tiny_causal_lm, pool, val,
+                                                   fit_calls):
+    model = tiny_causal_lm  # adapters "base" (active) and "val", randomised
+    model.set_adapter("val")
+    own = {name: _weights(model, name) for name in ("base", "val")}
+    trajectory.tov_select(model, tiny_tokenizer, pool, val, n=10, base_size=20, epochs=1)
+    assert _same(fit_calls[0]["before"], own["val"])
+    assert sorted(model.peft_config) == ["base", "val"] and model.active_adapter == "val"
+    assert all(_same(_weights(model, name), w) for name, w in own.items())
+    with pytest.raises(ValueError, match="lora= applies to plain models"):
+        trajectory.tov_select(model, tiny_tokenizer, pool, val, n=10, base_size=20,
+                              lora=training.default_lora_config("causal_lm", 2))
+
+
+def test_token_classification_trajectory(tiny_tokenizer):
+    rng = np.random.default_rng(1)
+    words = [list(rng.choice(tiny.WORDS, rng.integers(2, 8))) for _ in range(24)]
+    tags = [[str(rng.choice(tiny.NER_LABELS)) for _ in w] for w in words]
+    ds = Dataset.from_dict({"tokens": words, "ner_tags": tags})
+    model = tiny.token_classifier(tiny_tokenizer)
+    result = trajectory.tov_select(model, tiny_tokenizer, ds, ds.select(range(4)), n=8,
+                                   base_size=24, epochs=2, lr=1e-2, batch_size=4)
+    assert len(result.selected) == 8 and np.isfinite(result.scores["tov_score"]).all()
+
+
+def test_progress_hook(tiny_tokenizer, pool, val, lora):
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc):
+            self.total, self.desc, self.done, self.closed = total, desc, 0, False
+            bars.append(self)
+
+        def update(self, k=1):
+            self.done += k
+
+        def close(self):
+            self.closed = True
+
+    _run(tiny_tokenizer, pool, val, lora=lora, epochs=1, progress=Bar)
+    assert [b.desc for b in bars] == ["train tov_base", "train tov_val", "score epoch 1"]
+    assert all(b.closed and b.done == b.total for b in bars) and bars[-1].total == N_POOL
+
+
+# ---------------------------------------------------------------------------- storage
+
+
+def test_manifest_verifies_checksums(tmp_path):
+    with storage.Manifest(tmp_path, {"a": 1}) as m:
+        path = storage.write_parquet(tmp_path / "x" / "s.parquet", pa.table({"v": [1, 2]}))
+        m.record("step", [path], note="hi")
+        assert m.verify("step") and m.info("step") == {"note": "hi"} and not m.verify("other")
+        path.write_bytes(path.read_bytes() + b"!")
+        assert not m.verify("step")
+        with pytest.raises(RuntimeError, match="in use by another tov run"):
+            storage.Manifest(tmp_path, {"a": 1}).__enter__()
+    with storage.Manifest(tmp_path, {"a": 1}) as m:
+        assert "step" in m.steps
+    with pytest.raises(storage.ManifestMismatchError, match="a: 1 -> 2"):
+        storage.Manifest(tmp_path, {"a": 2}).__enter__()
+
+
+def test_atomic_writes_leave_no_partial_files(tmp_path):
+    def failing(tmp):
+        (tmp / "part" if tmp.is_dir() else tmp).write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        storage.atomic_write(tmp_path / "f.bin", failing)
+    with pytest.raises(OSError, match="disk full"):
+        storage.atomic_write_dir(tmp_path / "d", failing)
+    assert list(tmp_path.iterdir()) == []
+    storage.atomic_write(tmp_path / "f.bin", lambda tmp: tmp.write_bytes(b"ok"))
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_adapter_and_optimizer_round_trip(tiny_tokenizer, tiny_causal_lm, tmp_path):
+    model = tiny_causal_lm
+    path = storage.save_adapter(model, "val", tmp_path / "val")
+    assert sorted(p.name for p in path.iterdir()) == ["adapter_config.json",
+                                                     "adapter_model.safetensors"]
+    storage.load_adapter(model, "base", path)
+    assert _same(_weights(model, "base"), _weights(model, "val"))
+    params = training.adapter_parameters(model, "base")
+    opt = training.adamw(params, 0.1)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    storage.save_optimizer_state(opt, tmp_path / "opt.safetensors")
+    fresh = training.adamw(params, 0.1)
+    storage.load_optimizer_state(fresh, tmp_path / "opt.safetensors")
+    for p in params:
+        for key, value in opt.state[p].items():
+            assert torch.equal(fresh.state[p][key], value)
+
+
+def test_dataset_digest_ignores_chunking_but_not_content():
+    a = Dataset.from_dict({"t": ["x", "yy", "zzz", "w"]})
+    b = concatenate_datasets([a.select(range(2)).flatten_indices(),
+                              a.select(range(2, 4)).flatten_indices()])
+    assert storage.dataset_digest(a) == storage.dataset_digest(b)
+    assert storage.dataset_digest(a.select([1, 0, 2, 3])) != storage.dataset_digest(a)
+    assert storage.dataset_digest(a.select([0, 1, 2, 3])) == storage.dataset_digest(a)
+
+
+# ---------------------------------------------------------------------------- real model
+
+
+@pytest.mark.slow
+def test_smollm2_scores_mathematics_higher(tmp_path):
+    """Val = 12 Mathematics summaries; pool = 20 Mathematics + 140 other summaries.
+
+    The score part of a Score+Random selection of half the pool (40 rows) should hold at
+    least twice the pool's Mathematics share (12.5%)."""
+    from tov_datasets import assets
+
+    try:
+        model, tok = assets.load_demo_model()
+        wiki = assets.wiki_summaries()
+    except assets.AssetNotInstalledError as err:
+        pytest.skip(str(err))
+    rng = np.random.default_rng(0)
+    topics = np.asarray(wiki["topic"])
+    math_rows = rng.permutation(np.flatnonzero(topics == "Mathematics"))
+    other_rows = rng.choice(np.flatnonzero(topics != "Mathematics"), 140, replace=False)
+    val = wiki.select(math_rows[:12]).select_columns(["text"])
+    pool = wiki.select(rng.permutation(np.concatenate([math_rows[12:32], other_rows])))
+    result = trajectory.tov_select(
+        model, tok, pool, val, n=80, base_size=len(pool), epochs=1, lr=1e-3,
+        lora=training.default_lora_config("causal_lm", 8, model=model), batch_size=8,
+        max_length=64, output_dir=tmp_path,
+    )
+    is_math = np.asarray(pool["topic"]) == "Mathematics"
+    scores = np.asarray(result.scores["tov_score"])
+    lengths = np.asarray(result.scores["tov_num_tokens"])
+    scored_part = select_indices(scores, lengths, 40, random_fraction=0.0)
+    top_half = np.argsort(-scores, kind="stable")[: len(pool) // 2]
+    print(
+        f"\nSmolLM2 ToV: math share pool {is_math.mean():.3f}, score part of the selection "
+        f"{is_math[scored_part].mean():.3f}, top-scored half {is_math[top_half].mean():.3f}, "
+        f"selection {np.isin(result.selected['tov_row'], np.flatnonzero(is_math)).mean():.3f}; "
+        f"timings { {k: round(v, 1) for k, v in result.timings.items()} }"
+    )
+    assert is_math[scored_part].mean() >= 2 * is_math.mean()

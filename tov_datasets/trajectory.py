@@ -1,0 +1,523 @@
+"""ToV along a short training trajectory (interleaved or parallel), and `tov_select`.
+
+For epochs k = 1..L on a random base set U of the pool:
+
+1. train the base adapter one epoch on U (AdamW; its state persists across epochs);
+2. copy base -> val and train val on the validation set with ``val_lr_ratio`` x the base lr
+   of epoch k: one epoch of mini-batches with a fresh AdamW (``val_mode="epoch"``), or ONE
+   plain SGD step on the token-mean gradient of the whole validation set (``"step"``);
+3. score the pool: loss(base, x) - loss(val, x) (`ToVScorer`), kept per epoch;
+4. interleaved: the base continues from the val weights (val -> base, same optimizer
+   state); parallel: it continues from its own weights.
+
+The final score is the mean over epochs; the selection is length-binned Score+Random
+(`select_by_score`) with the random part drawn from U.
+
+Learning rates: epoch k trains at lr_k = lr * (L - k + 1) / L, constant within the epoch (a
+linear decay across the L epochs, per epoch). The base lr at the end of epoch k is thus
+lr_k, and it never reaches 0, so every epoch's val update (and score) is informative; a
+per-step decay to 0 would make the last epoch's val lr vanish (with L = 1, every score).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from tov_datasets import storage, training
+from tov_datasets.scorer import NUM_TOKENS, SCORE, ToVScorer
+from tov_datasets.select import select_by_score
+
+__all__ = ["ToVResult", "epoch_lrs", "num_epochs", "tov_select"]
+
+VARIANTS = ("interleaved", "parallel")
+VAL_MODES = ("epoch", "step")
+BASE_ADAPTER = "tov_base"
+VAL_ADAPTER = "tov_val"
+ROW = "tov_row"
+SHARD_ROWS = 2048  # rows per score shard: the unit of resumption of a scoring pass
+TRAJECTORY_SAMPLES = 16 * 1024  # epochs=None: L = max(1, round(TRAJECTORY_SAMPLES / base_size))
+
+
+def epoch_column(k: int) -> str:
+    return f"tov_score_epoch_{k}"
+
+
+@dataclass
+class ToVResult:
+    """What `tov_select` returns.
+
+    selected: the n chosen pool rows (all pool columns, plus ``tov_row`` = row index in the
+    pool, ``tov_score``, ``tov_num_tokens`` and the per-epoch scores), ascending ``tov_row``.
+    scores: one row per pool row: ``tov_row``, ``tov_score`` (mean over epochs),
+    ``tov_num_tokens`` and ``tov_score_epoch_1..L``.
+    base_indices: the pool rows of the base set U, ascending.
+    timings: seconds per stage (setup, train_base, train_val, score, io, select, total).
+    disk_bytes: bytes under output_dir at the end (0 without one).
+    history: per epoch, the base and val learning rates, step counts and training losses.
+    """
+
+    selected: Any
+    scores: Any
+    base_indices: np.ndarray
+    timings: dict[str, float]
+    disk_bytes: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def num_epochs(base_size: int, epochs: int | None = None) -> int:
+    """``epochs``, or max(1, round(16384 / base_size)) when None."""
+    return epochs if epochs is not None else max(1, round(TRAJECTORY_SAMPLES / base_size))
+
+
+def epoch_lrs(lr: float, num_epochs: int) -> list[float]:
+    """The base learning rate of each epoch: lr * (L - k + 1) / L for k = 1..L."""
+    return [lr * (num_epochs - k) / num_epochs for k in range(num_epochs)]
+
+
+def _derive(seed: int, *keys: int) -> int:
+    """An independent 32-bit seed for one stage (e.g. epoch k, base or val)."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+def _check_arguments(
+    pool: Any, val: Any, n: int, base_size: int, epochs: int | None, lr: float,
+    val_lr_ratio: float, variant: str, val_mode: str, random_fraction: float, batch_size: int,
+) -> None:
+    import datasets
+
+    for name, ds in (("pool", pool), ("val", val)):
+        if not isinstance(ds, datasets.Dataset):
+            raise TypeError(
+                f"{name} must be a datasets.Dataset, got {type(ds).__name__}; build one with "
+                "datasets.Dataset.from_list(rows) or datasets.load_dataset(...)"
+            )
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} is not supported; pass one of {VARIANTS}")
+    if val_mode not in VAL_MODES:
+        raise ValueError(f"val_mode={val_mode!r} is not supported; pass one of {VAL_MODES}")
+    if len(pool) == 0:
+        raise ValueError("the pool is empty: pass the candidate samples to select from")
+    if len(val) == 0:
+        raise ValueError(
+            "the validation set is empty: pass at least one sample of the target distribution"
+        )
+    if not 0 < n <= len(pool):
+        raise ValueError(f"n={n} must be in [1, len(pool)={len(pool)}]")
+    if base_size < 1:
+        raise ValueError(f"base_size={base_size} must be >= 1")
+    if base_size > len(pool):
+        raise ValueError(
+            f"base_size={base_size} exceeds the pool's {len(pool)} rows; pass "
+            f"base_size={len(pool)} (=len(pool)) or fewer"
+        )
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"epochs={epochs} must be >= 1 (or None for the default rule)")
+    if not (lr > 0 and val_lr_ratio > 0 and batch_size >= 1):
+        raise ValueError(
+            f"lr={lr}, val_lr_ratio={val_lr_ratio} and batch_size={batch_size} must be positive"
+        )
+    n_random = int(np.floor(float(random_fraction) * n + 0.5))
+    if n_random > base_size:
+        raise ValueError(
+            f"the random part ({n_random} of n={n}) is drawn from the base set of "
+            f"base_size={base_size}; raise base_size or lower n or random_fraction"
+        )
+
+
+def _draw_base(num_rows: int, base_size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_rows, size=base_size, replace=False)).astype(np.int64)
+
+
+def _original(module: nn.Module) -> nn.Module:
+    """The module peft wrapped (the module itself when not a peft wrapper)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    if isinstance(module, BaseTunerLayer):
+        return module.get_base_layer()
+    if isinstance(module, AuxiliaryTrainingWrapper):
+        return module.original_module
+    return module
+
+
+def _strip_peft(module: nn.Module) -> None:
+    """Put back the modules peft wrapped, recursively (the inverse of get_peft_model)."""
+    for name, child in list(module.named_children()):
+        original = _original(child)
+        if original is not child:
+            setattr(module, name, original)
+        _strip_peft(original)
+
+
+@contextlib.contextmanager
+def _attached(model: nn.Module, lora: Any, seed: int) -> Iterator[nn.Module]:
+    """The model as a peft model holding BASE_ADAPTER (the starting point) and VAL_ADAPTER.
+
+    A plain model is wrapped with ``lora`` (fresh LoRA weights drawn from ``seed``); a peft
+    model gets two new adapters, BASE a copy of its active adapter. On exit the user's model
+    is as it was: the new adapters (or all LoRA layers) removed, requires_grad flags, mode
+    and active adapter restored.
+    """
+    from peft import PeftModel, get_peft_model
+
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    device = next(model.parameters()).device
+    if isinstance(model, PeftModel):
+        if lora is not None:
+            raise ValueError(
+                "lora= applies to plain models only; a peft model starts from its active "
+                "adapter and its config"
+            )
+        start = model.active_adapter
+        clash = {BASE_ADAPTER, VAL_ADAPTER} & set(model.peft_config)
+        if clash:
+            raise ValueError(f"the model already has adapters {sorted(clash)}; remove them")
+        config = model.peft_config[start]
+        with training.seeded_rng(seed, device):
+            for name in (BASE_ADAPTER, VAL_ADAPTER):
+                model.add_adapter(name, copy.deepcopy(config))
+        training.copy_adapter(model, start, BASE_ADAPTER)
+        peft_model = model
+    else:
+        config = lora or training.default_lora_config(training.infer_task(model), model=model)
+        inner_dict = set(vars(model))
+        with training.seeded_rng(seed, device):
+            peft_model = get_peft_model(model, copy.deepcopy(config), adapter_name=BASE_ADAPTER)
+            peft_model.add_adapter(VAL_ADAPTER, copy.deepcopy(config))
+    try:
+        yield peft_model
+    finally:
+        if peft_model is model:
+            model.set_adapter(start)
+            for name in (BASE_ADAPTER, VAL_ADAPTER):
+                model.delete_adapter(name)
+        else:
+            _strip_peft(model)
+            for key in set(vars(model)) - inner_dict:  # e.g. the peft_config peft attaches
+                delattr(model, key)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _adapter_digest(model: nn.Module, adapter: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in training.adapter_parameters(model, adapter):
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _identity(model: nn.Module, tokenizer: Any, pool: Any, val: Any) -> dict[str, Any]:
+    """What identifies the inputs in the manifest. The frozen base weights are not hashed
+    (too slow for large models): the model is known by class, config, name and starting
+    adapter weights."""
+    from datasets.fingerprint import Hasher
+
+    inner = model.get_base_model()
+    return {
+        "model_class": type(inner).__name__,
+        "model_config": inner.config.to_dict(),
+        "model_name": getattr(inner, "name_or_path", None),
+        "lora": model.peft_config[BASE_ADAPTER].to_dict(),
+        "start_adapter": _adapter_digest(model, BASE_ADAPTER),
+        "tokenizer": Hasher.hash(tokenizer),
+        "pool": storage.dataset_digest(pool),
+        "val": storage.dataset_digest(val),
+    }
+
+
+class _Run:
+    """One trajectory: the model with both adapters, the encoded base and validation sets,
+    the base optimizer, the manifest (None: in memory) and which epoch's weights are held."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, pool: Any, val: Any,
+                 base_indices: np.ndarray, options: dict[str, Any],
+                 manifest: storage.Manifest | None, progress: Any):
+        self.model, self.pool, self.options, self.manifest = model, pool, options, manifest
+        self.progress = progress
+        task = training.infer_task(model)
+        encode = dict(
+            task=task, max_length=options["max_length"], column_map=options["column_map"],
+            label2id=training.label_map(model, task),
+        )
+        self.base_samples = training.encode_dataset(pool.select(base_indices), tokenizer,
+                                                    **encode)
+        self.val_samples = training.encode_dataset(val, tokenizer, **encode)
+        if not any(training.num_scored(s, task) for s in self.val_samples):
+            raise ValueError("the validation set has no scored tokens (every label is -100)")
+        self.pad_token_id = training.pad_token_id(tokenizer)
+        self.lrs = epoch_lrs(options["lr"], options["epochs"])
+        self.optimizer = training.adamw(
+            training.adapter_parameters(model, BASE_ADAPTER), options["lr"]
+        )
+        self.scorer = ToVScorer(
+            model, tokenizer, base_adapter=BASE_ADAPTER, val_adapter=VAL_ADAPTER,
+            transform=options["transform"], max_length=options["max_length"],
+            batch_size=options["batch_size"], column_map=options["column_map"],
+        )
+        self.weights_epoch = 0  # the epoch whose (base, val) weights the adapters hold
+        self.optimizer_epoch = 0  # the epoch whose base optimizer state is held
+        self.timings = dict.fromkeys(
+            ("setup", "train_base", "train_val", "score", "io", "select"), 0.0
+        )
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] += time.perf_counter() - start
+
+    def done(self, step: str) -> bool:
+        return self.manifest is not None and self.manifest.verify(step)
+
+    def path(self, k: int, name: str) -> Path:
+        assert self.manifest is not None
+        return self.manifest.path(f"epoch_{k:03d}/{name}")
+
+
+def _train_base(run: _Run, k: int) -> dict[str, Any]:
+    """Epoch k of the base on U, continuing from epoch k-1 (interleaved: from its val)."""
+    if k > 1 and run.options["variant"] == "interleaved":
+        training.copy_adapter(run.model, VAL_ADAPTER, BASE_ADAPTER)
+    with run.timed("train_base"):
+        out = training.fit(
+            run.model, run.base_samples, pad_token_id=run.pad_token_id, adapter=BASE_ADAPTER,
+            lr=run.lrs[k - 1], batch_size=run.options["batch_size"], schedule="constant",
+            seed=_derive(run.options["seed"], k, 0), optimizer=run.optimizer,
+            progress=run.progress,
+        )
+    run.optimizer_epoch = k
+    return {"base_lr": run.lrs[k - 1], "base_steps": out["steps"], "base_loss": out["mean_loss"]}
+
+
+def _train_val(run: _Run, k: int) -> dict[str, Any]:
+    """Copy base -> val and train val on the validation set at val_lr_ratio x lr_k."""
+    training.copy_adapter(run.model, BASE_ADAPTER, VAL_ADAPTER)
+    val_lr = run.options["val_lr_ratio"] * run.lrs[k - 1]
+    step_mode = run.options["val_mode"] == "step"
+    optimizer = (
+        torch.optim.SGD(training.adapter_parameters(run.model, VAL_ADAPTER), lr=val_lr)
+        if step_mode else None
+    )
+    with run.timed("train_val"):
+        out = training.fit(
+            run.model, run.val_samples, pad_token_id=run.pad_token_id, adapter=VAL_ADAPTER,
+            lr=val_lr, batch_size=run.options["batch_size"], schedule="constant",
+            seed=_derive(run.options["seed"], k, 1), optimizer=optimizer,
+            grad_accumulation=len(run.val_samples) if step_mode else None,
+            progress=run.progress,
+        )
+    run.weights_epoch = k
+    return {"val_lr": val_lr, "val_steps": out["steps"], "val_loss": out["mean_loss"]}
+
+
+def _save_epoch(run: _Run, k: int, info: dict[str, Any]) -> None:
+    """Both adapters and the base optimizer state of epoch k, then the manifest entry."""
+    if run.manifest is None:
+        return
+    with run.timed("io"):
+        paths = [
+            storage.save_adapter(run.model, BASE_ADAPTER, run.path(k, "base")),
+            storage.save_adapter(run.model, VAL_ADAPTER, run.path(k, "val")),
+            storage.save_optimizer_state(run.optimizer, run.path(k, "optimizer.safetensors")),
+        ]
+        run.manifest.record(f"epoch_{k}/train", paths, **info)
+
+
+def _load_epoch(run: _Run, k: int, *, optimizer: bool) -> None:
+    """Make the adapters (and, if asked, the base optimizer) hold epoch k's state."""
+    if k == 0:  # the starting point is only ever held, never reloaded (epochs run forward)
+        assert run.weights_epoch == 0 and (not optimizer or run.optimizer_epoch == 0)
+        return
+    with run.timed("io"):
+        if run.weights_epoch != k:
+            storage.load_adapter(run.model, BASE_ADAPTER, run.path(k, "base"))
+            storage.load_adapter(run.model, VAL_ADAPTER, run.path(k, "val"))
+            run.weights_epoch = k
+        if optimizer and run.optimizer_epoch != k:
+            storage.load_optimizer_state(run.optimizer, run.path(k, "optimizer.safetensors"))
+            run.optimizer_epoch = k
+
+
+def _score_epoch(run: _Run, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (float32) and scored-token counts (int32) of the pool for epoch k, shard by
+    shard; finished shards are read back, the others scored and saved."""
+    num_rows = len(run.pool)
+    scores = np.empty(num_rows, dtype=np.float32)
+    counts = np.empty(num_rows, dtype=np.int32)
+    starts = range(0, num_rows, run.options["shard_rows"])
+    with training.progress_bar(run.progress, num_rows, f"score epoch {k}") as bar:
+        for i, start in enumerate(starts):
+            stop = min(start + run.options["shard_rows"], num_rows)
+            step = f"epoch_{k}/scores/{i}"
+            if run.done(step):
+                with run.timed("io"):
+                    table = storage.read_parquet(run.path(k, f"scores/shard_{i:05d}.parquet"))
+            else:
+                _load_epoch(run, k, optimizer=False)
+                with run.timed("score"):
+                    s, c = run.scorer.score_columns(run.pool[start:stop])
+                table = pa.table({SCORE: pa.array(s, pa.float32()),
+                                  NUM_TOKENS: pa.array(c, pa.int32())})
+                if run.manifest is not None:
+                    with run.timed("io"):
+                        path = storage.write_parquet(
+                            run.path(k, f"scores/shard_{i:05d}.parquet"), table
+                        )
+                        run.manifest.record(step, [path])
+            scores[start:stop] = table.column(SCORE).to_numpy()
+            counts[start:stop] = table.column(NUM_TOKENS).to_numpy()
+            bar.update(stop - start)
+    return scores, counts
+
+
+def _trajectory(run: _Run) -> tuple[list[np.ndarray], np.ndarray, list[dict[str, Any]]]:
+    """All epochs: per-epoch scores, token counts and per-epoch history (resuming finished
+    epochs and shards from the manifest; a redone epoch invalidates everything after it)."""
+    per_epoch, history, counts = [], [], None
+    for k in range(1, run.options["epochs"] + 1):
+        step = f"epoch_{k}/train"
+        if run.done(step):
+            info = run.manifest.info(step)  # type: ignore[union-attr]
+        else:
+            if run.manifest is not None:
+                run.manifest.forget(lambda s, k=k: int(s.split("/")[0][6:]) >= k)
+            _load_epoch(run, k - 1, optimizer=True)
+            info = {"epoch": k, **_train_base(run, k), **_train_val(run, k)}
+            _save_epoch(run, k, info)
+        scores, counts = _score_epoch(run, k)
+        per_epoch.append(scores)
+        history.append(info)
+    return per_epoch, counts, history
+
+
+def _scores_dataset(per_epoch: list[np.ndarray], counts: np.ndarray) -> pa.Table:
+    mean = np.mean(np.stack(per_epoch), axis=0, dtype=np.float64).astype(np.float32)
+    columns = {
+        ROW: pa.array(np.arange(counts.size, dtype=np.int64)),
+        SCORE: pa.array(mean),
+        NUM_TOKENS: pa.array(counts),
+    }
+    columns.update({epoch_column(k): pa.array(s) for k, s in enumerate(per_epoch, 1)})
+    return pa.table(columns)
+
+
+def _with_columns(pool: Any, columns: pa.Table) -> Any:
+    """The pool as a flat in-memory dataset with ``columns`` appended (same names replaced)."""
+    import datasets
+
+    table = pool.data.table
+    if pool._indices is not None:
+        table = table.take(pool._indices.column(0))
+    table = table.drop_columns([c for c in columns.column_names if c in table.column_names])
+    for name in columns.column_names:
+        table = table.append_column(name, columns.column(name))
+    features = datasets.Features({
+        **{k: v for k, v in pool.features.items() if k in table.column_names},
+        **datasets.Features.from_arrow_schema(columns.schema),
+    })
+    return datasets.Dataset(table.replace_schema_metadata(None),
+                            info=datasets.DatasetInfo(features=features))
+
+
+def tov_select(
+    model: nn.Module,
+    tokenizer: Any,
+    pool: Any,
+    val: Any,
+    *,
+    n: int,
+    base_size: int = 4096,
+    epochs: int | None = None,
+    lr: float = 2e-4,
+    val_lr_ratio: float = 0.1,
+    variant: str = "interleaved",
+    val_mode: str = "epoch",
+    lora: Any = None,
+    transform: str = "identity",
+    num_bins: int = 10,
+    random_fraction: float = 0.5,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    seed: int = 0,
+    output_dir: str | Path | None = None,
+    column_map: Mapping[str, str] | None = None,
+    progress: Any = None,
+) -> ToVResult:
+    """Score ``pool`` by ToV along a short trajectory and select ``n`` rows (module doc).
+
+    model: a plain transformers causal LM or token classifier (LoRA from ``lora``, default
+    ``default_lora_config(task, model=model)``, fresh weights drawn from ``seed``), or a peft
+    model: the trajectory starts from a copy of its ACTIVE adapter, with that adapter's config.
+    The model is trained in place through two temporary adapters ("tov_base", "tov_val") that
+    are removed on return (a plain model gets its original modules back); its own weights,
+    adapters, mode and requires_grad flags are left as they were. The trained adapters live
+    only in ``output_dir``.
+    pool, val: ``datasets.Dataset`` in any format of `tov_datasets.formats`.
+    base_size: rows of U, drawn from the pool with ``seed``. epochs: L (None: 16384 /
+    base_size rounded, at least 1). lr: the base lr of epoch 1 (see ``epoch_lrs``).
+    max_length: truncation for training and scoring (default: the model's
+    max_position_embeddings). batch_size: micro-batch size for training and scoring.
+    output_dir: per-epoch adapters (``epoch_KKK/base``, ``epoch_KKK/val``, peft safetensors),
+    base optimizer state, score shards (``epoch_KKK/scores/shard_SSSSS.parquet``) and
+    ``manifest.json``. A rerun with the same arguments resumes (finished epochs and shards
+    are verified by checksum and skipped; the results are bit-identical); other arguments
+    raise `storage.ManifestMismatchError`. ``n``, ``num_bins`` and ``random_fraction`` only
+    act on the final selection, so they may change between reruns (the scores are reused).
+    progress: a tqdm-like factory, ``progress(total=..., desc=...)`` -> object with
+    ``update(k)`` and ``close()`` (e.g. ``tqdm.tqdm``); default: quiet.
+    """
+    started = time.perf_counter()
+    _check_arguments(pool, val, n, base_size, epochs, lr, val_lr_ratio, variant, val_mode,
+                     random_fraction, batch_size)
+    base_indices = _draw_base(len(pool), base_size, seed)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    options = {
+        "base_size": base_size, "epochs": num_epochs(base_size, epochs), "lr": lr,
+        "val_lr_ratio": val_lr_ratio, "variant": variant, "val_mode": val_mode,
+        "transform": transform, "batch_size": batch_size, "seed": seed,
+        "max_length": max_length or getattr(inner.config, "max_position_embeddings", None),
+        "column_map": dict(column_map) if column_map else None, "shard_rows": SHARD_ROWS,
+    }
+    with _attached(model, lora, seed) as peft_model, contextlib.ExitStack() as stack:
+        manifest = None
+        if output_dir is not None:
+            args = {**options, **_identity(peft_model, tokenizer, pool, val)}
+            manifest = stack.enter_context(storage.Manifest(output_dir, args))
+        run = _Run(peft_model, tokenizer, pool, val, base_indices, options, manifest, progress)
+        run.timings["setup"] = time.perf_counter() - started
+        per_epoch, counts, history = _trajectory(run)
+    with run.timed("select"):
+        scores = _scores_dataset(per_epoch, counts)
+        selected = select_by_score(
+            _with_columns(pool, scores), n, num_bins=num_bins, random_fraction=random_fraction,
+            random_pool=base_indices, seed=seed,
+        )
+    import datasets
+
+    run.timings["total"] = time.perf_counter() - started
+    return ToVResult(
+        selected=selected,
+        scores=datasets.Dataset(scores),
+        base_indices=base_indices,
+        timings=run.timings,
+        disk_bytes=storage.directory_bytes(output_dir) if output_dir is not None else 0,
+        history=history,
+    )
