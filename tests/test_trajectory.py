@@ -172,6 +172,21 @@ def test_result_layout(tiny_tokenizer, pool, val, lora, tmp_path):
     assert "epoch_2/train" in manifest["steps"] and manifest["args"]["lr"] == 3e-2
 
 
+def test_selected_rows_keep_pool_features_and_replace_stale_scores():
+    from datasets import ClassLabel, Features, Value
+
+    features = Features({"label": ClassLabel(names=["no", "yes"]), "tov_score": Value("string")})
+    pool = Dataset.from_dict({"label": [0, 1, 1], "tov_score": ["a", "b", "c"]}, features)
+    scores = pa.table({"tov_row": pa.array([0, 1, 2], pa.int64()),
+                       "tov_score": pa.array([0.5, 0.1, 0.2], pa.float32())})
+    combined = trajectory._with_columns(pool.select([2, 1, 0]), scores)
+    assert combined.column_names == ["label", "tov_row", "tov_score"]
+    assert combined.features["label"] == features["label"]
+    assert combined.features["tov_score"] == Value("float32")
+    assert combined["label"] == [1, 1, 0]
+    assert combined["tov_score"] == pytest.approx([0.5, 0.1, 0.2])
+
+
 def test_resume_after_deleting_the_last_epoch_is_bit_identical(tiny_tokenizer, pool, val, lora,
                                                                tmp_path, monkeypatch, fit_calls):
     monkeypatch.setattr(trajectory, "SHARD_ROWS", 7)  # 5 shards per epoch

@@ -13,6 +13,10 @@ For epochs k = 1..L on a random base set U of the pool:
 The final score is the mean over epochs; the selection is length-binned Score+Random
 (`select_by_score`) with the random part drawn from U.
 
+Every stage draws its randomness (micro-batch order, dropout) from a seed derived from
+(seed, epoch, stage), so resuming needs no RNG state: the adapters and the base optimizer
+state of the last finished epoch are enough for a bit-identical continuation.
+
 Learning rates: epoch k trains at lr_k = lr * (L - k + 1) / L, constant within the epoch (a
 linear decay across the L epochs, per epoch). The base lr at the end of epoch k is thus
 lr_k, and it never reaches 0, so every epoch's val update (and score) is informative; a
@@ -285,7 +289,11 @@ class _Run:
             self.timings[stage] += time.perf_counter() - start
 
     def done(self, step: str) -> bool:
-        return self.manifest is not None and self.manifest.verify(step)
+        """Whether ``step`` finished in an earlier run and its files pass their checksums."""
+        if self.manifest is None:
+            return False
+        with self.timed("io"):
+            return self.manifest.verify(step)
 
     def path(self, k: int, name: str) -> Path:
         assert self.manifest is not None
@@ -429,10 +437,10 @@ def _with_columns(pool: Any, columns: pa.Table) -> Any:
     table = table.drop_columns([c for c in columns.column_names if c in table.column_names])
     for name in columns.column_names:
         table = table.append_column(name, columns.column(name))
-    features = datasets.Features({
-        **{k: v for k, v in pool.features.items() if k in table.column_names},
-        **datasets.Features.from_arrow_schema(columns.schema),
-    })
+    added = datasets.Features.from_arrow_schema(columns.schema)
+    features = datasets.Features(
+        {name: added.get(name) or pool.features[name] for name in table.column_names}
+    )
     return datasets.Dataset(table.replace_schema_metadata(None),
                             info=datasets.DatasetInfo(features=features))
 
