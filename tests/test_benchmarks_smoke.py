@@ -4,6 +4,8 @@ the quality targets are not asserted here)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from datasets import Dataset
@@ -112,3 +114,30 @@ def test_baselines_same_interface(tiny_tokenizer):
                 lora=LORA_LM, base_size=8, epochs=1)
     assert tov.pool_scores(r).shape == (len(pool),)
     assert len(tov.selected_rows(r)) == 8
+
+
+@pytest.mark.parametrize("script,config,keys", [
+    ("quality", "ner", ["tov_improvement_pct", "tov_improvement_se_pct", "less_improvement_pct",
+                        "maxunc_improvement_pct", "seeds"]),
+    ("quality", "it", ["tov_improvement_pct", "seeds"]),
+    ("less_vs_tov", "it", ["speedup_vs_less_published", "speedup_vs_less_optimised",
+                           "storage_ratio_vs_less_published", "storage_ratio_vs_less_optimised",
+                           "tov_s_per_sample", "less_published_s_per_sample",
+                           "less_optimised_s_per_sample"]),
+    ("fidelity", "ner", ["spearman_tov_vs_exact", "spearman_less_vs_exact"]),
+])
+def test_script_tiny(script, config, keys, tmp_path):
+    import importlib
+
+    mod = importlib.import_module(f"benchmarks.{script}")
+    path = mod.main(["--config", config, "--tiny", "--threads", "1", "--out-dir",
+                     str(tmp_path)])
+    assert path.parent == tmp_path and path.name.endswith("_tiny.json")
+    record = json.loads(path.read_text())
+    for k in ("benchmark", "command", "commit", "date", "machine", "versions", "config",
+              "summary", "details"):
+        assert k in record
+    for k in keys:
+        assert k in record["summary"], k
+        assert np.isfinite(record["summary"][k]), k
+    assert path.with_suffix(".md").is_file()
