@@ -10,6 +10,7 @@ Targets: 10M scores in <= 1 s and >= 2x numpy; 1M rows -> 300k rows in <= 100 ms
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -87,6 +88,7 @@ def main() -> None:
     num_scores, num_rows = (200_000, 100_000) if args.small else (10_000_000, 1_000_000)
     repeats = 3 if args.small else args.repeats
     n_select, n_keep = num_scores // 10, num_rows * 3 // 10
+    load_before = os.getloadavg()[0]  # shared machine: other jobs' load, recorded with the times
     rng = np.random.default_rng(0)
     scores, lengths = make_scores(num_scores, rng)
 
@@ -153,6 +155,11 @@ def main() -> None:
     details = {
         "first_call_note": "tiny first call: numba compile, or cache load if cache_hits > 0",
         "numba_cache_hits": cache_hits,
+        "load_avg_1m": {
+            "before": load_before,
+            "after": os.getloadavg()[0],
+            "cores": os.cpu_count(),
+        },
         "times_s": {**times, **filter_times},
     }
     path = write_result(

@@ -27,7 +27,6 @@ bound, and `parallel=True` was slower on the shared 2-core benchmark machine.
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING
 
 import numba
@@ -274,6 +273,7 @@ def select_by_score(
     """
     import datasets
     import pyarrow as pa
+    import xxhash
 
     missing = [c for c in (score_column, length_column) if c not in dataset.column_names]
     if missing:
@@ -309,6 +309,6 @@ def select_by_score(
         info.features[SELECTED_COLUMN] = datasets.Value("bool")
     else:
         table = table.take(idx if row_map is None else row_map[idx])
-    digest = hashlib.blake2b(f"{dataset._fingerprint}:{keep_all}".encode(), digest_size=8)
+    digest = xxhash.xxh64(f"{dataset._fingerprint}:{keep_all}".encode())  # xxhash: a datasets dep
     digest.update(idx.tobytes())  # deterministic, and no hashing of the whole table
     return datasets.Dataset(table, info=info, split=dataset.split, fingerprint=digest.hexdigest())
