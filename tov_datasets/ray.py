@@ -1,0 +1,96 @@
+"""Ray Data integration, for pools that outgrow one machine (optional extra ``tov[ray]``).
+
+Scoring is embarrassingly parallel, so it runs as a Ray Data ``map_batches`` stage; selection
+needs every score at once, so it runs afterwards on the gathered scores (a few bytes a row):
+
+    import ray
+    from tov_datasets.ray import RayToVScorer, select_from_scores
+
+    pool = ray.data.read_parquet("s3://bucket/pool/")
+    scored = pool.map_batches(
+        RayToVScorer, fn_constructor_kwargs={"model": "path/or/hub-name",
+        "base_adapter": "adapters/base", "val_adapter": "adapters/val"},
+        batch_size=256, batch_format="pyarrow", num_gpus=1, concurrency=8)
+    scored.write_parquet("s3://bucket/scored/")
+    selected = select_from_scores("s3://bucket/scored/", n=50_000)
+
+`ToVScorer` itself also works as the callable class when the model object is small enough to
+ship through Ray's object store (``fn_constructor_kwargs={"model": peft_model, "tokenizer":
+tokenizer}``); `RayToVScorer` loads the model inside each actor from a path instead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import datasets
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from tov_datasets.scorer import ToVScorer
+from tov_datasets.select import select_by_score
+
+try:
+    import ray
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "tov_datasets.ray needs Ray Data: pip install 'tov[ray]' (or 'ray[data]')"
+    ) from e
+
+
+class RayToVScorer:
+    """Callable class for ``map_batches``: loads the model, its tokenizer and both adapters
+    once per Ray actor, then scores each batch with `ToVScorer` (numpy or pyarrow batches).
+
+    model: a local model directory, a ``.gguf`` file or a hub name; base_adapter/val_adapter:
+    adapter directories saved by peft (safetensors). Other keyword arguments go to ToVScorer.
+    """
+
+    def __init__(self, model: str, base_adapter: str, val_adapter: str, *,
+                 dtype: str = "float32", trust_remote_code: bool = False,
+                 **scorer_kwargs: Any) -> None:
+        from tov_datasets.cli import load_model
+
+        base_model, tokenizer = load_model(model, dtype=dtype,
+                                           trust_remote_code=trust_remote_code)
+        self.scorer = ToVScorer(base_model, tokenizer, base_adapter=base_adapter,
+                                val_adapter=val_adapter, **scorer_kwargs)
+
+    def __call__(self, batch: Any) -> Any:
+        return self.scorer(batch)
+
+
+def score_parquet(pool: str | os.PathLike[str], output: str | os.PathLike[str], *,
+                  model: str, base_adapter: str, val_adapter: str, batch_size: int = 64,
+                  concurrency: int = 1, num_gpus: float = 0, num_cpus: float = 1,
+                  **scorer_kwargs: Any) -> None:
+    """Score a Parquet pool (file or directory) into a Parquet scores directory holding every
+    pool column plus ``tov_score`` and ``tov_num_tokens``, in pool order.
+
+    concurrency scorer actors each reserve num_gpus GPUs and num_cpus CPUs; leave CPUs free
+    for Ray's read and write tasks (concurrency * num_cpus below the cluster's CPUs), or the
+    pipeline waits forever for a CPU.
+    """
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    ds = ray.data.read_parquet(os.fspath(pool))
+    scored = ds.map_batches(
+        RayToVScorer,
+        fn_constructor_kwargs={"model": model, "base_adapter": base_adapter,
+                               "val_adapter": val_adapter, **scorer_kwargs},
+        batch_size=batch_size, batch_format="pyarrow", concurrency=concurrency,
+        num_gpus=num_gpus, num_cpus=num_cpus,
+    )
+    scored.write_parquet(os.fspath(output))
+
+
+def read_scores(path: str | os.PathLike[str]) -> pa.Table:
+    """The gathered scores of `score_parquet` (or any Parquet file/directory) as one table, in
+    file-name order (Ray names its output files in block order)."""
+    return pads.dataset(os.fspath(path), format="parquet").to_table()
+
+
+def select_from_scores(path: str | os.PathLike[str], n: int, **select_kwargs: Any,
+                       ) -> datasets.Dataset:
+    """`select_by_score` over gathered Parquet scores: a flat Dataset of the chosen rows."""
+    return select_by_score(datasets.Dataset(read_scores(path)), n, **select_kwargs)
