@@ -1,4 +1,4 @@
-"""ToV selection of n documents with datatrove, in two passes (LocalPipelineExecutor).
+r"""ToV selection of n documents with datatrove, in two passes (LocalPipelineExecutor).
 
     python examples/datatrove_pipeline.py --input data/ --work out/ -n 1000 \
         --model path/to/model --base-adapter path/to/base --val-adapter path/to/val

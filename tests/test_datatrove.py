@@ -1,6 +1,7 @@
 """examples/datatrove_pipeline.py end to end on a tiny saved model with LocalPipelineExecutor
-(2 tasks): every document scored once with the scores of ToVScorer, and the selected documents
-are those of select_by_score on the same scores."""
+(2 tasks in 2 worker processes, which get the steps pickled): every document scored once with
+the scores of ToVScorer, and the selected documents are those of select_by_score on the same
+scores. Workers start by "fork" (they reuse the test's imports: ~4 s, not ~60 s)."""
 
 import importlib.util
 import random
