@@ -486,7 +486,8 @@ def tov_select(
     output_dir: per-epoch adapters (``epoch_KKK/base``, ``epoch_KKK/val``, peft safetensors),
     base optimizer state, score shards (``epoch_KKK/scores/shard_SSSSS.parquet``) and
     ``manifest.json``. A rerun with the same arguments resumes (finished epochs and shards
-    are verified by checksum and skipped; the results are bit-identical); other arguments
+    are verified by checksum and skipped; the results are bit-identical on CPU, and on CUDA
+    with ``torch.use_deterministic_algorithms(True)``); other arguments
     raise `storage.ManifestMismatchError`. ``n``, ``num_bins`` and ``random_fraction`` only
     act on the final selection, so they may change between reruns (the scores are reused).
     progress: a tqdm-like factory, ``progress(total=..., desc=...)`` -> object with
