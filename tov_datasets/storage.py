@@ -30,15 +30,19 @@ from safetensors.torch import load_file, save_file
 __all__ = [
     "Manifest",
     "ManifestMismatchError",
+    "OutputInUseError",
     "atomic_write",
     "atomic_write_dir",
     "canonical_hash",
     "dataset_digest",
     "directory_bytes",
+    "is_temp_name",
     "load_adapter",
     "load_optimizer_state",
     "load_tensors",
+    "locked",
     "read_parquet",
+    "remove_temp_files",
     "save_adapter",
     "save_optimizer_state",
     "save_tensors",
@@ -48,12 +52,18 @@ __all__ = [
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "tov-manifest/1"
+LOCK_NAME = ".lock"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _TMP_MARK = ".tmp-"
 
 
 class ManifestMismatchError(ValueError):
-    """An output directory holds a run made with different arguments."""
+    """An output directory holds a run made with different arguments (or no readable
+    manifest)."""
+
+
+class OutputInUseError(RuntimeError):
+    """Another process holds the lock of an output directory."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -71,6 +81,24 @@ def _fsync_file(path: Path) -> None:
 
 def _tmp_name(path: Path) -> str:
     return f".{path.name}{_TMP_MARK}"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary name of `atomic_write` / `atomic_write_dir`."""
+    return name.startswith(".") and _TMP_MARK in name
+
+
+def remove_temp_files(directory: str | os.PathLike[str], recursive: bool = True) -> None:
+    """Remove the temporary files and directories that killed writers left in (and, if
+    ``recursive``, under) ``directory``; hold `locked` on it, so that no live writer owns
+    them."""
+    pattern = f".*{_TMP_MARK}*"
+    found = Path(directory).rglob(pattern) if recursive else Path(directory).glob(pattern)
+    for stale in list(found):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
@@ -223,16 +251,21 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, path: str | os.PathLi
 
 
 @contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
+def locked(directory: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` (created if missing) for the block, through
+    the file ``.lock`` in it; the OS releases it when the process dies. Raises
+    `OutputInUseError` at once if another process holds it."""
     import fcntl
 
-    with open(directory / ".lock", "a") as f:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_NAME, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(
+            raise OutputInUseError(
                 f"{directory} is in use by another tov run; wait for it or pass another "
-                "output_dir"
+                "output directory"
             ) from None
         yield
 
@@ -249,9 +282,9 @@ def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 class Manifest:
     """The record of a run in ``directory``: its arguments and its finished steps.
 
-    Opening a directory that holds a manifest with other arguments raises
-    :class:`ManifestMismatchError`. Use as a context manager: it holds an exclusive lock on
-    the directory and removes temporary files left by killed runs.
+    Opening a directory that holds a manifest with other arguments, or an unreadable one,
+    raises :class:`ManifestMismatchError`. Use as a context manager: it holds an exclusive
+    lock on the directory (`locked`) and removes temporary files left by killed runs.
     """
 
     def __init__(self, directory: str | os.PathLike[str], args: Mapping[str, Any]):
@@ -262,9 +295,8 @@ class Manifest:
         self._lock: contextlib.ExitStack | None = None
 
     def __enter__(self) -> Manifest:
-        self.directory.mkdir(parents=True, exist_ok=True)
         stack = contextlib.ExitStack()
-        stack.enter_context(_locked(self.directory))
+        stack.enter_context(locked(self.directory))
         self._lock = stack
         try:
             self._open()
@@ -278,17 +310,19 @@ class Manifest:
             self._lock.close()
 
     def _open(self) -> None:
-        for stale in self.directory.rglob(f".*{_TMP_MARK}*"):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
+        remove_temp_files(self.directory)
         path = self.directory / MANIFEST_NAME
         if not path.exists():
             self._save()
             return
-        stored = json.loads(path.read_text())
-        if stored.get("format") != MANIFEST_FORMAT:
+        try:
+            stored = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ManifestMismatchError(
+                f"{path} is not valid JSON ({e}); it was damaged or is not a tov manifest: "
+                "pass another output_dir, or delete this one to start over"
+            ) from None
+        if not isinstance(stored, dict) or stored.get("format") != MANIFEST_FORMAT:
             raise ManifestMismatchError(
                 f"{path} is not a {MANIFEST_FORMAT} manifest; pass another output_dir"
             )
