@@ -237,6 +237,15 @@ def test_micro_batches_cover_all_rows_and_are_seeded():
     assert np.all(np.diff(lengths[s]) >= 0)
 
 
+def test_rows_without_scored_tokens_are_skipped(tiny_tokenizer, tiny_causal_lm, text_ds):
+    padded = Dataset.from_dict({"text": ["", "", "hello"] + TEXTS})
+    ref = training.evaluate_loss(tiny_causal_lm, text_ds, tokenizer=tiny_tokenizer)
+    got = training.evaluate_loss(tiny_causal_lm, padded, tokenizer=tiny_tokenizer, batch_size=2)
+    assert got == pytest.approx(ref, rel=1e-6)  # "hello" alone: 1 token, nothing scored
+    out = training.finetune(tiny_causal_lm, padded, tokenizer=tiny_tokenizer, batch_size=2)
+    assert np.isfinite(out["losses"]).all()
+
+
 def test_errors(tiny_tokenizer, tiny_causal_lm, text_ds):
     plain = tiny.causal_lm(tiny_tokenizer)
     with pytest.raises(ValueError, match="get_peft_model"):

@@ -401,7 +401,7 @@ def fit(
                     group["lr"] = step_lr
                 total = 0.0
                 for mb in step:
-                    if not lengths[mb].any():  # only empty samples: no tokens, no loss
+                    if not counts[mb].any():  # no scored tokens (e.g. empty rows): no loss
                         continue
                     loss = _loss_sum(model, collate([samples[i] for i in mb], pad_token_id), task)
                     (loss / tokens).backward()
@@ -480,7 +480,7 @@ def mean_loss(
     total = 0.0
     with _using(model, adapter, train=False), torch.no_grad():
         for mb in micro_batches(lengths, batch_size):
-            if not lengths[mb].any():  # only empty samples: no tokens, no loss
+            if not counts[mb].any():  # no scored tokens (e.g. empty rows): no loss
                 continue
             total += _loss_sum(model, collate([samples[i] for i in mb], pad_token_id), task).item()
     return total / float(counts.sum())
