@@ -59,6 +59,14 @@ def commit() -> str:
         return "unknown"
 
 
+def command() -> str:
+    """The command line that ran this script, with the script relative to the repository."""
+    root = Path(__file__).resolve().parent.parent
+    script = Path(sys.argv[0]).resolve()
+    name = str(script.relative_to(root)) if script.is_relative_to(root) else sys.argv[0]
+    return " ".join(["python", name, *sys.argv[1:]])
+
+
 def write_result(
     name: str, config: dict, summary: dict, details: dict, filename: str | None = None
 ) -> Path:
@@ -66,7 +74,7 @@ def write_result(
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": name,
-        "command": "python " + " ".join(sys.argv),
+        "command": command(),
         "commit": commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),

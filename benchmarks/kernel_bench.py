@@ -13,11 +13,16 @@ from __future__ import annotations
 import argparse
 import ctypes
 import re
+import sys
+from pathlib import Path
 
 import torch
 
-from benchmarks._common import median, print_table, time_side_by_side, write_result
-from tov_kernels import paired_linear_logprob_delta, paired_logprob_delta
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import median, print_table, time_side_by_side, write_result  # noqa: E402
+from tov_kernels import paired_linear_logprob_delta, paired_logprob_delta  # noqa: E402
 
 
 def naive_delta(logits_base, logits_val, labels, ignore_index=-100):
@@ -91,7 +96,7 @@ def cpu_case(args, vocab: int) -> tuple[dict, dict, dict]:
     times = time_side_by_side(fns, repeats=args.repeats)
     mem = {k: [extra_peak_bytes_cpu(fn) for _ in range(3)] for k, fn in fns.items()}
     t_ratio = median(times["torch_path"]) / median(times["naive"])
-    m_ratio = min(mem["torch_path"]) / min(mem["naive"])
+    m_ratio = min(mem["torch_path"]) / max(min(mem["naive"]), 1)
     summary = {f"time_ratio_vs_naive_v{vocab}": round(t_ratio, 4),
                f"extra_mem_ratio_vs_naive_v{vocab}": round(m_ratio, 5)}
     details = {"seconds": times, "extra_peak_bytes": mem, "max_abs_diff": err}

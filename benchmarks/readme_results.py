@@ -1,0 +1,99 @@
+"""Generate the README's results section from benchmarks/results/*.json.
+
+    python benchmarks/readme_results.py           # print the markdown
+    python benchmarks/readme_results.py --write   # replace the block between the markers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+# (file, summary key, label, target text, format)
+ROWS = [
+    ("kernel_cpu.json", "time_ratio_vs_naive_v49152", "kernel CPU time / naive, V=49152",
+     "<= 1", "{:.2f}"),
+    ("kernel_cpu.json", "time_ratio_vs_naive_v128256", "kernel CPU time / naive, V=128256",
+     "<= 1", "{:.2f}"),
+    ("kernel_cpu.json", "extra_mem_ratio_vs_naive", "kernel CPU extra peak memory / naive",
+     "<= 0.125", "{:.3f}"),
+    ("scoring_cpu.json", "time_ratio_vs_two_forwards_1t",
+     "scorer time / two plain forwards (1 thread)", "<= 1", "{:.2f}"),
+    ("scoring_cpu.json", "time_ratio_vs_two_forwards_2t",
+     "scorer time / two plain forwards (2 threads)", "<= 1", "{:.2f}"),
+    ("scoring_cpu.json", "peak_mem_ratio_vs_naive", "scorer peak memory / naive logits path",
+     "", "{:.2f}"),
+    ("select.json", "select_10M_s", "select 10M scores (s)", "<= 1", "{:.2f}"),
+    ("select.json", "speedup_vs_numpy", "select speed-up vs numpy", ">= 2", "{:.1f}x"),
+    ("select.json", "filter_1M_to_300k_s", "filter 1M -> 300k rows (s)", "<= 0.1", "{:.3f}"),
+    ("less_vs_tov.json", "speedup_vs_less_published", "speed-up vs LESS published",
+     ">= 10", "{:.2f}x"),
+    ("less_vs_tov.json", "speedup_vs_less_optimised", "speed-up vs LESS optimised", "> 1",
+     "{:.2f}x"),
+    ("less_vs_tov.json", "storage_ratio_vs_less_published", "disk: LESS published / ToV",
+     ">= 50", "{:.0f}x"),
+    ("less_vs_tov.json", "storage_ratio_vs_less_optimised", "disk: LESS optimised / ToV", "",
+     "{:.0f}x"),
+    ("quality_ner.json", "tov_improvement_pct", "NER: ToV test-loss gain vs random (%)",
+     "> 2 se", "{:+.2f}"),
+    ("quality_ner.json", "tov_improvement_se_pct", "NER: its standard error (%)", "", "{:.2f}"),
+    ("quality_ner.json", "less_improvement_pct", "NER: LESS gain vs random (%)", "< ToV",
+     "{:+.2f}"),
+    ("quality_it.json", "tov_improvement_pct", "IT: ToV test-loss gain vs random (%)",
+     "> 2 se", "{:+.2f}"),
+    ("quality_it.json", "tov_improvement_se_pct", "IT: its standard error (%)", "", "{:.2f}"),
+    ("fidelity.json", "spearman_tov_vs_exact", "Spearman ToV vs exact one-step effect", "",
+     "{:.3f}"),
+    ("fidelity.json", "spearman_less_vs_exact", "Spearman LESS vs exact one-step effect", "",
+     "{:.3f}"),
+]
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def render() -> str:
+    lines = ["| figure | value | target | file |", "|---|---|---|---|"]
+    sources: dict[str, dict] = {}
+    for name, key, label, target, fmt in ROWS:
+        record = _load(name)
+        if record is None or key not in record["summary"]:
+            lines.append(f"| {label} | not measured yet | {target} | {name} |")
+            continue
+        sources[name] = record
+        lines.append(f"| {label} | {fmt.format(record['summary'][key])} | {target} | {name} |")
+    lines += ["", "Commands and conditions:", ""]
+    for name, record in sources.items():
+        size = record.get("config", {}).get("size")
+        note = f"; size: {size}" if size else ""
+        lines.append(f"- `{name}`: `{record['command']}` ({record['machine']}, commit "
+                     f"{record['commit'][:7]}, {record['date'][:10]}{note})")
+    return "\n".join(lines)
+
+
+def write(readme: Path = README) -> None:
+    text = readme.read_text()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{render()}\n{END}{tail}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--write", action="store_true", help="update README.md in place")
+    if p.parse_args().write:
+        write()
+    else:
+        print(render())
+
+
+if __name__ == "__main__":
+    main()
