@@ -3,6 +3,10 @@
 Every command calls the library's public functions; each stage is one function. Outputs are
 written atomically (``storage``); bad input (missing files, unknown columns, mismatched
 arguments on a resumed run) ends with a one-line message and exit code 2.
+
+``tov select`` holds a lock on its output directory, writes ``run.json`` last and removes it
+before rewriting the other outputs: a directory without ``run.json`` holds an unfinished run
+(rerun the command to finish it; finished trajectory steps are kept).
 """
 
 from __future__ import annotations
@@ -37,13 +41,26 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def load_data(spec: str, what: str = "data") -> Any:
-    """A ``datasets.Dataset`` from a JSONL/JSON, Parquet or Arrow file, a ``save_to_disk``
-    directory, or a hub dataset ``NAME`` / ``NAME:SPLIT`` (default split: train)."""
+    """A ``datasets.Dataset`` with at least one row from a JSONL/JSON, Parquet or Arrow file,
+    a ``save_to_disk`` directory, or a hub dataset ``NAME`` / ``NAME:SPLIT`` (default split:
+    train)."""
+    dataset = _read_data(spec, what)
+    if len(dataset) == 0:
+        raise CliError(f"{what} {spec} has no rows")
+    return dataset
+
+
+def _read_data(spec: str, what: str) -> Any:
     import datasets
 
     path = Path(spec).expanduser()
+    datasets_logger = logging.getLogger("datasets")  # it logs read errors we report ourselves
+    level = datasets_logger.level
+    datasets_logger.setLevel(logging.CRITICAL)
     try:
         if path.is_file():
+            if path.stat().st_size == 0:
+                raise CliError(f"{what} {spec} has no rows (empty file)")
             suffix = path.suffix.lower()
             if suffix in (".jsonl", ".json"):
                 return datasets.Dataset.from_json(str(path))
@@ -67,7 +84,9 @@ def load_data(spec: str, what: str = "data") -> Any:
     except CliError:
         raise
     except Exception as e:  # malformed files and unreachable hub names are bad input
-        raise CliError(f"cannot read {what} {spec}: {_one_line(e)}") from e
+        raise CliError(f"cannot read {what} {spec}: {_one_line(e.__cause__ or e)}") from e
+    finally:
+        datasets_logger.setLevel(level)
 
 
 def _model_source(spec: str) -> tuple[str, dict[str, Any]]:
@@ -148,9 +167,18 @@ def load_model(
 
 
 def _check_columns(ds: Any, what: str, extra: Sequence[str] = ()) -> None:
-    from tov_datasets.formats import detect_format
+    """The columns of one input format, without nulls (rows of another format), and
+    ``extra``."""
+    from tov_datasets.formats import FORMATS, detect_format
 
-    detect_format(ds.column_names)
+    needed = FORMATS[detect_format(ds.column_names)]
+    for column in needed:
+        nulls = ds.data.column(column).null_count
+        if nulls:
+            raise CliError(
+                f"{what}: {nulls} of {len(ds)} rows have no {column!r} (null); every row needs "
+                f"{' + '.join(needed)} (are several formats mixed in one file?)"
+            )
     missing = [c for c in extra if c not in ds.column_names]
     if missing:
         raise CliError(f"{what} has no column {missing[0]!r}; columns: {ds.column_names}")
@@ -170,7 +198,44 @@ def _parquet_out(spec: str) -> Path:
     path = Path(spec).expanduser()
     if path.suffix != ".parquet":
         raise CliError(f"--out {spec}: the output is Parquet; name it *.parquet")
+    if path.is_dir():
+        raise CliError(f"--out {spec} is a directory; the output is a Parquet file")
     return path
+
+
+def _check_out_dir(out: Path) -> None:
+    """``tov select --out``: a new or empty directory, or one holding a tov select run
+    (resumed; another run's arguments are refused by the trajectory manifest)."""
+    from tov_datasets.storage import LOCK_NAME, is_temp_name
+
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file; pass a directory")
+    if not out.is_dir() or (out / TRAJECTORY_DIR).is_dir() or (out / RUN_FILE).is_file():
+        return
+    other = sorted(p.name for p in out.iterdir()
+                   if p.name != LOCK_NAME and not is_temp_name(p.name))
+    if other:
+        raise CliError(
+            f"--out {out} holds files that are not a tov select run ({', '.join(other[:3])}); "
+            "pass a new or empty directory"
+        )
+
+
+_POSITIVE_OPTIONS = ("n", "bins", "batch_size", "max_length", "epochs", "base_size", "lora_rank")
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Numeric options in range, before anything is loaded."""
+    for name in _POSITIVE_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise CliError(f"--{name.replace('_', '-')}={value} must be >= 1")
+    fraction = getattr(args, "random_fraction", None)
+    if fraction is not None and not 0 <= fraction <= 1:
+        raise CliError(f"--random-fraction={fraction} must be in [0, 1]")
+    lr = getattr(args, "lr", None)
+    if lr is not None and not lr > 0:
+        raise CliError(f"--lr={lr} must be > 0")
 
 
 def progress_factory(quiet: bool) -> Callable[..., Any] | None:
@@ -205,18 +270,11 @@ def _scores_table(result: Any) -> Any:
 
 def cmd_select(args: argparse.Namespace) -> None:
     """Score the pool with ToV along a short trajectory, select n rows, write the report."""
-    from tov_datasets.report import (
-        TRAJECTORY_STAGES,
-        Stages,
-        device_name,
-        report_data,
-        write_report,
-        write_run_json,
-    )
-    from tov_datasets.storage import directory_bytes, write_parquet
-    from tov_datasets.trajectory import ROW, tov_select
+    from tov_datasets.report import Stages
+    from tov_datasets.storage import locked, remove_temp_files
 
     out = Path(args.out).expanduser()
+    _check_out_dir(out)
     stages = Stages()
     with stages("load data"):
         pool, val = load_data(args.pool, "pool"), load_data(args.val, "val")
@@ -228,6 +286,24 @@ def cmd_select(args: argparse.Namespace) -> None:
             args.model, data=(pool, val), trust_remote_code=args.trust_remote_code,
             dtype=args.dtype, device=args.device,
         )
+    with locked(out):  # one tov select per directory; so temp files here are a killed run's
+        remove_temp_files(out, recursive=False)
+        _select(args, out, pool, val, model, tokenizer, stages)
+
+
+def _select(args: argparse.Namespace, out: Path, pool: Any, val: Any, model: Any,
+            tokenizer: Any, stages: Any) -> None:
+    """The trajectory (resumed from ``out``), then the outputs, ``run.json`` last."""
+    from tov_datasets.report import (
+        TRAJECTORY_STAGES,
+        device_name,
+        report_data,
+        write_report,
+        write_run_json,
+    )
+    from tov_datasets.storage import directory_bytes, sha256_file, write_parquet
+    from tov_datasets.trajectory import ROW, tov_select
+
     resumed = (out / TRAJECTORY_DIR / "manifest.json").is_file()
     result = tov_select(
         model, tokenizer, pool, val, n=args.n, base_size=min(args.base_size, len(pool)),
@@ -237,6 +313,7 @@ def cmd_select(args: argparse.Namespace) -> None:
         output_dir=out / TRAJECTORY_DIR, progress=progress_factory(args.quiet),
     )
     stages.add(result.timings, TRAJECTORY_STAGES)
+    (out / RUN_FILE).unlink(missing_ok=True)  # from here on the directory is unfinished
     with stages("write outputs"):
         scores = _scores_table(result)
         write_parquet(out / SELECTED_FILE, _table(result.selected))
@@ -260,11 +337,31 @@ def cmd_select(args: argparse.Namespace) -> None:
         trajectory_timings=result.timings, history=result.history, resumed=resumed,
         counts=counts, device=device_name(model),
         disk_bytes={"trajectory": result.disk_bytes, "total": directory_bytes(out)},
+        sha256={name: sha256_file(out / name) for name in (SELECTED_FILE, SCORES_FILE)},
     )
     log.info("selected %d of %d rows -> %s", len(selected), len(pool), out / SELECTED_FILE)
 
 
 # ------------------------------------------------------------------------ tov score
+def _adapter_scorer(args: argparse.Namespace, model: Any, tokenizer: Any) -> Any:
+    """A ToVScorer over the saved adapters; unreadable or unfitting ones are bad input."""
+    from safetensors import SafetensorError
+
+    from tov_datasets.scorer import ToVScorer
+
+    try:
+        return ToVScorer(
+            model, tokenizer, base_adapter=args.base_adapter, val_adapter=args.val_adapter,
+            transform=args.transform, max_length=args.max_length, batch_size=args.batch_size,
+        )
+    except (OSError, RuntimeError, SafetensorError, ValueError) as e:
+        detail = _one_line(e)
+        raise CliError(
+            f"cannot load adapters {args.base_adapter} and {args.val_adapter} into "
+            f"{args.model}: {detail[:300]}{'...' if len(detail) > 300 else ''}"
+        ) from e
+
+
 def cmd_score(args: argparse.Namespace) -> None:
     """Scores only: with two saved adapters (ToVScorer), or along the ToV trajectory (--val)."""
     import pyarrow as pa
@@ -286,13 +383,10 @@ def cmd_score(args: argparse.Namespace) -> None:
         for adapter in adapters:
             if not Path(adapter).is_dir():
                 raise CliError(f"adapter {adapter}: no such directory")
-        from tov_datasets.scorer import NUM_TOKENS, SCORE, ToVScorer
+        from tov_datasets.scorer import NUM_TOKENS, SCORE
         from tov_datasets.trajectory import ROW
 
-        scorer = ToVScorer(
-            model, tokenizer, base_adapter=args.base_adapter, val_adapter=args.val_adapter,
-            transform=args.transform, max_length=args.max_length, batch_size=args.batch_size,
-        )
+        scorer = _adapter_scorer(args, model, tokenizer)
         scored = pool.map(scorer, batched=True, desc="score", keep_in_memory=True)
         table = _table(scored.select_columns([SCORE, NUM_TOKENS]))
         table = table.add_column(0, ROW, pa.array(np.arange(len(pool), dtype=np.int64)))
@@ -469,13 +563,15 @@ def _configure_logging(quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tov`` command; returns the exit code (2: bad input)."""
-    from tov_datasets.storage import ManifestMismatchError
+    from tov_datasets.storage import ManifestMismatchError, OutputInUseError
 
     args = build_parser().parse_args(argv)
     _configure_logging(args.quiet)
     try:
+        _check_numbers(args)
         args.func(args)
-    except (CliError, ManifestMismatchError, FileNotFoundError, ValueError) as e:
+    except (CliError, ManifestMismatchError, OutputInUseError, FileNotFoundError,
+            ValueError) as e:
         print(f"tov {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0
