@@ -313,10 +313,10 @@ def _markdown(data: ReportData, plots: Mapping[str, Path]) -> str:
                                                zip(columns, matrix, strict=True)])]
     if data.timings:
         total = sum(data.timings.values())
-        rows = [[stage, seconds, f"{seconds / total:.0%}" if total else "-"]
+        rows = [[stage, f"{seconds:.1f}", f"{seconds / total:.0%}" if total else "-"]
                 for stage, seconds in data.timings.items()]
-        parts += ["## Time per stage (s)",
-                  markdown_table(["stage", "seconds", "share"], [*rows, ["total", total, ""]])]
+        parts += ["## Time per stage (s)", markdown_table(["stage", "seconds", "share"],
+                                                          [*rows, ["total", f"{total:.1f}", ""]])]
     parts += ["## Plots", *(f"![{key}]({p.name})" for key, p in plots.items())]
     return "\n\n".join(parts) + "\n"
 
