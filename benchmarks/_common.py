@@ -4,6 +4,7 @@ of shared notes (benchmark, command, commit, date, machine, versions, config, su
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import gc
 import json
@@ -57,6 +58,32 @@ def commit() -> str:
         ).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+SIZE_NAME = {False: "full", True: "reduced (--small sizes)"}
+
+
+def add_size_options(ap: argparse.ArgumentParser) -> None:
+    """--small / --reduced / --tiny, --threads and --out-dir, shared by the evidence scripts."""
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--small", action="store_true", help="smoke sizes -> *_small.json")
+    g.add_argument("--reduced", action="store_true",
+                   help="the --small sizes, written under the full-run file name (for when a "
+                   "full run does not fit the machine; config.size says so)")
+    g.add_argument("--tiny", action="store_true", help="tiny random models -> *_tiny.json")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out-dir", type=Path, default=None, help="default benchmarks/results")
+
+
+def resolve_size(args: argparse.Namespace) -> tuple[str, str, str]:
+    """Set torch's threads; return (size named in the file, size of the data to set up,
+    the size recorded in the result's config)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    size = "tiny" if args.tiny else "small" if args.small else "full"
+    label = SIZE_NAME[args.reduced] if size == "full" else size
+    return size, "small" if args.reduced else size, label
 
 
 def command() -> str:

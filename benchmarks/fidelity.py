@@ -85,9 +85,6 @@ def setup(config: str, size: str) -> dict[str, Any]:
     return {**s, **data, "sizes": dict(sz)}
 
 
-SIZE_NAME = {False: "full", True: "reduced (--small sizes)"}
-
-
 def main(argv: list[str] | None = None) -> Path:
     from tov_datasets.training import adapter_parameters, copy_adapter, finetune, mean_loss
 
@@ -98,21 +95,11 @@ def main(argv: list[str] | None = None) -> Path:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", choices=["it", "ner"], default="ner")
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--small", action="store_true")
-    g.add_argument("--reduced", action="store_true",
-                   help="the --small sizes, written under the full-run file name (for when a "
-                   "full run does not fit the machine; config.size says so)")
-    g.add_argument("--tiny", action="store_true")
+    _common.add_size_options(ap)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out-dir", type=Path, default=None)
     a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    size = "tiny" if a.tiny else "small" if a.small else "full"
-    s = setup(a.config, "small" if a.reduced else size)
-    if a.reduced:
-        size = "full"  # file name of the full run; config records the reduction
+    size, setup_size, size_label = _common.resolve_size(a)
+    s = setup(a.config, setup_size)
     sz, tok = s["sizes"], s["tokenizer"]
     lr, bs, ml = sz["lr"], sz["batch_size"], sz["max_length"]
     rng = np.random.default_rng(a.seed)
@@ -217,7 +204,7 @@ def main(argv: list[str] | None = None) -> Path:
         "spearman_graddot_vs_exact": spearman(graddot, exact),
         "samples": len(samples),
     }
-    config = {"config": a.config, "size": SIZE_NAME[a.reduced] if size == "full" else size,
+    config = {"config": a.config, "size": size_label,
                "sizes": sz, "eta": lr, "val": len(val_samples),
               "seed": a.seed, "threads": a.threads}
     details = {"rows": rows.tolist(), "exact": exact.tolist(), "tov": tov_score.tolist(),

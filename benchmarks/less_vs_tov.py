@@ -125,27 +125,14 @@ def counted_fpe(P: int, V: int) -> dict[str, float]:
     }
 
 
-SIZE_NAME = {False: "full", True: "reduced (--small sizes)"}
-
-
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", choices=["it", "ner"], default="ner")
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--small", action="store_true")
-    g.add_argument("--reduced", action="store_true",
-                   help="the --small sizes, written under the full-run file name (for when a "
-                   "full run does not fit the machine; config.size says so)")
-    g.add_argument("--tiny", action="store_true")
+    _common.add_size_options(ap)
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out-dir", type=Path, default=None)
     a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    size = "tiny" if a.tiny else "small" if a.small else "full"
-    s = setup(a.config, "small" if a.reduced else size)
-    if a.reduced:
-        size = "full"  # file name of the full run; config records the reduction
+    size, setup_size, size_label = _common.resolve_size(a)
+    s = setup(a.config, setup_size)
     repeats = a.repeats or s["sizes"]["repeats"]
     P, V = len(s["pool"]), len(s["val"])
     runs: dict[str, list[dict[str, Any]]] = {"tov": [], "less_published": [],
@@ -184,7 +171,7 @@ def main(argv: list[str] | None = None) -> Path:
         "less_published_peak_disk_bytes": disk["less_published"],
         "less_optimised_peak_disk_bytes": disk["less_optimised"],
     }
-    config = {"config": a.config, "size": SIZE_NAME[a.reduced] if size == "full" else size,
+    config = {"config": a.config, "size": size_label,
                "pool": P, "val": V, "epochs_checkpoints":
               EPOCHS, "base_fraction": FRACTION, "sizes": s["sizes"], "repeats": repeats,
               "proj_dim": 8192, "threads": a.threads, "lora": _lora(s["lora"]),

@@ -30,7 +30,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from benchmarks import _common, eval_data  # noqa: E402
 from benchmarks.baselines import less, max_uncertainty, random_select, tov  # noqa: E402
@@ -196,29 +195,16 @@ def write_outputs(stem: str, config: dict, summary: dict, details: dict, stats: 
     return path
 
 
-SIZE_NAME = {False: "full", True: "reduced (--small sizes)"}
-
-
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", choices=["it", "ner"], required=True)
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--small", action="store_true", help="smoke sizes -> *_small.json")
-    g.add_argument("--reduced", action="store_true",
-                   help="the --small sizes, written under the full-run file name (for when a "
-                   "full run does not fit the machine; config.size says so)")
-    g.add_argument("--tiny", action="store_true", help="tiny random models -> *_tiny.json")
+    _common.add_size_options(ap)
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                     help=f"comma list of {ALL_METHODS} (random is always run)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out-dir", type=Path, default=None, help="default benchmarks/results")
     a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    size = "tiny" if a.tiny else "small" if a.small else "full"
-    s = setup(a.config, "small" if a.reduced else size)
-    if a.reduced:
-        size = "full"  # file name of the full run; config records the reduction
+    size, setup_size, size_label = _common.resolve_size(a)
+    s = setup(a.config, setup_size)
     seeds = list(range(a.seeds if a.seeds is not None else s["sizes"]["seeds"]))
     methods = ["random"] + [m for m in a.methods.split(",") if m and m != "random"]
     losses: dict[str, list[float]] = {m: [] for m in methods}
@@ -255,7 +241,7 @@ def main(argv: list[str] | None = None) -> Path:
         summary[f"{m}_test_loss"] = st["loss_mean"]
         if m not in ("tov", "less", "maxunc", "random"):
             summary[f"{m}_improvement_pct"] = st["improvement_pct"]
-    config = {"config": a.config, "size": SIZE_NAME[a.reduced] if size == "full" else size,
+    config = {"config": a.config, "size": size_label,
                "sizes": s["sizes"], "methods": methods,
               "data_meta": s["meta"], "lora": _lora_dict(s["lora"]), "threads": a.threads}
     details = {"seeds": seeds, "per_seed": per_seed, "stats": stats,
