@@ -150,9 +150,18 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def _json_default(value: Any) -> Any:
+    """Sets as sorted lists (their iteration order changes with the process's hash seed),
+    other non-JSON values as ``str``."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return str(value)
+
+
 def canonical_hash(value: Any) -> str:
-    """sha256 of the canonical JSON of ``value`` (sorted keys; non-JSON values via ``str``)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    """sha256 of the canonical JSON of ``value`` (sorted keys; sets as sorted lists; other
+    non-JSON values via ``str``): the same in every process."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -289,7 +298,7 @@ class Manifest:
 
     def __init__(self, directory: str | os.PathLike[str], args: Mapping[str, Any]):
         self.directory = Path(directory)
-        self.args = json.loads(json.dumps(dict(args), sort_keys=True, default=str))
+        self.args = json.loads(json.dumps(dict(args), sort_keys=True, default=_json_default))
         self.args_hash = canonical_hash(self.args)
         self.steps: dict[str, dict[str, Any]] = {}
         self._lock: contextlib.ExitStack | None = None
