@@ -410,7 +410,6 @@ def cmd_score(args: argparse.Namespace) -> None:
 def cmd_select_only(args: argparse.Namespace) -> None:
     """Re-select from a scores file: the score rows, or with --pool the pool rows."""
     import datasets
-    import pyarrow as pa
 
     from tov_datasets.select import select_by_score
     from tov_datasets.storage import read_parquet, write_parquet
@@ -443,7 +442,7 @@ def cmd_select_only(args: argparse.Namespace) -> None:
             if name not in rows.column_names:
                 rows = rows.append_column(name, chosen.column(name))
         chosen = rows
-    write_parquet(out, pa.Table.from_batches(chosen.to_batches(), chosen.schema))
+    write_parquet(out, chosen)
     log.info("selected %d of %d rows -> %s", chosen.num_rows, scores.num_rows, out)
 
 
@@ -474,13 +473,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def _add_trajectory_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-size", type=int, default=4096,
-                   help="rows of the random base set U (capped at the pool size)")
+                   help="rows of the random base set U; at most the pool's rows")
     p.add_argument("--epochs", type=int, help="trajectory epochs L (default: 16384/base-size)")
-    p.add_argument("--variant", choices=("interleaved", "parallel"), default="interleaved")
+    p.add_argument("--variant", choices=("interleaved", "parallel"), default="interleaved",
+                   help="each epoch the base continues from the val adapter, or from itself")
     p.add_argument("--lora-rank", type=int,
                    help="LoRA rank (default: 256 causal LM, 1 token classification)")
     p.add_argument("--lr", type=float, default=2e-4, help="base learning rate (val: lr/10)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
 
 
 def _add_selection_options(p: argparse.ArgumentParser) -> None:
@@ -490,6 +490,16 @@ def _add_selection_options(p: argparse.ArgumentParser) -> None:
                    help="share of n drawn uniformly at random")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends an option's default to its help where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tov`` command."""
     parser = argparse.ArgumentParser(
@@ -497,9 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add = lambda name, text: commands.add_parser(
+        name, help=text, description=text,
+        formatter_class=_HelpFormatter,
+    )
     data_help = "JSONL, Parquet, Arrow file, save_to_disk directory or hub NAME[:SPLIT]"
 
-    p = commands.add_parser("select", help="score a pool with ToV and select n rows")
+    p = add("select", "score a pool with ToV and select n rows")
     _add_model_options(p)
     p.add_argument("--pool", required=True, help=f"candidate samples: {data_help}")
     p.add_argument("--val", required=True, help=f"validation samples: {data_help}")
@@ -509,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection_options(p)
     p.set_defaults(func=cmd_select)
 
-    p = commands.add_parser("score", help="ToV scores only (no selection)")
+    p = add("score", "ToV scores only (no selection)")
     _add_model_options(p)
     p.add_argument("--pool", required=True, help=f"samples to score: {data_help}")
     p.add_argument("--out", required=True, help="output .parquet file")
@@ -520,21 +534,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trajectory_options(p)
     p.set_defaults(func=cmd_score)
 
-    p = commands.add_parser("select-only", help="select again from an existing scores file")
+    p = add("select-only", "select again from an existing scores file")
     p.add_argument("--scores", required=True, help="scores.parquet of tov select or tov score")
     p.add_argument("--pool", help="the scored pool: output its rows instead of score rows")
     p.add_argument("--out", required=True, help="output .parquet file")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--random-from-all", action="store_true",
                    help=f"draw the random part from all rows, not only those with {IN_BASE}")
     _add_selection_options(p)
     p.set_defaults(func=cmd_select_only)
 
-    p = commands.add_parser("demo", help="offline demo: ToV vs random on Wikipedia summaries")
+    p = add("demo", "offline demo: ToV vs random on Wikipedia summaries")
     p.add_argument("--topic", default="Mathematics", help="target topic of the demo")
     p.add_argument("--small", action="store_true", help="a small, fast version (for CI)")
     p.add_argument("--out", help="output directory (default: ./tov-demo or ./tov-demo-small)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=cmd_demo)
     for sub in commands.choices.values():
         sub.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
