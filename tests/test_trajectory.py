@@ -337,6 +337,26 @@ def test_manifest_verifies_checksums(tmp_path):
         storage.Manifest(tmp_path, {"a": 2}).__enter__()
 
 
+def test_manifest_args_hash_is_the_same_in_every_process():
+    """LoraConfig.target_modules is a set: its order must not reach the hash (a rerun in a
+    new process, with another hash seed, must resume)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from peft import LoraConfig; from tov_datasets import storage; "
+        "cfg = LoraConfig(target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj', 'up_proj']); "
+        "print(storage.Manifest('unused', {'lora': cfg.to_dict()}).args_hash)"
+    )
+    hashes = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
+        for seed in (1, 2)
+    }
+    assert len(hashes) == 1
+
+
 def test_atomic_writes_leave_no_partial_files(tmp_path):
     def failing(tmp):
         (tmp / "part" if tmp.is_dir() else tmp).write_bytes(b"half")
