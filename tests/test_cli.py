@@ -159,6 +159,42 @@ def test_score_along_the_trajectory(files, tmp_path):
     assert scores.num_rows == 60 and "tov_score_epoch_1" in scores.column_names
 
 
+def _ner_rows(count: int, seed: int, labels=tiny.NER_LABELS) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [
+        {"tokens": rng.choice(tiny.WORDS, size=n).tolist(),
+         "ner_tags": rng.choice(labels, size=n).tolist()}
+        for n in rng.integers(2, 12, size=count)
+    ]
+
+
+def test_select_token_classification(tmp_path):
+    tok = tiny.tokenizer()
+    tiny.token_classifier(tok).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    pool = _write_jsonl(tmp_path / "pool.jsonl", _ner_rows(40, 0))
+    val = _write_jsonl(tmp_path / "val.jsonl", _ner_rows(6, 1))
+    out = tmp_path / "out"
+    assert cli.main([
+        "select", "--model", str(tmp_path / "model"), "--pool", str(pool), "--val", str(val),
+        "--out", str(out), "--n", "8", "--base-size", "16", "--epochs", "1", "--quiet",
+    ]) == 0
+    selected = pq.read_table(out / cli.SELECTED_FILE)
+    assert selected.num_rows == 8 and "ner_tags" in selected.column_names
+
+
+def test_ner_labels_come_from_the_data_when_the_model_lacks_them(tmp_path):
+    import datasets
+
+    tok = tiny.tokenizer()
+    tiny.token_classifier(tok).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    data = datasets.Dataset.from_list(_ner_rows(5, 0, labels=["O", "B-city"]))
+    model, _ = cli.load_model(str(tmp_path / "model"), data=(data,))
+    assert model.config.id2label == {0: "B-city", 1: "O"}
+    assert model.classifier.out_features == 2
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -105,14 +105,15 @@ def _model_source(spec: str) -> tuple[str, dict[str, Any]]:
 
 def _ner_labels(*datasets_: Any) -> list[str] | None:
     """The sorted string tags of NER datasets (tokens + ner_tags), or None if not NER/strings."""
+    import pyarrow.compute as pc
+
     from tov_datasets.formats import detect_format
 
     tags: set[Any] = set()
     for ds in datasets_:
         if detect_format(ds.column_names) != "ner":
             return None
-        for row in ds["ner_tags"]:
-            tags.update(row)
+        tags.update(pc.unique(pc.list_flatten(_table(ds).column("ner_tags"))).to_pylist())
     return sorted(tags) if all(isinstance(t, str) for t in tags) else None
 
 
@@ -127,8 +128,9 @@ def load_model(
     """(model, tokenizer) from a local directory, a ``.gguf`` file or a hub name.
 
     A causal LM unless the config is a token classifier or ``data`` is NER (tokens +
-    ner_tags); for NER data with string tags the label set comes from the data unless the
-    model already knows every tag. The tokenizer gets its EOS as pad token if it has none.
+    ner_tags) with string tags; then the label set comes from the data unless the model
+    already knows every tag (a new classification head is initialised). The tokenizer gets
+    its EOS as pad token if it has none.
     """
     import torch
     from transformers import (
