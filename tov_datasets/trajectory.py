@@ -97,6 +97,7 @@ def _derive(seed: int, *keys: int) -> int:
 def _check_arguments(
     pool: Any, val: Any, n: int, base_size: int, epochs: int | None, lr: float,
     val_lr_ratio: float, variant: str, val_mode: str, random_fraction: float, batch_size: int,
+    max_length: int | None,
 ) -> None:
     import datasets
 
@@ -127,6 +128,11 @@ def _check_arguments(
         )
     if epochs is not None and epochs < 1:
         raise ValueError(f"epochs={epochs} must be >= 1 (or None for the default rule)")
+    if max_length is not None and max_length < 1:
+        raise ValueError(
+            f"max_length={max_length} must be >= 1 (or None: the model's "
+            "max_position_embeddings)"
+        )
     if not (lr > 0 and val_lr_ratio > 0 and batch_size >= 1):
         raise ValueError(
             f"lr={lr}, val_lr_ratio={val_lr_ratio} and batch_size={batch_size} must be positive"
@@ -495,7 +501,7 @@ def tov_select(
     """
     started = time.perf_counter()
     _check_arguments(pool, val, n, base_size, epochs, lr, val_lr_ratio, variant, val_mode,
-                     random_fraction, batch_size)
+                     random_fraction, batch_size, max_length)
     base_indices = _draw_base(len(pool), base_size, seed)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     options = {
