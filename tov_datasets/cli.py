@@ -65,6 +65,10 @@ def _read_data(spec: str, what: str) -> Any:
             if suffix in (".jsonl", ".json"):
                 return datasets.Dataset.from_json(str(path))
             if suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                if pq.ParquetFile(path).metadata.num_rows == 0:  # datasets fails obscurely
+                    raise CliError(f"{what} {spec} has no rows")
                 return datasets.Dataset.from_parquet(str(path))
             if suffix == ".arrow":
                 return datasets.Dataset.from_file(str(path))
@@ -169,12 +173,17 @@ def load_model(
 
 
 def _check_columns(ds: Any, what: str, extra: Sequence[str] = ()) -> None:
-    """The columns of one input format, without nulls (rows of another format), and
-    ``extra``."""
+    """The columns of one input format, of one value type and without nulls (rows of
+    another format), and ``extra``."""
     from tov_datasets.formats import FORMATS, detect_format
 
     needed = FORMATS[detect_format(ds.column_names)]
     for column in needed:
+        if type(ds.features[column]).__name__ == "Json":  # datasets >= 5: mixed value types
+            raise CliError(
+                f"{what}: column {column!r} mixes value types (e.g. strings and numbers); "
+                "every row needs the same type"
+            )
         nulls = ds.data.column(column).null_count
         if nulls:
             raise CliError(
