@@ -355,11 +355,19 @@ def _select(args: argparse.Namespace, out: Path, pool: Any, val: Any, model: Any
 
 # ------------------------------------------------------------------------ tov score
 def _adapter_scorer(args: argparse.Namespace, model: Any, tokenizer: Any) -> Any:
-    """A ToVScorer over the saved adapters; unreadable or unfitting ones are bad input."""
+    """A ToVScorer over the saved adapters; unreadable or unfitting ones are bad input, and
+    so are adapters without safetensors weights (peft would unpickle adapter_model.bin)."""
     from safetensors import SafetensorError
 
     from tov_datasets.scorer import ToVScorer
+    from tov_datasets.storage import ADAPTER_WEIGHTS
 
+    for adapter in (args.base_adapter, args.val_adapter):
+        if not (Path(adapter) / ADAPTER_WEIGHTS).is_file():
+            raise CliError(
+                f"adapter {adapter} has no {ADAPTER_WEIGHTS}; tov loads adapters only as "
+                "safetensors (peft: save_pretrained(..., safe_serialization=True))"
+            )
     try:
         return ToVScorer(
             model, tokenizer, base_adapter=args.base_adapter, val_adapter=args.val_adapter,
