@@ -1,0 +1,386 @@
+"""The bad-input matrix (docs/bad_input.md): one test per row, through the public API and the
+CLI. Every CLI error exits 2 with one line on stderr, leaves its input files as they were
+(mtime and sha256) and writes nothing that looks finished (no run.json, no output file)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from datasets import Dataset
+from safetensors import SafetensorError
+from transformers import LlamaForCausalLM
+
+from tests import _cli_fixtures as fx
+from tests import tiny
+from tov_datasets import cli, storage, training, trajectory
+from tov_datasets.formats import detect_format
+from tov_datasets.scorer import ToVScorer
+from tov_datasets.select import select_by_score
+
+POOL_ROWS = 48
+# The "odd" pool: normal rows, then empty texts, over-long texts, duplicates of rows 0-3.
+EMPTY, LONG, DUPLICATES = range(36, 40), range(40, 44), range(44, 48)
+LONG_WORDS = 200  # > max_position_embeddings (128) of the tiny Llama
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return fx.make_inputs(tmp_path_factory.mktemp("bad") / "inputs", POOL_ROWS)
+
+
+@pytest.fixture(scope="module")
+def odd_run(inputs, tmp_path_factory):
+    """`tov select` (1 epoch) on a pool with empty, over-long and duplicate rows, with a
+    model directory whose tokenizer has no pad token: its output directory and pool rows."""
+    root = tmp_path_factory.mktemp("odd")
+    rows = fx.text_rows(36, 0)
+    rows += [{"text": "", "topic": "none", "id": i} for i in EMPTY]
+    rows += [{"text": " ".join(["math"] * LONG_WORDS), "topic": "math", "id": i} for i in LONG]
+    rows += [{**rows[i - DUPLICATES.start], "id": i} for i in DUPLICATES]
+    pool = fx.write_jsonl(root / "pool.jsonl", rows)
+    model = root / "model"
+    shutil.copytree(inputs["model"], model)
+    tiny.tokenizer(pad=False).save_pretrained(model)
+    odd = {**inputs, "pool": pool, "model": model}
+    before = fx.snapshot(pool, model, inputs["val"])
+    out = root / "out"
+    assert cli.main(fx.select_argv(odd, out, "--epochs", "1")) == 0
+    assert fx.snapshot(pool, model, inputs["val"]) == before
+    return {"out": out, "rows": rows, "inputs": odd}
+
+
+@pytest.fixture(scope="module")
+def lora():
+    return training.default_lora_config("causal_lm", 2, model=tiny.causal_lm(tiny.tokenizer()))
+
+
+def _texts(count: int, seed: int = 0) -> list[str]:
+    return [r["text"] for r in fx.text_rows(count, seed)]
+
+
+def _select(pool: Dataset, val: Dataset, lora, tok=None, **kw):
+    """tov_select, 1 epoch, on a fresh tiny Llama."""
+    tok = tok or tiny.tokenizer()
+    kw = {"n": 4, "base_size": 8, "epochs": 1, "lr": 1e-3, "batch_size": 4, "max_length": 24,
+          "lora": lora, **kw}
+    return trajectory.tov_select(tiny.causal_lm(tok), tok, pool, val, **kw)
+
+
+POOL = Dataset.from_dict({"text": _texts(12)})
+VAL = Dataset.from_dict({"text": _texts(4, 1)})
+
+
+def _out(argv: list[str]) -> Path:
+    return Path(argv[argv.index("--out") + 1])
+
+
+def _fails(capsys, argv: list[str], message: str) -> str:
+    """`tov argv` exits 2 with one line holding ``message``; the input files (every other
+    existing path in argv) are unchanged and no finished output appears."""
+    out = _out(argv)
+    inputs = [Path(a) for a in argv if a != str(out) and Path(a).exists()]
+    before = fx.snapshot(*inputs)
+    had_run = (out / cli.RUN_FILE).exists()
+    code, err = fx.run_cli(argv, capsys)
+    assert code == 2, err
+    assert err.startswith(f"tov {argv[0]}: error:") and "\n" not in err, err
+    assert message in err, err
+    assert fx.snapshot(*inputs) == before
+    if out.suffix == ".parquet":
+        assert not out.exists()
+    else:
+        assert (out / cli.RUN_FILE).exists() == had_run
+    return err
+
+
+def _scores_file(path: Path, scores, lengths) -> Path:
+    table = pa.table({"tov_row": np.arange(len(scores)), "tov_score": pa.array(scores),
+                      "tov_num_tokens": pa.array(lengths, pa.int32())})
+    pq.write_table(table, path)
+    return path
+
+
+def _select_only(scores: Path, out: Path, *extra: str) -> list[str]:
+    return ["select-only", "--quiet", "--scores", str(scores), "--out", str(out), *extra]
+
+
+def _score(inputs, base: Path, val: Path, out: Path) -> list[str]:
+    return ["score", "--quiet", "--model", str(inputs["model"]), "--pool", str(inputs["pool"]),
+            "--base-adapter", str(base), "--val-adapter", str(val), "--out", str(out)]
+
+
+# ---------------------------------------------------------------------------- the rows
+def test_empty_pool_or_val(inputs, lora, tmp_path, capsys):
+    with pytest.raises(ValueError, match="the pool is empty"):
+        _select(POOL.select([]), VAL, lora)
+    with pytest.raises(ValueError, match="the validation set is empty"):
+        _select(POOL, VAL.select([]), lora)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    no_rows = tmp_path / "no_rows.parquet"
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), no_rows)
+    out = tmp_path / "out"
+    _fails(capsys, fx.select_argv({**inputs, "pool": empty}, out), "has no rows (empty file)")
+    _fails(capsys, fx.select_argv({**inputs, "val": no_rows}, out), f"val {no_rows} has no rows")
+
+
+def test_n_out_of_range(inputs, lora, tmp_path, capsys):
+    for n in (0, -1, 13):
+        with pytest.raises(ValueError, match=rf"n={n} must be in \[1, len\(pool\)=12\]"):
+            _select(POOL, VAL, lora, n=n)
+    scores = Dataset.from_dict({"tov_score": [0.1, 0.2, 0.3], "tov_num_tokens": [1, 0, 2]})
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        select_by_score(scores, 0)
+    with pytest.raises(ValueError, match="exceeds the 2 eligible rows"):
+        select_by_score(scores, 3)
+    out = tmp_path / "out"
+    _fails(capsys, fx.select_argv(inputs, out, "--n", "0"), "--n=0 must be >= 1")
+    _fails(capsys, fx.select_argv(inputs, out, "--n", "49"), "n=49 must be in [1, len(pool)=48]")
+    path = _scores_file(tmp_path / "scores.parquet", [0.1, 0.2, 0.3], [1, 0, 2])
+    _fails(capsys, _select_only(path, tmp_path / "o.parquet", "--n", "3"), "exceeds the 2")
+
+
+def test_out_of_range_options(inputs, tmp_path, capsys):
+    """Checked before anything is loaded (API: the same bounds raise ValueError, e.g.
+    max_length in test_samples_over_max_length)."""
+    out = tmp_path / "out"
+    for option, value, message in [("--bins", "0", "--bins=0 must be >= 1"),
+                                   ("--batch-size", "0", "--batch-size=0 must be >= 1"),
+                                   ("--epochs", "0", "--epochs=0 must be >= 1"),
+                                   ("--random-fraction", "1.5", "must be in [0, 1]"),
+                                   ("--lr", "0", "--lr=0.0 must be > 0")]:
+        _fails(capsys, fx.select_argv(inputs, out, option, value), message)
+    assert not out.exists()
+
+
+def test_missing_or_misnamed_columns(inputs, lora, tmp_path, capsys):
+    body = Dataset.from_dict({"body": _texts(12)})
+    with pytest.raises(ValueError, match=r"cannot tell the input format from columns \['body'\]"):
+        _select(body, VAL, lora)
+    result = _select(body, VAL, lora, column_map={"body": "text"})  # renamed: accepted
+    assert result.selected.column_names[0] == "body" and len(result.selected) == 4
+    assert detect_format(["text"], {"missing": "text"}) == "text"  # unused keys are ignored
+    with pytest.raises(ValueError, match=r"dataset has no column \['tov_score'\]"):
+        select_by_score(Dataset.from_dict({"score": [0.1], "tov_num_tokens": [1]}), 1)
+    misnamed = fx.write_jsonl(tmp_path / "body.jsonl", [{"body": t} for t in _texts(12)])
+    out = tmp_path / "out"
+    _fails(capsys, fx.select_argv({**inputs, "pool": misnamed}, out),
+           "cannot tell the input format from columns ['body']")
+    _fails(capsys, fx.select_argv(inputs, out, "--group-column", "nope"), "no column 'nope'")
+    scores = tmp_path / "scores.parquet"
+    pq.write_table(pa.table({"tov_row": [0, 1], "score": [0.1, 0.2]}), scores)
+    _fails(capsys, _select_only(scores, tmp_path / "o.parquet", "--n", "1"),
+           "has no column ['tov_score', 'tov_num_tokens']")
+
+
+def test_mixed_formats_in_one_file(inputs, lora, tmp_path, capsys):
+    """API: the most specific format present wins (prompt + completion); rows of another
+    format have nulls there, count as empty, get no scored tokens and are never selected.
+    CLI: refused."""
+    rows = [{"text": t} for t in _texts(6)]
+    rows += [{"prompt": "the", "completion": t} for t in _texts(6, 1)]
+    mixed = fx.write_jsonl(tmp_path / "mixed.jsonl", rows)
+    result = _select(Dataset.from_json(str(mixed)), VAL, lora, n=2, base_size=12)
+    tokens = np.asarray(result.scores["tov_num_tokens"])
+    assert (tokens[:6] == 0).all() and (tokens[6:] > 0).all()
+    assert min(result.selected["tov_row"]) >= 6
+    out = tmp_path / "out"
+    _fails(capsys, fx.select_argv({**inputs, "pool": mixed}, out),
+           "pool: 6 of 12 rows have no 'prompt' (null); every row needs prompt + completion")
+    types = tmp_path / "types.jsonl"
+    types.write_text('{"text": "math"}\n{"text": 5}\n')
+    _fails(capsys, fx.select_argv({**inputs, "pool": types}, out),
+           "pool: column 'text' mixes value types (e.g. strings and numbers)")
+
+
+def test_empty_strings_and_completions(lora, odd_run):
+    """Empty texts or completions have no scored tokens: tov_num_tokens 0, never selected
+    (training skips them); a validation set with no scored tokens is refused."""
+    texts = _texts(12)
+    texts[1] = texts[5] = ""
+    result = _select(Dataset.from_dict({"text": texts}), VAL, lora)
+    assert np.asarray(result.scores["tov_num_tokens"])[[1, 5]].tolist() == [0, 0]
+    assert not {1, 5} & set(result.selected["tov_row"])
+    completions = Dataset.from_dict({"prompt": ["the"] * 12, "completion": [""] * 6 + texts[6:]})
+    assert (np.asarray(_select(completions, VAL, lora).scores["tov_num_tokens"])[:6] == 0).all()
+    with pytest.raises(ValueError, match="validation set has no scored tokens"):
+        _select(POOL, Dataset.from_dict({"prompt": ["the"], "completion": [""]}), lora)
+    scores = pq.read_table(odd_run["out"] / cli.SCORES_FILE).column("tov_num_tokens")
+    assert [scores[i].as_py() for i in EMPTY] == [0] * len(EMPTY)
+    selected = pq.read_table(odd_run["out"] / cli.SELECTED_FILE).column("tov_row").to_pylist()
+    assert not set(EMPTY) & set(selected)
+
+
+def test_samples_over_max_length(tiny_causal_lm, tiny_tokenizer, lora, odd_run, tmp_path,
+                                 inputs, capsys):
+    """Truncated to their first max_length tokens (default: max_position_embeddings)."""
+    scorer = ToVScorer(tiny_causal_lm, tiny_tokenizer, max_length=24)
+    words = _texts(1)[0].split() * 10
+    long_scores = scorer.score_columns({"text": [" ".join(words)]})
+    cut_scores = scorer.score_columns({"text": [" ".join(words[:24])]})
+    for long_value, cut_value in zip(long_scores, cut_scores, strict=True):
+        np.testing.assert_array_equal(long_value, cut_value)
+    long = Dataset.from_dict({"text": [" ".join(["math"] * LONG_WORDS)] * 4 + _texts(8)})
+    result = _select(long, VAL, lora, max_length=None)
+    assert np.asarray(result.scores["tov_num_tokens"])[:4].tolist() == [127] * 4
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"max_length={bad} must be >= 1"):
+            _select(POOL, VAL, lora, max_length=bad)
+    tokens = pq.read_table(odd_run["out"] / cli.SCORES_FILE).column("tov_num_tokens")
+    assert [tokens[i].as_py() for i in LONG] == [23] * len(LONG)  # --max-length 24
+    _fails(capsys, fx.select_argv(inputs, tmp_path / "out", "--max-length", "0"),
+           "--max-length=0 must be >= 1")
+
+
+def test_nan_or_inf_scores(tmp_path, capsys):
+    """Refused where a row has tokens; allowed (ignored) where tov_num_tokens is 0."""
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        ds = Dataset.from_dict({"tov_score": [0.1, bad, 0.3], "tov_num_tokens": [1, 2, 3]})
+        with pytest.raises(ValueError, match=r"scores must be finite where length > 0; NaN or "
+                                             r"inf at rows \[1\]"):
+            select_by_score(ds, 1)
+    ds = Dataset.from_dict({"tov_score": [0.1, float("nan"), 0.3], "tov_num_tokens": [1, 0, 3]})
+    assert select_by_score(ds, 2, random_fraction=0)["tov_score"] == pytest.approx([0.1, 0.3])
+    path = _scores_file(tmp_path / "nan.parquet", [0.1, float("nan"), 0.3], [1, 2, 3])
+    _fails(capsys, _select_only(path, tmp_path / "o.parquet", "--n", "1"),
+           "scores must be finite where length > 0")
+
+
+def test_model_without_the_named_adapters(tiny_causal_lm, tiny_tokenizer, inputs, tmp_path,
+                                          capsys):
+    with pytest.raises(ValueError, match="the model has no adapter 'nope'; it has"):
+        ToVScorer(tiny_causal_lm, tiny_tokenizer, base_adapter="nope")
+    with pytest.raises(ValueError, match="LlamaForCausalLM is not a peft model"):
+        ToVScorer(tiny.causal_lm(tiny_tokenizer), tiny_tokenizer)
+    tiny_causal_lm.add_adapter("tov_val", tiny_causal_lm.peft_config["base"])
+    with pytest.raises(ValueError, match=r"already has adapters \['tov_val'\]"):
+        trajectory.tov_select(tiny_causal_lm, tiny_tokenizer, POOL, VAL, n=4, base_size=8)
+    (tmp_path / "not_an_adapter").mkdir()
+    out = tmp_path / "s.parquet"
+    _fails(capsys, _score(inputs, tmp_path / "missing", tmp_path / "missing", out),
+           "no such directory")
+    _fails(capsys, _score(inputs, tmp_path / "not_an_adapter", tmp_path / "not_an_adapter", out),
+           "has no adapter_model.safetensors")
+
+
+def test_tokenizer_without_pad_token(lora, odd_run):
+    """API: the EOS token pads (same scores as with pad = EOS); neither: ValueError. CLI: the
+    loaded tokenizer gets EOS as pad token (the odd run's tokenizer has none)."""
+    no_pad = tiny.tokenizer(pad=False)
+    assert no_pad.pad_token is None
+    plain = _select(POOL, VAL, lora)
+    assert _select(POOL, VAL, lora, tok=no_pad).scores.data.table.equals(plain.scores.data.table)
+    no_pad.eos_token = None
+    with pytest.raises(ValueError, match="neither a pad nor an EOS token"):
+        _select(POOL, VAL, lora, tok=no_pad)
+    config = json.loads((odd_run["inputs"]["model"] / "tokenizer_config.json").read_text())
+    assert config.get("pad_token") is None
+    assert (odd_run["out"] / cli.RUN_FILE).is_file()
+
+
+def test_duplicate_rows(odd_run):
+    """Kept and scored like their originals (within float noise of other padding), each with
+    its own tov_row; dedupe beforehand to avoid selecting both."""
+    scores = pq.read_table(odd_run["out"] / cli.SCORES_FILE)
+    assert scores.column("tov_row").to_pylist() == list(range(POOL_ROWS))
+    values = scores.column("tov_score").to_numpy()
+    originals = [i - DUPLICATES.start for i in DUPLICATES]
+    np.testing.assert_allclose(values[list(DUPLICATES)], values[originals], rtol=1e-5, atol=1e-6)
+    selected = pq.read_table(odd_run["out"] / cli.SELECTED_FILE).column("tov_row").to_pylist()
+    assert len(selected) == len(set(selected))
+
+
+def test_corrupt_parquet_or_jsonl(inputs, tmp_path, capsys):
+    """CLI inputs (API: the caller loads datasets; damaged trajectory files are redone, see
+    tests/test_crash_resume.py)."""
+    full = tmp_path / "pool.parquet"
+    pq.write_table(pa.table({"text": _texts(12)}), full)
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_bytes(b"\x00\xff\xfe not json\n")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "math a"}\n{"text": "math b"\n')
+    out = tmp_path / "out"
+    for path in (truncated, garbage, broken):
+        _fails(capsys, fx.select_argv({**inputs, "pool": path}, out), f"cannot read pool {path}")
+    _fails(capsys, fx.select_argv({**inputs, "val": garbage}, out), f"cannot read val {garbage}")
+    _fails(capsys, _select_only(truncated, tmp_path / "o.parquet", "--n", "1"),
+           f"cannot read scores {truncated}")
+
+
+@pytest.fixture
+def adapters(tiny_causal_lm, tiny_tokenizer, tmp_path):
+    """Saved adapters: the tiny Llama's base/val, a corrupt copy, a BERT one, a wider Llama."""
+    tiny_causal_lm.save_pretrained(tmp_path / "llama", selected_adapters=["base"])
+    tiny_causal_lm.save_pretrained(tmp_path / "llama", selected_adapters=["val"])
+    shutil.copytree(tmp_path / "llama" / "base", tmp_path / "corrupt")
+    weights = tmp_path / "corrupt" / storage.ADAPTER_WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:100])
+    tiny.token_classifier_with_adapters(tiny_tokenizer).save_pretrained(
+        tmp_path / "bert", selected_adapters=["base"])
+    config = tiny.causal_lm(tiny_tokenizer).config
+    config.hidden_size, config.intermediate_size = 64, 128
+    wide = tiny.with_adapters(LlamaForCausalLM(config), ["q_proj", "v_proj"], "CAUSAL_LM")
+    wide.save_pretrained(tmp_path / "wide", selected_adapters=["base"])
+    return {"base": tmp_path / "llama" / "base", "val": tmp_path / "llama" / "val",
+            "corrupt": tmp_path / "corrupt", "bert": tmp_path / "bert" / "base",
+            "wide": tmp_path / "wide" / "base"}
+
+
+def test_corrupt_or_mismatched_adapter_files(adapters, tiny_causal_lm, tiny_tokenizer, inputs,
+                                             tmp_path, capsys):
+    """API: loading raises (safetensors' SafetensorError, peft's ValueError / RuntimeError;
+    `storage.load_adapter` names the file); CLI: exit 2. Damaged adapters in an output_dir
+    fail their checksum and are retrained (tests/test_crash_resume.py)."""
+    with pytest.raises(ValueError, match="does not fit adapter 'base'"):
+        storage.load_adapter(tiny_causal_lm, "base", adapters["bert"])
+    with pytest.raises(SafetensorError):
+        ToVScorer(tiny.causal_lm(tiny_tokenizer), tiny_tokenizer,
+                  base_adapter=adapters["corrupt"], val_adapter=adapters["val"])
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        ToVScorer(tiny.causal_lm(tiny_tokenizer), tiny_tokenizer,
+                  base_adapter=adapters["wide"], val_adapter=adapters["val"])
+    out = tmp_path / "s.parquet"
+    for name, message in [("corrupt", "Error while deserializing header"),
+                          ("bert", "Target modules"), ("wide", "size mismatch")]:
+        err = _fails(capsys, _score(inputs, adapters[name], adapters["val"], out), message)
+        assert f"cannot load adapters {adapters[name]} and {adapters['val']}" in err
+        assert len(err) < 600
+
+
+def test_output_dir_holding_another_run(inputs, lora, odd_run, tmp_path, capsys):
+    """Another run's arguments, an unreadable manifest, a live run or foreign files: refused,
+    nothing in the directory changes."""
+    state = tmp_path / "state"
+    _select(POOL, VAL, lora, output_dir=state)
+    before = fx.snapshot(state)
+    with pytest.raises(storage.ManifestMismatchError, match="seed: 0 -> 1"):
+        _select(POOL, VAL, lora, output_dir=state, seed=1)
+    with storage.locked(state), pytest.raises(storage.OutputInUseError, match="in use"):
+        _select(POOL, VAL, lora, output_dir=state)
+    assert fx.snapshot(state) == before
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / storage.MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(storage.ManifestMismatchError, match="is not valid JSON"):
+        _select(POOL, VAL, lora, output_dir=damaged)
+
+    out = odd_run["out"]
+    before = fx.snapshot(out)
+    odd = odd_run["inputs"]
+    err = _fails(capsys, fx.select_argv(odd, out, "--epochs", "1", "--seed", "1"), "seed: 0 -> 1")
+    assert "holds a run made with different arguments" in err
+    with storage.locked(out):
+        _fails(capsys, fx.select_argv(odd, out, "--epochs", "1"), "is in use by another tov run")
+    assert fx.snapshot(out) == before
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    _fails(capsys, fx.select_argv(inputs, foreign), "holds files that are not a tov select run")
+    _fails(capsys, fx.select_argv(inputs, foreign / "notes.txt"), "is a file; pass a directory")
+    assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
