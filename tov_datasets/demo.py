@@ -37,17 +37,17 @@ class DemoConfig:
     """Sizes and hyperparameters of the demo (see `DEFAULT` and `SMALL`)."""
 
     topic: str = "Mathematics"
-    pool_per_topic: int = 24  # pool rows from each topic
-    val_size: int = 32
-    test_size: int = 48
-    n: int = 64  # rows each selection picks
-    base_size: int = 96  # ToV's random base set U
+    pool_per_topic: int = 16  # pool rows from each topic
+    val_size: int = 24
+    test_size: int = 32
+    n: int = 48  # rows each selection picks
+    base_size: int = 64  # ToV's random base set U
     epochs: int = 2  # ToV trajectory epochs L
     lr: float = 1e-3  # ToV base lr (val: lr / 10)
     lora_rank: int = 16
     finetune_epochs: int = 1
     finetune_lr: float = 1e-3
-    max_length: int = 64  # tokens (a summary is ~100; its first 64 keep the topic clear)
+    max_length: int = 48  # tokens (a summary has ~100; its first sentence names the topic)
     batch_size: int = 8
     seed: int = 0
 
@@ -56,8 +56,8 @@ class DemoConfig:
 
 
 DEFAULT = DemoConfig()
-SMALL = DemoConfig(pool_per_topic=6, val_size=8, test_size=12, n=16, base_size=24, epochs=1,
-                   max_length=48)
+SMALL = DemoConfig(pool_per_topic=5, val_size=8, test_size=8, n=12, base_size=16, epochs=1,
+                   max_length=32)
 
 
 @dataclass
