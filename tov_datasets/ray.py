@@ -14,9 +14,10 @@ needs every score at once, so it runs afterwards on the gathered scores (a few b
     scored.write_parquet("s3://bucket/scored/")
     selected = select_from_scores("s3://bucket/scored/", n=50_000)
 
-`ToVScorer` itself also works as the callable class when the model object is small enough to
-ship through Ray's object store (``fn_constructor_kwargs={"model": peft_model, "tokenizer":
-tokenizer}``); `RayToVScorer` loads the model inside each actor from a path instead.
+`tov_datasets.ToVScorer` itself also works as the callable class when the model object is
+small enough to ship through Ray's object store (``fn_constructor_kwargs={"model":
+peft_model, "tokenizer": tokenizer}``); `RayToVScorer` loads the model inside each actor
+from a path instead.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from tov_datasets.scorer import ToVScorer
+from tov_datasets.pipelines import make_tov_score
 from tov_datasets.select import select_by_score
 
 try:
@@ -43,19 +44,18 @@ class RayToVScorer:
     """Callable class for ``map_batches``: loads the model, its tokenizer and both adapters
     once per Ray actor, then scores each batch with `ToVScorer` (numpy or pyarrow batches).
 
-    model: a local model directory, a ``.gguf`` file or a hub name; base_adapter/val_adapter:
-    adapter directories saved by peft (safetensors). Other keyword arguments go to ToVScorer.
+    model: a saved model directory or hub name (`tov_datasets.load_model`); base_adapter /
+    val_adapter: adapter directories saved by peft (safetensors). The model goes to the GPU
+    Ray assigned to the actor, if any. Other keyword arguments go to ToVScorer.
     """
 
     def __init__(self, model: str, base_adapter: str, val_adapter: str, *,
-                 dtype: str = "float32", trust_remote_code: bool = False,
-                 **scorer_kwargs: Any) -> None:
-        from tov_datasets.cli import load_model
+                 dtype: str | None = None, **scorer_kwargs: Any) -> None:
+        import torch
 
-        base_model, tokenizer = load_model(model, dtype=dtype,
-                                           trust_remote_code=trust_remote_code)
-        self.scorer = ToVScorer(base_model, tokenizer, base_adapter=base_adapter,
-                                val_adapter=val_adapter, **scorer_kwargs)
+        scorer_kwargs.setdefault("device", "cuda" if torch.cuda.is_available() else None)
+        self.scorer = make_tov_score(model, base_adapter=base_adapter, val_adapter=val_adapter,
+                                     dtype=dtype, **scorer_kwargs)
 
     def __call__(self, batch: Any) -> Any:
         return self.scorer(batch)
