@@ -234,6 +234,24 @@ def test_select_only_bad_input(tmp_path, capsys):
     assert "*.parquet" in capsys.readouterr().err
 
 
+def test_load_data_reads_every_input_kind(tmp_path):
+    import datasets
+
+    ds = datasets.Dataset.from_list(_rows(5, 0))
+    ds.to_parquet(tmp_path / "p.parquet")
+    ds.to_json(tmp_path / "j.jsonl")
+    ds.save_to_disk(tmp_path / "disk")
+    datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(tmp_path / "dict")
+    arrow = next((tmp_path / "disk").glob("*.arrow"))
+    for spec in ("p.parquet", "j.jsonl", "disk", "dict/train", arrow.relative_to(tmp_path)):
+        assert cli.load_data(str(tmp_path / spec))["text"] == ds["text"], spec
+    (tmp_path / "t.csv").write_text("text\nmath\n")
+    for spec, message in [("dict", "several splits"), ("t.csv", "unknown file type"),
+                          ("no/such/dataset", "cannot read")]:
+        with pytest.raises(cli.CliError, match=message):
+            cli.load_data(str(tmp_path / spec) if spec != "no/such/dataset" else spec)
+
+
 def test_console_script_help():
     script = Path(sys.executable).parent / "tov"
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
