@@ -49,9 +49,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = ("math", "music", "law")
-# `tov select` options of the tiny runs: 2 epochs of 24 base rows, rank-2 LoRA.
+# `tov select` options of the tiny runs: 2 epochs of 24 base rows, rank-2 LoRA, on the CPU
+# (bit-identical reruns; on CUDA only with deterministic algorithms).
 SELECT_OPTIONS = ("--n", "12", "--base-size", "24", "--epochs", "2", "--lora-rank", "2",
-                  "--batch-size", "8", "--max-length", "24", "--bins", "4", "--lr", "1e-3")
+                  "--batch-size", "8", "--max-length", "24", "--bins", "4", "--lr", "1e-3",
+                  "--device", "cpu")
 SHARD_ROWS = 16  # rows per score shard in traced runs: several shards per epoch
 CHILD_ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 OUTPUTS = ("scores.parquet", "selected.parquet")
