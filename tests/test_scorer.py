@@ -2,8 +2,12 @@
 label masks built here, independently of tov_datasets.formats (the tiny tokenizer maps one
 word to one token, so positions are known by construction)."""
 
+import os
 import pickle
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -210,6 +214,19 @@ def test_fingerprint_fast_stable_and_tracks_adapters(text_scorer):
         first = changed
     other = ToVScorer(model, text_scorer.tokenizer, transform="relu", batch_size=3)
     assert Hasher.hash(other) != first
+
+
+def test_fingerprint_is_the_same_in_another_process(text_scorer):
+    code = (
+        "from tests import tiny; from tov_datasets.scorer import ToVScorer; "
+        "tok = tiny.tokenizer(); "
+        "print(ToVScorer(tiny.causal_lm_with_adapters(tok), tok, batch_size=3).fingerprint())"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, check=True,
+                         capture_output=True, text=True)
+    assert out.stdout.split()[-1] == text_scorer.fingerprint()
 
 
 def test_map_twice_uses_the_cache(text_scorer, tmp_path):

@@ -244,8 +244,8 @@ def encode_batch(
         raise ValueError(
             f"format {fmt!r} does not fit task {task!r}; it accepts {_TASK_FORMATS[task]}"
         )
-    cols = {(column_map or {}).get(k, k): v for k, v in batch.items()}
-    col = {name: _to_py(cols[name]) for name in FORMATS[fmt]}
+    source = {(column_map or {}).get(k, k): k for k in batch}  # only needed columns are read
+    col = {name: _to_py(batch[source[name]]) for name in FORMATS[fmt]}
     if fmt == "tokens":
         pairs = [(list(i), list(lab)) for i, lab in zip(col["input_ids"], col["labels"],
                                                         strict=True)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -52,6 +53,10 @@ def _infer_task(model: torch.nn.Module) -> str:
 
 def _accepts(module: torch.nn.Module, arg: str) -> bool:
     return arg in inspect.signature(module.forward).parameters
+
+
+def _jsonable(value: Any) -> Any:
+    return sorted(map(str, value)) if isinstance(value, (set, frozenset)) else repr(value)
 
 
 def _tensor_bytes(t: torch.Tensor) -> np.ndarray:
@@ -174,8 +179,9 @@ class ToVScorer:
         )
         h.update(repr(config).encode())
         adapters = (self.base_adapter, self.val_adapter)
-        for adapter in adapters:
-            h.update(repr(sorted(self.model.peft_config[adapter].to_dict().items())).encode())
+        for adapter in adapters:  # sets (target_modules) sorted: stable across processes
+            config_dict = self.model.peft_config[adapter].to_dict()
+            h.update(json.dumps(config_dict, sort_keys=True, default=_jsonable).encode())
         for name, p in self.model.named_parameters():
             parts = name.split(".")
             if any(a in parts for a in adapters) and (
