@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -580,7 +581,9 @@ def _one_line(error: BaseException) -> str:
 
 
 def _configure_logging(quiet: bool) -> None:
-    """The "tov" logger to stderr; --quiet: warnings only, and no library progress bars."""
+    """The "tov" logger to stderr; --quiet: warnings only, and no library progress bars.
+    Libraries' FutureWarnings (deprecations meant for developers) are not shown."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
     if quiet:
         import datasets
         from transformers.utils import logging as transformers_logging

@@ -365,7 +365,8 @@ def device_name(model: Any) -> str:
     device = next(model.parameters()).device
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"{device} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{device} ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def write_run_json(path: str | Path, **record: Any) -> Path:
