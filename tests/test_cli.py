@@ -11,27 +11,13 @@ import pytest
 from matplotlib.image import imread
 
 from tests import tiny
+from tests._cli_fixtures import text_rows as _rows
+from tests._cli_fixtures import write_jsonl as _write_jsonl
 from tov_datasets import cli, report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TOPICS = ("math", "music", "law")
 SELECT = ["--n", "12", "--base-size", "24", "--epochs", "2", "--lora-rank", "2",
           "--batch-size", "8", "--max-length", "24", "--bins", "4", "--lr", "1e-3"]
-
-
-def _rows(count: int, seed: int, topics=TOPICS) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(count):
-        topic = topics[i % len(topics)]
-        words = rng.choice(tiny.WORDS, size=int(rng.integers(3, 20)))
-        rows.append({"text": f"{topic} " + " ".join(words), "topic": topic, "id": i})
-    return rows
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")
