@@ -286,7 +286,9 @@ class ToVScorer:
         check_adapter_names(adapter_names, inputs["input_ids"].shape[0])
         return self.model(**inputs, adapter_names=adapter_names)
 
-    def _final_hidden(self, inputs: dict[str, torch.Tensor], adapter_names: list[str]):
+    def _final_hidden(
+        self, inputs: dict[str, torch.Tensor], adapter_names: list[str]
+    ) -> torch.Tensor:
         """The decoder's last_hidden_state (2B, T, H), captured by a forward hook while the
         LM head only projects the last position (logits_to_keep=1)."""
         inner = self.model.get_base_model()
