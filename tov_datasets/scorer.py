@@ -22,9 +22,9 @@ import xxhash
 from datasets.fingerprint import Hasher
 from datasets.utils._dill import pklregister
 from peft import PeftModel
-from transformers.models.auto import modeling_auto
 
 from tov_datasets.formats import IGNORE_INDEX, Encoded, collate, encode_batch
+from tov_datasets.training import infer_task
 from tov_kernels import paired_linear_logprob_delta, paired_logprob_delta
 
 SCORE = "tov_score"
@@ -33,22 +33,6 @@ NUM_TOKENS = "tov_num_tokens"
 _LOGIT_POSTPROCESSING = ("logit_scale", "logits_scaling", "final_logit_softcapping")
 # First elements of each frozen base weight that enter the fingerprint (a cheap identity check).
 _BASE_SAMPLE = 64
-
-
-def _infer_task(model: torch.nn.Module) -> str:
-    name = type(model).__name__
-    if name in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() or name.endswith(
-        "ForCausalLM"
-    ):
-        return "causal_lm"
-    if name in modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES.values() or (
-        name.endswith("ForTokenClassification")
-    ):
-        return "token_classification"
-    raise ValueError(
-        f"cannot score a {name}: ToVScorer needs a causal LM (…ForCausalLM) or a token "
-        "classifier (…ForTokenClassification)"
-    )
 
 
 def _accepts(module: torch.nn.Module, arg: str) -> bool:
@@ -116,7 +100,7 @@ class ToVScorer:
         self.kernel_backend = kernel_backend
         self.column_map = dict(column_map) if column_map else None
         inner = model.get_base_model()
-        self.task = _infer_task(inner)
+        self.task = infer_task(inner)
         self.max_length = max_length or getattr(inner.config, "max_position_embeddings", None)
         self.label2id = None
         if self.task == "token_classification":
