@@ -487,7 +487,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--transform", choices=("identity", "abs", "relu"), default="identity",
                    help="F applied to each token's log-prob delta")
-    p.add_argument("--max-length", type=int, help="truncate samples to this many tokens")
+    p.add_argument("--max-length", type=int,
+                   help="truncate samples to this many tokens (default: the model's maximum)")
     p.add_argument("--batch-size", type=int, default=8, help="micro-batch size")
 
 
