@@ -10,6 +10,7 @@ import gc
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -51,13 +52,21 @@ def versions() -> dict[str, str]:
 
 
 def commit() -> str:
+    """HEAD of this checkout, else $TOV_COMMIT (a copy without .git, e.g. on the GPU machine)."""
     try:
         root = Path(__file__).resolve().parent.parent
         return subprocess.check_output(
             ["git", "rev-parse", "HEAD"], cwd=root, text=True, stderr=subprocess.DEVNULL
         ).strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("TOV_COMMIT", "unknown")
+
+
+def gpu_slug() -> str:
+    """The CUDA device's name as a file-name part, e.g. "nvidia_h200"."""
+    import torch
+
+    return re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name(0).lower()).strip("_")
 
 
 SIZE_NAME = {False: "full", True: "reduced (--small sizes)"}

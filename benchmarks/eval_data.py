@@ -350,6 +350,46 @@ def ner_lora():
     return LoraConfig(task_type="TOKEN_CLS", modules_to_save=["classifier"], **NER_LORA)
 
 
+# ---------------------------------------------------------------- bundles ------------------
+def save_bundle(s: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write a configuration's data (pool/val/test JSONL, meta) and model (weights in fp16,
+    tokenizer) to ``path``, so it can run where the data packages are not installed (the GPU
+    machine). The fp16 rounding of the frozen weights does not change a timing."""
+    import copy
+
+    import torch
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    for part in ("pool", "val", "test"):
+        _write_jsonl(out / f"{part}.jsonl", s[part].to_list())
+    model = copy.deepcopy(s["model"]).to(torch.float16)
+    model.save_pretrained(out / "model")
+    s["tokenizer"].save_pretrained(out / "model")
+    (out / "meta.json").write_text(json.dumps(s["meta"], indent=1))
+    return out
+
+
+def load_bundle(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A configuration written by `save_bundle`: data, the model in float32, its LoRA config."""
+    import torch
+    import transformers
+    from datasets import Dataset
+
+    d = Path(path)
+    arch = json.loads((d / "model" / "config.json").read_text())["architectures"][0]
+    causal = arch.endswith("ForCausalLM")
+    auto = (transformers.AutoModelForCausalLM if causal
+            else transformers.AutoModelForTokenClassification)
+    model = auto.from_pretrained(d / "model", dtype=torch.float32, local_files_only=True)
+    tok = transformers.AutoTokenizer.from_pretrained(d / "model", local_files_only=True)
+    data = {part: Dataset.from_list(_read_jsonl(d / f"{part}.jsonl"))
+            for part in ("pool", "val", "test")}
+    meta = json.loads((d / "meta.json").read_text()) | {"bundle": str(d)}
+    return {**data, "meta": meta, "model": model.eval(), "tokenizer": tok,
+            "lora": it_lora() if causal else ner_lora()}
+
+
 if __name__ == "__main__":
     import argparse
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import re
 import sys
 from pathlib import Path
 
@@ -21,7 +20,13 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import median, print_table, time_side_by_side, write_result  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    gpu_slug,
+    median,
+    print_table,
+    time_side_by_side,
+    write_result,
+)
 from tov_kernels import paired_linear_logprob_delta, paired_logprob_delta  # noqa: E402
 
 
@@ -171,7 +176,7 @@ def bench_cuda(args) -> None:
         summary[key] = min(v for k, v in summary.items() if k.startswith(key + "_"))
     summary["fused_linear_time_ratio_vs_matmul"] = max(
         v for k, v in summary.items() if k.startswith("fused_linear_time_ratio_vs_matmul_"))
-    gpu = re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name(0).lower()).strip("_")
+    gpu = gpu_slug()
     config = {"tokens": args.tokens, "vocab": args.vocab, "hidden": args.hidden,
               "dtype": "bfloat16", "timer": "triton.testing.do_bench",
               "matmul": "both hidden-state sets (2*tokens rows) @ weight.T"}

@@ -12,6 +12,9 @@ batching as ToV's scorer); the counted FPE of each method (training and backward
 
     python benchmarks/less_vs_tov.py --config ner
     python benchmarks/less_vs_tov.py --config it --small
+    # on a GPU machine without the data packages (benchmarks/gpu_check.sh):
+    python benchmarks/less_vs_tov.py --config ner --save-bundle .gpu/ner      # here
+    python benchmarks/less_vs_tov.py --config ner --bundle .gpu/ner --device cuda  # there
 """
 
 from __future__ import annotations
@@ -56,23 +59,23 @@ EPOCHS = 4
 FRACTION = 0.05
 
 
-def setup(config: str, size: str) -> dict[str, Any]:
+def setup(config: str, size: str, bundle: Path | None = None) -> dict[str, Any]:
     from benchmarks.quality import setup as q_setup
 
+    sizes = dict(TINY) if size == "tiny" else dict(SIZES[config][size])
+    if bundle is not None:
+        return {**eval_data.load_bundle(bundle), "sizes": sizes}
     if size == "tiny":
-        s = eval_data.tiny_setup(config)
-        return {**s, "sizes": dict(TINY)}
-    sz = SIZES[config][size]
+        return {**eval_data.tiny_setup(config), "sizes": sizes}
     s = q_setup(config, "small")  # model, tokenizer, lora; data replaced below
-    data = (eval_data.it_data(**sz["data"]) if config == "it"
-            else eval_data.ner_data(**sz["data"]))
-    return {**s, **data, "sizes": dict(sz)}
+    data = (eval_data.it_data(**sizes["data"]) if config == "it"
+            else eval_data.ner_data(**sizes["data"]))
+    return {**s, **data, "sizes": sizes}
 
 
 def forward_time(s: dict[str, Any]) -> float:
     """Seconds for one eval forward of every pool sample (length-sorted batches)."""
-    from benchmarks.baselines._util import forward_logits
-    from tov_datasets.formats import collate
+    from benchmarks.baselines._util import batch_on_device, forward_logits
     from tov_datasets.training import infer_task, micro_batches
 
     m = lora_copy(s["model"], s["lora"], "fwd")
@@ -81,11 +84,18 @@ def forward_time(s: dict[str, Any]) -> float:
     samples = encode(m, s["pool"], s["tokenizer"], s["sizes"]["max_length"])
     lengths = np.array([len(x.input_ids) for x in samples])
     pad = pad_id_of(s["tokenizer"])
+    _synchronize()
     t0 = time.perf_counter()
     with torch.no_grad():
         for mb in micro_batches(lengths, s["sizes"]["batch_size"]):
-            forward_logits(m, collate([samples[i] for i in mb], pad), task)
+            forward_logits(m, batch_on_device([samples[i] for i in mb], pad, m), task)
+    _synchronize()
     return time.perf_counter() - t0
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def run_tov(s, out: Path) -> dict[str, Any]:
@@ -115,6 +125,26 @@ def run_less(s, mode: str, out: Path) -> dict[str, Any]:
             "stages": r.timings, "disk_by_stage": r.disk_bytes}
 
 
+METHODS = ("tov", "less_optimised", "less_published")
+
+
+def run_method(s: dict[str, Any], name: str) -> dict[str, Any]:
+    """One run of method ``name`` writing into a fresh temporary directory (removed after)."""
+    d = Path(tempfile.mkdtemp(prefix=f"lvt-{name}-"))
+    try:
+        return (run_tov(s, d / "out") if name == "tov"
+                else run_less(s, name.split("_")[1], d / "out"))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _warm_up(s: dict[str, Any]) -> None:
+    """One untimed run of every method on a slice of the pool."""
+    for name in METHODS:
+        run_method(s, name)
+    forward_time(s)
+
+
 def counted_fpe(P: int, V: int) -> dict[str, float]:
     """Forward-pass equivalents per pool sample implied by each algorithm (train/backward
     step = 3 forwards; LESS projection and I/O not counted)."""
@@ -130,21 +160,26 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--config", choices=["it", "ner"], default="ner")
     _common.add_size_options(ap)
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="where every method runs (cpu, cuda)")
+    ap.add_argument("--save-bundle", type=Path, default=None, metavar="DIR",
+                    help="write this configuration's data and model to DIR and exit")
+    ap.add_argument("--bundle", type=Path, default=None, metavar="DIR",
+                    help="read the data and model from a --save-bundle DIR")
     a = ap.parse_args(argv)
     size, setup_size, size_label = _common.resolve_size(a)
-    s = setup(a.config, setup_size)
+    s = setup(a.config, setup_size, a.bundle)
+    if a.save_bundle is not None:
+        return eval_data.save_bundle(s, a.save_bundle)
+    s["model"].to(a.device)
     repeats = a.repeats or s["sizes"]["repeats"]
     P, V = len(s["pool"]), len(s["val"])
     runs: dict[str, list[dict[str, Any]]] = {"tov": [], "less_published": [],
                                              "less_optimised": [], "forward": []}
+    if a.device.startswith("cuda"):  # CUDA context, Triton compilation, cuBLAS autotuning
+        _warm_up({**s, "pool": s["pool"].select(range(min(64, P)))})
     for rep in range(repeats):
-        for name in ("tov", "less_optimised", "less_published"):
-            d = Path(tempfile.mkdtemp(prefix=f"lvt-{name}-"))
-            try:
-                r = (run_tov(s, d / "out") if name == "tov"
-                     else run_less(s, name.split("_")[1], d / "out"))
-            finally:
-                shutil.rmtree(d, ignore_errors=True)
+        for name in METHODS:
+            r = run_method(s, name)
             runs[name].append(r)
             print(f"repeat {rep} {name:15s} {r['wall_s']:8.1f}s disk "
                   f"{r['peak_disk_bytes'] / 1e6:9.2f} MB", flush=True)
@@ -174,11 +209,14 @@ def main(argv: list[str] | None = None) -> Path:
     config = {"config": a.config, "size": size_label,
                "pool": P, "val": V, "epochs_checkpoints":
               EPOCHS, "base_fraction": FRACTION, "sizes": s["sizes"], "repeats": repeats,
-              "proj_dim": 8192, "threads": a.threads, "lora": _lora(s["lora"]),
+              "proj_dim": 8192, "threads": a.threads, "device": a.device,
+              "from_bundle": a.bundle is not None, "lora": _lora(s["lora"]),
               "grad_dim": runs["less_published"][0]["grad_dim"]}
     stem = f"less_vs_tov_{a.config}" if size == "full" else f"less_vs_tov_{a.config}_{size}"
-    if size == "full" and a.config == "ner":
+    if size == "full" and a.config == "ner" and a.device == "cpu":
         stem = "less_vs_tov"  # the headline file (shared notes); other configs get a suffix
+    if a.device.startswith("cuda"):
+        stem += f"_{_common.gpu_slug()}"
     if a.out_dir:
         a.out_dir.mkdir(parents=True, exist_ok=True)
     filename = str((a.out_dir / f"{stem}.json").resolve()) if a.out_dir else f"{stem}.json"
@@ -190,8 +228,9 @@ def main(argv: list[str] | None = None) -> Path:
                      "peak_disk_MB": disk[k] / 1e6, "fpe_measured": med[k] / med["forward"],
                      "fpe_counted": fpe_bound,
                      "measured/counted": med[k] / med["forward"] / fpe_bound})
-    _common.print_table(rows, f"less_vs_tov {a.config} pool={P}")
-    md = [f"# ToV vs LESS: speed and storage ({a.config}, pool {P}, val {V})\n",
+    _common.print_table(rows, f"less_vs_tov {a.config} pool={P} on {_common.machine()}")
+    md = [f"# ToV vs LESS: speed and storage ({a.config}, pool {P}, val {V}, "
+          f"{_common.machine()})\n",
           f"Command: `{' '.join(sys.argv)}`; {repeats} repeat(s), medians; 4 epochs/"
           "checkpoints on 5% of the pool for both; projection 8192 dims; gradient dim "
           f"{config['grad_dim']}; one forward = {fwd_per_sample * 1e3:.2f} ms/sample.\n",

@@ -141,3 +141,29 @@ def test_script_tiny(script, config, keys, tmp_path):
         assert k in record["summary"], k
         assert np.isfinite(record["summary"][k]), k
     assert path.with_suffix(".md").is_file()
+
+
+def test_less_vs_tov_runs_from_a_bundle(tmp_path):
+    """--save-bundle writes data + model that --bundle reads back (the GPU machine's path):
+    same rows, same model outputs up to the fp16 rounding of the weights."""
+    import torch
+
+    from benchmarks import eval_data, less_vs_tov
+
+    bundle = less_vs_tov.main(["--config", "ner", "--tiny", "--threads", "1",
+                               "--save-bundle", str(tmp_path / "bundle")])
+    original = less_vs_tov.setup("ner", "tiny")
+    loaded = eval_data.load_bundle(bundle)
+    for part in ("pool", "val", "test"):
+        assert loaded[part].to_list() == original[part].to_list()
+    assert loaded["lora"].task_type == original["lora"].task_type
+    ids = torch.tensor([[2, 5, 7, 9, 3]])
+    with torch.no_grad():
+        a, b = original["model"](input_ids=ids).logits, loaded["model"](input_ids=ids).logits
+    assert b.dtype == torch.float32
+    torch.testing.assert_close(b, a, atol=5e-3, rtol=5e-3)
+    path = less_vs_tov.main(["--config", "ner", "--tiny", "--threads", "1", "--bundle",
+                             str(bundle), "--out-dir", str(tmp_path / "out")])
+    record = json.loads(path.read_text())
+    assert record["config"]["from_bundle"] and record["config"]["pool"] == len(original["pool"])
+    assert np.isfinite(record["summary"]["speedup_vs_less_published"])

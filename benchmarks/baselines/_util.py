@@ -23,6 +23,7 @@ from tov_datasets.training import (
 )
 
 __all__ = [
+    "batch_on_device",
     "encode",
     "lora_copy",
     "per_sample_losses",
@@ -51,6 +52,13 @@ def lora_copy(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return get_peft_model(copy.deepcopy(model), cfg, adapter_name=adapter)
+
+
+def batch_on_device(samples: Sequence[Encoded], pad_id: int, model: nn.Module
+                    ) -> dict[str, torch.Tensor]:
+    """``collate(samples)`` with every tensor on the model's device."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in collate(list(samples), pad_id).items()}
 
 
 def per_sample_token_mean(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
@@ -83,9 +91,9 @@ def per_sample_losses(
     out = np.zeros(len(samples), dtype=np.float64)
     lengths = np.array([len(s.input_ids) for s in samples])
     for mb in micro_batches(lengths, batch_size):
-        batch = collate([samples[i] for i in mb], pad_id)
+        batch = batch_on_device([samples[i] for i in mb], pad_id, model)
         out[mb] = per_sample_token_mean(forward_logits(model, batch, task), batch["labels"],
-                                        task).double().numpy()
+                                        task).double().cpu().numpy()
     model.train(was)
     return out
 
@@ -142,7 +150,7 @@ def train_adapter(
                 for g in opt.param_groups:
                     g["lr"] = lrs[step]
                 this.append(lrs[step])
-                batch = collate([samples[i] for i in mb], pad_id)
+                batch = batch_on_device([samples[i] for i in mb], pad_id, model)
                 loss = per_sample_token_mean(forward_logits(model, batch, task), batch["labels"],
                                              task).mean()
                 loss.backward()

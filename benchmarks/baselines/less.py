@@ -46,6 +46,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from benchmarks.baselines._util import (
+    batch_on_device,
     encode,
     forward_logits,
     lora_copy,
@@ -54,7 +55,6 @@ from benchmarks.baselines._util import (
     random_subset,
     train_adapter,
 )
-from tov_datasets.formats import collate
 from tov_datasets.training import adapter_parameters, infer_task, micro_batches
 
 MODES = ("published", "optimised")
@@ -73,10 +73,11 @@ class RademacherProjector:
 
     def __init__(
         self, grad_dim: int, proj_dim: int = 8192, seed: int = 0, block_rows: int = 1024,
-        cache_bytes: int = 0,
+        cache_bytes: int = 0, device: str | torch.device = "cpu",
     ):
         self.grad_dim, self.proj_dim, self.seed, self.block_rows = (
             grad_dim, proj_dim, seed, block_rows)
+        self.device = torch.device(device)
         self.num_blocks = math.ceil(grad_dim / block_rows)
         self.cache = grad_dim * proj_dim * 4 <= cache_bytes
         self._blocks: dict[int, torch.Tensor] = {}
@@ -86,8 +87,9 @@ class RademacherProjector:
         if b in self._blocks:
             return self._blocks[b]
         rows = min(self.block_rows, self.grad_dim - b * self.block_rows)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + b)
-        r = torch.randint(0, 2, (rows, self.proj_dim), generator=g, dtype=torch.int8)
+        g = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + b)
+        r = torch.randint(0, 2, (rows, self.proj_dim), generator=g, dtype=torch.int8,
+                          device=self.device)
         r = r.to(torch.float32).mul_(2.0).sub_(1.0)
         self.blocks_generated += 1
         if self.cache:
@@ -95,8 +97,9 @@ class RademacherProjector:
         return r
 
     def project(self, grads: torch.Tensor) -> torch.Tensor:
-        grads = grads.to(torch.float32)
-        out = torch.zeros(grads.shape[0], self.proj_dim, dtype=torch.float32)
+        grads = grads.to(self.device, torch.float32)
+        out = torch.zeros(grads.shape[0], self.proj_dim, dtype=torch.float32,
+                          device=self.device)
         for b in range(self.num_blocks):
             lo = b * self.block_rows
             out.addmm_(grads[:, lo : lo + self.block_rows], self.block(b))
@@ -130,7 +133,7 @@ def adam_transform(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> torch.T
 
 def _save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: t.detach().contiguous() for k, t in tensors.items()}, str(path))
+    save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, str(path))
 
 
 def _grads_published(model, params, samples, pad_id, task, m, v, projector, out_dir: Path):
@@ -147,7 +150,7 @@ def _grads_published(model, params, samples, pad_id, task, m, v, projector, out_
 
     for s in samples:
         count += 1
-        batch = collate([s], pad_id)
+        batch = batch_on_device([s], pad_id, model)
         loss = per_sample_token_mean(forward_logits(model, batch, task), batch["labels"], task)[0]
         loss.backward()
         g = torch.cat([p.grad.reshape(-1) for p in params])
@@ -164,7 +167,8 @@ def _grads_published(model, params, samples, pad_id, task, m, v, projector, out_
     flush_chunk()
     files = sorted(out_dir.glob("grads-*.safetensors"),
                    key=lambda f: int(f.stem.split("-")[1]))
-    merged = torch.cat([load_file(str(f))["grads"] for f in files])
+    merged = torch.cat([load_file(str(f), device=str(projector.device))["grads"]
+                        for f in files])
     _save(out_dir / "all_unormalized.safetensors", {"grads": merged})
     normed = F.normalize(merged, dim=1)
     _save(out_dir / "all_orig.safetensors", {"grads": normed})
@@ -203,19 +207,20 @@ def _grads_optimised(model, params, samples, pad_id, task, m, v, projector, out_
         inner.set_attn_implementation("eager")
     detached = tuple(p.detach() for p in params)
     lengths = np.array([len(s.input_ids) for s in samples])
-    result = torch.empty(len(samples), projector.proj_dim)
+    result = torch.empty(len(samples), projector.proj_dim, device=projector.device)
     pending_rows: list[np.ndarray] = []
     pending: list[torch.Tensor] = []
 
     def flush():
         if pending:
             rows = np.concatenate(pending_rows)
-            result[torch.as_tensor(rows)] = projector.project(torch.cat(pending))
+            result[torch.as_tensor(rows, device=result.device)] = projector.project(
+                torch.cat(pending))
             pending.clear()
             pending_rows.clear()
 
     for mb in micro_batches(lengths, batch_size):
-        batch = collate([samples[i] for i in mb], pad_id)
+        batch = batch_on_device([samples[i] for i in mb], pad_id, model)
         gs = per_sample(detached, batch["input_ids"], batch["attention_mask"], batch["labels"])
         g = torch.cat([t.reshape(len(mb), -1) for t in gs], dim=1)
         pending.append(adam_transform(g, m, v) if m is not None else g)
@@ -299,6 +304,7 @@ def less_scores(
         projector = RademacherProjector(
             grad_dim, proj_dim, seed=0, block_rows=block_rows,
             cache_bytes=cache_bytes if mode == "optimised" else 0,
+            device=params[0].device,
         )
         names = {id(p): nm for nm, p in peft_model.named_parameters()}
         peft_model.eval()
@@ -312,8 +318,8 @@ def less_scores(
             val_groups)
         for k in range(epochs):
             ck = out / f"ckpt{k}"
-            state = load_file(str(ck / "adapter.safetensors"))
-            moments = load_file(str(ck / "optimizer.safetensors"))
+            state = load_file(str(ck / "adapter.safetensors"), device=str(projector.device))
+            moments = load_file(str(ck / "optimizer.safetensors"), device=str(projector.device))
             with torch.no_grad():
                 for p in params:
                     p.copy_(state[names[id(p)]])
@@ -332,7 +338,7 @@ def less_scores(
                                                   vv, projector, d, grad_batch_size, proj_batch)
                 timings[f"grads_{part}"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            sims = (reps["pool"] @ reps["val"].T).double().numpy()
+            sims = (reps["pool"] @ reps["val"].T).double().cpu().numpy()
             per_group = np.stack([sims[:, groups == gi].mean(1) for gi in np.unique(groups)], 1)
             score += weights[k] * per_group.max(1)
             timings["matching"] = timings.get("matching", 0.0) + time.perf_counter() - t0
