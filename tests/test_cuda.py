@@ -89,7 +89,9 @@ def test_scorer_bf16_matches_plain_bf16_forwards(tiny_causal_lm):
 
 def test_tov_select_on_cuda_matches_the_cpu_run(tiny_tokenizer):
     """The whole trajectory (training both adapters, scoring, selection) on CUDA gives the
-    CPU run's scores (fp32; dropout 0 so both runs are deterministic)."""
+    CPU run's scores (fp32; dropout 0 so both runs are deterministic). Two epochs of training
+    at lr 3e-2 carry the devices' float32 rounding differences into the adapters: on an H200
+    the worst score differed by 7e-5 (0.2% of the largest score), hence the 1% tolerance."""
     rng = np.random.default_rng(0)
     pool = Dataset.from_dict({"text": [" ".join(rng.choice(tiny.WORDS, rng.integers(2, 12)))
                                        for _ in range(40)]})
@@ -109,4 +111,5 @@ def test_tov_select_on_cuda_matches_the_cpu_run(tiny_tokenizer):
 
     cpu, cuda = run("cpu"), run("cuda")
     assert np.abs(cpu).max() > 1e-4
-    np.testing.assert_allclose(cuda, cpu, rtol=1e-3, atol=1e-3 * np.abs(cpu).max())
+    np.testing.assert_allclose(cuda, cpu, rtol=1e-2, atol=1e-2 * np.abs(cpu).max())
+    assert np.corrcoef(cuda, cpu)[0, 1] > 0.9999
