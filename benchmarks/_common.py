@@ -52,14 +52,17 @@ def versions() -> dict[str, str]:
 
 
 def commit() -> str:
-    """HEAD of this checkout, else $TOV_COMMIT (a copy without .git, e.g. on the GPU machine)."""
+    """$TOV_COMMIT if set (a copy whose .git is not the code's, e.g. on the GPU machine), else
+    HEAD of this checkout."""
+    if os.environ.get("TOV_COMMIT"):
+        return os.environ["TOV_COMMIT"]
     try:
         root = Path(__file__).resolve().parent.parent
         return subprocess.check_output(
             ["git", "rev-parse", "HEAD"], cwd=root, text=True, stderr=subprocess.DEVNULL
         ).strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("TOV_COMMIT", "unknown")
+        return "unknown"
 
 
 def gpu_slug() -> str:

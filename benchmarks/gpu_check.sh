@@ -15,7 +15,7 @@ PY=${PY:-python3}
 LOG=${OUT:-/tmp}/gpu_check.log
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TRITON_INTERPRET=0 HF_HUB_OFFLINE=1 \
   TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-export TOV_COMMIT=${TOV_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+export TOV_COMMIT=${TOV_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}  # pass it: the copied .git may be stale
 if [ -d .gpu/wheels ]; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/tov-site .gpu/wheels/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/tov-site"
