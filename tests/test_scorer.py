@@ -291,6 +291,9 @@ def test_bad_inputs(tiny_causal_lm, tiny_tokenizer):
     assert out["tov_num_tokens"][1] == 2 and np.isfinite(out["tov_score"]).all()
     out = scorer({"text": ["", "hello"]})
     assert out["tov_score"].tolist() == [0.0, 0.0] and out["tov_num_tokens"].tolist() == [0, 0]
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="max_length must be >= 1"):
+            ToVScorer(tiny_causal_lm, tiny_tokenizer, max_length=bad)
     with pytest.raises(ValueError, match=r"no adapter 'other'.*\['base', 'val'\]"):
         ToVScorer(tiny_causal_lm, tiny_tokenizer, val_adapter="other")
     with pytest.raises(ValueError, match="causal LM"):

@@ -92,6 +92,9 @@ class ToVScorer:
                 raise ValueError(f"the model has no adapter {adapter!r}; it has {present}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length must be >= 1 (or None for the model's), got "
+                             f"{max_length}")
         self.model = model
         self.tokenizer = tokenizer
         self.base_adapter, self.val_adapter = str(base_adapter), str(val_adapter)
