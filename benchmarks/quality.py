@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                     help=f"comma list of {ALL_METHODS} (random is always run)")
+    ap.add_argument("--tag", default="", help="file name suffix: quality_<config>_<tag>.json "
+                    "(e.g. a comparison of ToV variants beside the main run)")
     a = ap.parse_args(argv)
     size, setup_size, size_label = _common.resolve_size(a)
     s = setup(a.config, setup_size)
@@ -247,7 +249,8 @@ def main(argv: list[str] | None = None) -> Path:
     details = {"seeds": seeds, "per_seed": per_seed, "stats": stats,
                "target_fraction_pct": {m: float(np.mean(v)) for m, v in target_pct.items()},
                "zero_shot_loss": zs, "wall_s": time.perf_counter() - started}
-    stem = f"quality_{a.config}" + ("" if size == "full" else f"_{size}")
+    stem = (f"quality_{a.config}" + (f"_{a.tag}" if a.tag else "")
+            + ("" if size == "full" else f"_{size}"))
     return write_outputs(stem, config, summary, details, stats, a.out_dir)
 
 
