@@ -135,6 +135,8 @@ def cuda_case(args, vocab: int) -> tuple[dict, dict, dict]:
     """One vocabulary size on CUDA (bf16) -> (table row, summary entries, details)."""
     from triton.testing import do_bench
 
+    from tov_kernels.linear_logprob_delta import linear_logprob_delta_tokens, num_splits
+
     lb, lv, labels, hb, hv, weight = inputs(args.tokens, vocab, args.hidden, torch.bfloat16,
                                             "cuda")
     read_bytes = 2 * lb.numel() * lb.element_size()
@@ -146,21 +148,27 @@ def cuda_case(args, vocab: int) -> tuple[dict, dict, dict]:
     h2 = torch.cat([hb, hv]).reshape(-1, hb.shape[-1])
     t_matmul = do_bench(lambda: h2 @ weight.T) / 1e3
     t_linear = do_bench(lambda: paired_linear_logprob_delta(hb, hv, weight, labels)) / 1e3
+    t_one_split = do_bench(lambda: linear_logprob_delta_tokens(
+        hb, hv, weight, None, labels, 0, -100, splits=1)) / 1e3
     copy_bw = 2 * read_bytes / t_copy  # a copy reads and writes each byte
     ours_bw = read_bytes / t_ours
     mem_ours = extra_peak_bytes_cuda(lambda: paired_logprob_delta(lb, lv, labels))
     mem_naive = extra_peak_bytes_cuda(lambda: naive_delta(lb, lv, labels))
     summary = {f"bandwidth_fraction_of_copy_v{vocab}": round(ours_bw / copy_bw, 4),
                f"speedup_vs_naive_v{vocab}": round(t_naive / t_ours, 4),
-               f"fused_linear_time_ratio_vs_matmul_v{vocab}": round(t_linear / t_matmul, 4)}
+               f"fused_linear_time_ratio_vs_matmul_v{vocab}": round(t_linear / t_matmul, 4),
+               f"fused_linear_split_speedup_v{vocab}": round(t_one_split / t_linear, 4)}
     details = {"copy_s": t_copy, "ours_s": t_ours, "naive_s": t_naive, "matmul_s": t_matmul,
-               "fused_linear_s": t_linear, "copy_GBps": copy_bw / 1e9,
+               "fused_linear_s": t_linear, "fused_linear_one_split_s": t_one_split,
+               "vocabulary_splits": num_splits(hb.shape[0] * hb.shape[1], vocab, 64, hb.device),
+               "copy_GBps": copy_bw / 1e9,
                "ours_GBps": ours_bw / 1e9, "extra_bytes_ours": mem_ours,
                "extra_bytes_naive": mem_naive}
     row = {"vocab": vocab, "ours_ms": t_ours * 1e3, "naive_ms": t_naive * 1e3,
            "GB/s": ours_bw / 1e9, "copy_GB/s": copy_bw / 1e9, "bw_frac": ours_bw / copy_bw,
            "speedup": t_naive / t_ours, "linear_ms": t_linear * 1e3,
-           "matmul_ms": t_matmul * 1e3, "linear/matmul": t_linear / t_matmul}
+           "matmul_ms": t_matmul * 1e3, "linear/matmul": t_linear / t_matmul,
+           "1split_ms": t_one_split * 1e3}
     return row, summary, details
 
 

@@ -15,7 +15,8 @@ SCRIPT = textwrap.dedent(
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from tov_kernels.linear_logprob_delta import _paired_linear_logprob_delta_kernel as linear
+    from tov_kernels.linear_logprob_delta import _merge_partials_kernel as merge
+    from tov_kernels.linear_logprob_delta import _paired_linear_partials_kernel as linear
     from tov_kernels.logprob_delta import _paired_logprob_delta_kernel as plain
 
     target = GPUTarget("cuda", 90, 32)
@@ -31,11 +32,14 @@ SCRIPT = textwrap.dedent(
             build(plain, {"base_ptr": "*" + dtype, "val_ptr": "*" + dtype, "labels_ptr": "*i64",
                           "out_ptr": "*fp32"}, {"TRANSFORM": code, "BLOCK_V": 4096}, num_warps=8)
         ptrs = {p: "*" + dtype for p in ("hb_ptr", "hv_ptr", "w_ptr", "bias_ptr")}
-        ptrs.update(labels_ptr="*i64", out_ptr="*fp32")
+        ptrs.update(labels_ptr="*i64", part_ptr="*fp32")
         for has_bias in (False, True) if dtype == "bf16" else (True,):
-            build(linear, ptrs, {"HAS_BIAS": has_bias, "TRANSFORM": 2, "IEEE": dtype == "fp32",
+            build(linear, ptrs, {"HAS_BIAS": has_bias, "IEEE": dtype == "fp32",
                                  "UPCAST": False, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64},
                   num_warps=4, num_stages=2)
+    for code in (0, 1, 2):
+        build(merge, {"part_ptr": "*fp32", "labels_ptr": "*i64", "out_ptr": "*fp32"},
+              {"TRANSFORM": code, "BLOCK": 256}, num_warps=4)
     print("compiled")
     """
 )
