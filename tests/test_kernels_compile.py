@@ -20,6 +20,7 @@ SCRIPT = textwrap.dedent(
     from tov_kernels.logprob_delta import _paired_logprob_delta_kernel as plain
 
     target = GPUTarget("cuda", 90, 32)
+    PARTIALS = ("mb", "sb", "zb", "mv", "sv", "zv")
 
     def build(fn, types, constexprs, **options):
         sig = {name: types.get(name, "i32") for name in fn.arg_names}
@@ -32,14 +33,19 @@ SCRIPT = textwrap.dedent(
             build(plain, {"base_ptr": "*" + dtype, "val_ptr": "*" + dtype, "labels_ptr": "*i64",
                           "out_ptr": "*fp32"}, {"TRANSFORM": code, "BLOCK_V": 4096}, num_warps=8)
         ptrs = {p: "*" + dtype for p in ("hb_ptr", "hv_ptr", "w_ptr", "bias_ptr")}
-        ptrs.update(labels_ptr="*i64", part_ptr="*fp32")
+        ptrs.update(labels_ptr="*i64", **{f"{k}_ptr": "*fp32" for k in PARTIALS})
         for has_bias in (False, True) if dtype == "bf16" else (True,):
             build(linear, ptrs, {"HAS_BIAS": has_bias, "IEEE": dtype == "fp32",
                                  "UPCAST": False, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64},
                   num_warps=4, num_stages=2)
     for code in (0, 1, 2):
-        build(merge, {"part_ptr": "*fp32", "labels_ptr": "*i64", "out_ptr": "*fp32"},
+        build(merge, {"labels_ptr": "*i64", "out_ptr": "*fp32",
+                      **{f"{k}_ptr": "*fp32" for k in PARTIALS}},
               {"TRANSFORM": code, "BLOCK": 256}, num_warps=4)
+        # an integer argument equal to 1 is specialised into a constant: one split
+        build(merge, {"labels_ptr": "*i64", "out_ptr": "*fp32", "num_splits": "constexpr",
+                      **{f"{k}_ptr": "*fp32" for k in PARTIALS}},
+              {"TRANSFORM": code, "BLOCK": 256, "num_splits": 1}, num_warps=4)
     print("compiled")
     """
 )

@@ -35,17 +35,18 @@ def _online_update(m, s, z, logits, cols, labels):
 
 @triton.jit
 def _paired_linear_partials_kernel(
-    hb_ptr, hv_ptr, w_ptr, bias_ptr, labels_ptr, part_ptr,
+    hb_ptr, hv_ptr, w_ptr, bias_ptr, labels_ptr,
+    mb_ptr, sb_ptr, zb_ptr, mv_ptr, sv_ptr, zv_ptr,
     N, V, H, cols_per_split,
     s_hb_n, s_hb_h, s_hv_n, s_hv_h, s_w_v, s_w_h,
     ignore_index,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """part[(k * S + j) * N + row], k = 0..5: max, sum, label logit of base, then of val."""
+    """Writes, at [split * N + row] of each (S, N) output: max, sum and label logit of the
+    base rows (mb, sb, zb), then of the val rows (mv, sv, zv)."""
     pid = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1).to(tl.int64)
-    num_splits = tl.num_programs(1).to(tl.int64)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < N
     labels = tl.load(labels_ptr + rows, mask=row_ok, other=ignore_index)
@@ -88,27 +89,27 @@ def _paired_linear_partials_kernel(
         acc_v = tl.where(col_ok[None, :], acc_v, float("-inf"))
         m_b, s_b, z_b = _online_update(m_b, s_b, z_b, acc_b, cols, labels)
         m_v, s_v, z_v = _online_update(m_v, s_v, z_v, acc_v, cols, labels)
-    out = part_ptr + split * N + rows
-    step = num_splits * N
-    tl.store(out, m_b, mask=row_ok)
-    tl.store(out + step, s_b, mask=row_ok)
-    tl.store(out + 2 * step, z_b, mask=row_ok)
-    tl.store(out + 3 * step, m_v, mask=row_ok)
-    tl.store(out + 4 * step, s_v, mask=row_ok)
-    tl.store(out + 5 * step, z_v, mask=row_ok)
+    at = split * N + rows
+    tl.store(mb_ptr + at, m_b, mask=row_ok)
+    tl.store(sb_ptr + at, s_b, mask=row_ok)
+    tl.store(zb_ptr + at, z_b, mask=row_ok)
+    tl.store(mv_ptr + at, m_v, mask=row_ok)
+    tl.store(sv_ptr + at, s_v, mask=row_ok)
+    tl.store(zv_ptr + at, z_v, mask=row_ok)
 
 
 @triton.jit
-def _merge(m, s, part, step):
-    """Fold one split's (max, sum) at ``part`` / ``part + step`` into the running pair."""
-    m_j = tl.load(part)
-    s_j = tl.load(part + step)
+def _merge(m, s, m_at, s_at):
+    """Fold one split's (max, sum), read at the pointers m_at / s_at, into the running pair."""
+    m_j = tl.load(m_at)
+    s_j = tl.load(s_at)
     m_new = tl.maximum(m, m_j)
     return m_new, s * tl.exp(m - m_new) + s_j * tl.exp(m_j - m_new)
 
 
 @triton.jit
-def _merge_partials_kernel(part_ptr, labels_ptr, out_ptr, N, num_splits, ignore_index,
+def _merge_partials_kernel(mb_ptr, sb_ptr, zb_ptr, mv_ptr, sv_ptr, zv_ptr, labels_ptr, out_ptr,
+                           N, num_splits, ignore_index,
                            TRANSFORM: tl.constexpr, BLOCK: tl.constexpr):
     """out[row] = F(log p_val(label) - log p_base(label)) from the splits' partials; 0.0 for
     ignored rows. Every split holds at least one column, so its max is finite."""
@@ -117,20 +118,19 @@ def _merge_partials_kernel(part_ptr, labels_ptr, out_ptr, N, num_splits, ignore_
     labels = tl.load(labels_ptr + rows, mask=row_ok, other=ignore_index)
     active = row_ok & (labels != ignore_index)
     rows = tl.where(row_ok, rows, 0)
-    step = num_splits.to(tl.int64) * N
     m_b = tl.full([BLOCK], float("-inf"), tl.float32)
     s_b = tl.zeros([BLOCK], tl.float32)
     z_b = tl.zeros([BLOCK], tl.float32)
     m_v = tl.full([BLOCK], float("-inf"), tl.float32)
     s_v = tl.zeros([BLOCK], tl.float32)
     z_v = tl.zeros([BLOCK], tl.float32)
-    part = part_ptr + rows  # split j's partials start j * N further on
+    at = rows  # split j's partials are j * N further on
     for _ in range(num_splits):
-        m_b, s_b = _merge(m_b, s_b, part, step)
-        m_v, s_v = _merge(m_v, s_v, part + 3 * step, step)
-        z_b += tl.load(part + 2 * step)
-        z_v += tl.load(part + 5 * step)
-        part += N
+        m_b, s_b = _merge(m_b, s_b, mb_ptr + at, sb_ptr + at)
+        m_v, s_v = _merge(m_v, s_v, mv_ptr + at, sv_ptr + at)
+        z_b += tl.load(zb_ptr + at)
+        z_v += tl.load(zv_ptr + at)
+        at += N
     delta = (z_v - (m_v + tl.log(s_v))) - (z_b - (m_b + tl.log(s_b)))
     delta = _apply_transform(delta, TRANSFORM)
     tl.store(out_ptr + rows, tl.where(active, delta, 0.0), mask=row_ok)
@@ -169,15 +169,15 @@ def linear_logprob_delta_tokens(hidden_base: torch.Tensor, hidden_val: torch.Ten
     wanted = splits or num_splits(N, V, block_m, hidden_base.device)
     cols_per_split = triton.cdiv(triton.cdiv(V, wanted), BLOCK_N) * BLOCK_N
     S = triton.cdiv(V, cols_per_split)  # every split non-empty
-    partials = torch.empty(6 * S * N, dtype=torch.float32, device=hidden_base.device)
+    partials = torch.empty(6, S, N, dtype=torch.float32, device=hidden_base.device)
     _paired_linear_partials_kernel[(triton.cdiv(N, block_m), S)](
-        hb, hv, weight, bias if bias is not None else weight, flat_labels, partials,
+        hb, hv, weight, bias if bias is not None else weight, flat_labels, *partials,
         N, V, H, cols_per_split, *hb.stride(), *hv.stride(), *weight.stride(), ignore_index,
         HAS_BIAS=bias is not None, IEEE=weight.dtype == torch.float32,
         UPCAST=weight.dtype == torch.bfloat16 and hidden_base.device.type == "cpu",
         BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=block_k, num_warps=4, num_stages=2,
     )
     _merge_partials_kernel[(triton.cdiv(N, 256),)](
-        partials, flat_labels, out, N, S, ignore_index, TRANSFORM=code, BLOCK=256,
+        *partials, flat_labels, out, N, S, ignore_index, TRANSFORM=code, BLOCK=256,
     )
     return out.view(B, T)
