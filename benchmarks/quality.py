@@ -61,7 +61,10 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
 TINY = {"n": 8, "base_size": 8, "epochs": 1, "lr": 1e-2, "ft_epochs": 1, "batch_size": 8,
         "max_length": 64, "seeds": 2}
 DEFAULT_METHODS = ["random", "tov", "tov_score_only", "maxunc", "less"]
-ALL_METHODS = DEFAULT_METHODS + [v for v in tov.VARIANTS if v not in DEFAULT_METHODS]
+# target_only: a control, not a method: n rows drawn at random from the pool's target-source
+# rows (as many as there are). It tells whether more in-domain rows lower the test loss at all.
+ALL_METHODS = (DEFAULT_METHODS + [v for v in tov.VARIANTS if v not in DEFAULT_METHODS]
+               + ["target_only"])
 
 
 def setup(config: str, size: str) -> dict[str, Any]:
@@ -90,6 +93,10 @@ def run_method(name: str, s: dict[str, Any], seed: int) -> tuple[np.ndarray, dic
     info: dict[str, Any] = {}
     if name == "random":
         idx = random_select.select(model, tok, pool, val, n, seed)
+    elif name == "target_only":
+        rows = np.flatnonzero([is_target(x) for x in pool["source"]])
+        idx = np.sort(np.random.default_rng(seed).choice(rows, size=min(n, rows.size),
+                                                         replace=False))
     elif name == "maxunc":
         idx = max_uncertainty.select(model, tok, pool, val, n, seed, lora=lora, lr=lr,
                                      batch_size=bs, max_length=ml)
