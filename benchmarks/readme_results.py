@@ -69,6 +69,8 @@ ROWS = [
      "NER: ToV score-only (no random half) gain vs random (%)", "", "{:+.2f}"),
     ("quality_ner.json", "maxunc_improvement_pct", "NER: Max-Uncertainty gain vs random (%)",
      "", "{:+.2f}"),
+    ("quality_ner_control.json", "target_only_improvement_pct",
+     "NER control: n random WNUT rows only, gain vs random (%)", "", "{:+.2f}"),
     ("quality_it.json", "tov_improvement_pct", "IT: ToV test-loss gain vs random (%)",
      "> 2 se", "{:+.2f}"),
     ("quality_it.json", "tov_improvement_se_pct", "IT: its standard error (%)", "", "{:.2f}"),
