@@ -25,6 +25,14 @@ INTERPRETER_SPLITS = 3
 
 
 @triton.jit
+def _empty_state(BLOCK: tl.constexpr):
+    """Running (max, sum, label logit) of the base rows, then of the val rows: -inf, 0, 0."""
+    m = tl.full([BLOCK], float("-inf"), tl.float32)
+    zero = tl.zeros([BLOCK], tl.float32)
+    return m, zero, zero, m, zero, zero
+
+
+@triton.jit
 def _online_update(m, s, z, logits, cols, labels):
     """Fold a float32 (BLOCK_M, BLOCK_N) logits tile into running max, sum and label logit."""
     m_new = tl.maximum(m, tl.max(logits, axis=1))
@@ -52,12 +60,7 @@ def _paired_linear_partials_kernel(
     labels = tl.load(labels_ptr + rows, mask=row_ok, other=ignore_index)
     v_start = split * cols_per_split
     v_stop = tl.minimum(V, v_start + cols_per_split)
-    m_b = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    s_b = tl.zeros([BLOCK_M], tl.float32)
-    z_b = tl.zeros([BLOCK_M], tl.float32)
-    m_v = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    s_v = tl.zeros([BLOCK_M], tl.float32)
-    z_v = tl.zeros([BLOCK_M], tl.float32)
+    m_b, s_b, z_b, m_v, s_v, z_v = _empty_state(BLOCK_M)
     for v0 in range(v_start, v_stop, BLOCK_N):
         cols = v0 + tl.arange(0, BLOCK_N)
         col_ok = cols < v_stop
@@ -118,12 +121,7 @@ def _merge_partials_kernel(mb_ptr, sb_ptr, zb_ptr, mv_ptr, sv_ptr, zv_ptr, label
     labels = tl.load(labels_ptr + rows, mask=row_ok, other=ignore_index)
     active = row_ok & (labels != ignore_index)
     rows = tl.where(row_ok, rows, 0)
-    m_b = tl.full([BLOCK], float("-inf"), tl.float32)
-    s_b = tl.zeros([BLOCK], tl.float32)
-    z_b = tl.zeros([BLOCK], tl.float32)
-    m_v = tl.full([BLOCK], float("-inf"), tl.float32)
-    s_v = tl.zeros([BLOCK], tl.float32)
-    z_v = tl.zeros([BLOCK], tl.float32)
+    m_b, s_b, z_b, m_v, s_v, z_v = _empty_state(BLOCK)
     at = rows  # split j's partials are j * N further on
     for _ in range(num_splits):
         m_b, s_b = _merge(m_b, s_b, mb_ptr + at, sb_ptr + at)
