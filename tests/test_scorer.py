@@ -6,7 +6,6 @@ import os
 import pickle
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -199,10 +198,17 @@ def test_with_rank_and_real_pickling(text_scorer):
     np.testing.assert_array_equal(clone({"text": TEXTS})["tov_score"], want)
 
 
-def test_fingerprint_fast_stable_and_tracks_adapters(text_scorer):
-    t0 = time.perf_counter()
+def hashed_bytes(scorer) -> int:
+    """Bytes that datasets' Hasher digests for the scorer (what `Hasher.hash` serialises)."""
+    from datasets.utils._dill import dumps
+
+    return len(dumps(scorer))
+
+
+def test_fingerprint_cheap_stable_and_tracks_adapters(text_scorer):
     first = Hasher.hash(text_scorer)
-    assert time.perf_counter() - t0 < 0.1
+    weights = sum(p.numel() * p.element_size() for p in text_scorer.model.parameters())
+    assert hashed_bytes(text_scorer) < min(4096, weights // 4)  # a digest, not the weights
     assert Hasher.hash(text_scorer) == first
     model = text_scorer.model
     for adapter in ("base", "val"):
@@ -361,6 +367,4 @@ def test_real_smollm2_matches_two_plain_forwards():
     np.testing.assert_array_equal(got["tov_num_tokens"], counts)
     # float32 log-softmax over 49k logits of magnitude ~20: ~1e-6 absolute error per token
     np.testing.assert_allclose(got["tov_score"], scores, rtol=1e-4, atol=1e-5)
-    t0 = time.perf_counter()
-    Hasher.hash(scorer)
-    assert time.perf_counter() - t0 < 0.2
+    assert hashed_bytes(scorer) < 4096  # not the 135M weights: map() does not hash them
