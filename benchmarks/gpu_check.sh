@@ -7,15 +7,16 @@
 #      (NER configuration from .gpu/ner, made here by benchmarks/gpu_prepare.sh)
 # Each step has its own time limit and the others still run if one fails; the table at the
 # end gives each step's status. Results (and the log) are copied to $OUT when it is set.
-#   bash benchmarks/gpu_prepare.sh          # on the CPU machine, once
-#   bash benchmarks/gpu_check.sh            # on the GPU machine, carrying .gpu
+#   bash benchmarks/gpu_prepare.sh                                   # on the CPU machine
+#   TOV_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_check.sh    # there, carrying .gpu
+# (TOV_COMMIT names the code in the results: the .git copied to the device can be stale.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 LOG=${OUT:-/tmp}/gpu_check.log
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TRITON_INTERPRET=0 HF_HUB_OFFLINE=1 \
   TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-export TOV_COMMIT=${TOV_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}  # pass it: the copied .git may be stale
+export TOV_COMMIT=${TOV_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 if [ -d .gpu/wheels ]; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/tov-site .gpu/wheels/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/tov-site"
