@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset
 
 from tests import tiny
-from tests.test_scorer import MAX_LENGTH, causal_case, ner_case, reference_deltas
+from tests.test_scorer import MAX_LENGTH, causal_case, expected, ner_case, reference_deltas
 from tov_datasets import trajectory
 from tov_datasets.scorer import ToVScorer
 from tov_kernels import api
@@ -52,10 +52,10 @@ def test_scorer_fp32_matches_cpu_float64_reference(task, fmt, tiny_causal_lm,
     model = tiny_causal_lm if causal else tiny_token_classifier
     rows, refs = (causal_case if causal else ner_case)(fmt, tok)
     deltas = reference_deltas(model, refs, causal, MAX_LENGTH)
-    want = np.array([d.mean() if d.size else 0.0 for d in deltas])
+    want, counts_want = expected(deltas, "identity")
     got, counts = _scores(copy.deepcopy(model).cuda(), tok, rows)
     assert np.abs(want).max() > 1e-3  # the adapters differ: a non-trivial check
-    np.testing.assert_array_equal(counts, [d.size for d in deltas])
+    np.testing.assert_array_equal(counts, counts_want)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     assert triton_calls and all(triton_calls)
 
@@ -67,22 +67,7 @@ def test_scorer_bf16_matches_plain_bf16_forwards(tiny_causal_lm):
     rows, refs = causal_case("prompt_completion", tok)
     model = copy.deepcopy(tiny_causal_lm).to("cuda", torch.bfloat16)
     got, _ = _scores(model, tok, rows)
-    want = []
-    with torch.no_grad():
-        for ids, scored in refs:
-            ids = ids[:MAX_LENGTH]
-            scored = [(t, y) for t, y in scored if t < len(ids)]
-            if not scored:
-                want.append(0.0)
-                continue
-            logp = {}
-            for adapter in ("base", "val"):
-                model.set_adapter(adapter)
-                x = torch.tensor([ids], device="cuda")
-                logp[adapter] = model(input_ids=x).logits[0].double().log_softmax(-1)
-            want.append(np.mean([float(logp["val"][t - 1, y] - logp["base"][t - 1, y])
-                                 for t, y in scored]))
-    want = np.array(want)
+    want, _ = expected(reference_deltas(model, refs, True, MAX_LENGTH), "identity")  # on CUDA
     assert np.abs(want).max() > 1e-2
     np.testing.assert_allclose(got, want, atol=0.03 * np.abs(want).max())
 

@@ -114,7 +114,8 @@ def reference_deltas(model, refs, causal: bool, max_length: int | None):
         logp = {}
         for adapter in ("base", "val"):
             model.set_adapter(adapter)
-            logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+            x = torch.tensor([ids], device=next(model.parameters()).device)
+            logits = model(input_ids=x).logits[0].double()
             logp[adapter] = logits.log_softmax(-1)
         shift = 1 if causal else 0
         out.append(np.array([float(logp["val"][t - shift, y] - logp["base"][t - shift, y])
