@@ -1,0 +1,118 @@
+"""How good a selection is: ranking quality of a score and paired loss comparisons.
+
+Shared by the demo and the quality benchmarks, so both report the same numbers the same way.
+
+- `roc_auc`, `precision_at_k`: how well a raw score ranks the target rows of a pool above
+  the rest (before length bins and the random half).
+- `paired_gain`: a method's test-loss gain over a reference, paired by seed (mean, s.e., t).
+- `oracle_capture`: (L_random - L_method) / (L_random - L_oracle), with a bootstrap interval
+  over seeds.
+
+All inputs are plain sequences or numpy arrays; nothing here touches a model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["PairedGain", "oracle_capture", "paired_gain", "precision_at_k", "roc_auc"]
+
+
+def _scores_and_labels(scores: Sequence[float], positive: Sequence[bool]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(positive, dtype=bool).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"scores ({s.size}) and positive ({y.size}) differ in length")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores hold NaN or inf values")
+    return s, y
+
+
+def roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
+    """Area under the ROC curve of ``scores`` (higher = more likely positive) for the rows
+    where ``positive`` is True: P(score of a positive > score of a negative), ties counting
+    one half (the Mann-Whitney U statistic / (n_pos * n_neg)). NaN when a class is empty."""
+    s, y = _scores_and_labels(scores, positive)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(s.size, dtype=np.float64)
+    sorted_s = s[order]
+    # average ranks (1-based) over runs of tied scores
+    start = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
+    end = np.r_[start[1:], s.size]
+    for a, b in zip(start, end, strict=True):
+        ranks[order[a:b]] = (a + b + 1) / 2.0
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def precision_at_k(scores: Sequence[float], positive: Sequence[bool], k: int) -> float:
+    """Share of positives among the ``k`` highest scores (ties broken by row order)."""
+    s, y = _scores_and_labels(scores, positive)
+    if not 1 <= k <= s.size:
+        raise ValueError(f"k={k} must be in [1, {s.size}]")
+    top = np.argsort(-s, kind="mergesort")[:k]
+    return float(y[top].mean())
+
+
+@dataclass(frozen=True)
+class PairedGain:
+    """Gain of a method over a reference in % of the reference's loss, paired by seed.
+
+    mean_pct, se_pct: mean and standard error over seeds of 100 * (L_ref - L_m) / L_ref;
+    t: mean / se (inf when every seed gains the same, nan with one seed)."""
+
+    mean_pct: float
+    se_pct: float
+    t: float
+
+
+def paired_gain(losses: Sequence[float], reference: Sequence[float]) -> PairedGain:
+    """Per-seed relative gain of ``losses`` over ``reference`` (same seeds, same order)."""
+    m = np.asarray(losses, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    if m.shape != r.shape or m.ndim != 1 or m.size == 0:
+        raise ValueError(f"losses {m.shape} and reference {r.shape} must be equal, non-empty 1-D")
+    gain = 100.0 * (r - m) / r
+    mean = float(gain.mean())
+    if gain.size < 2:
+        return PairedGain(mean, float("nan"), float("nan"))
+    se = float(gain.std(ddof=1) / math.sqrt(gain.size))
+    t = mean / se if se > 0 else (math.copysign(math.inf, mean) if mean else float("nan"))
+    return PairedGain(mean, se, t)
+
+
+def oracle_capture(
+    random: Sequence[float], method: Sequence[float], oracle: Sequence[float], *,
+    num_bootstrap: int = 2000, seed: int = 0, level: float = 0.9,
+) -> tuple[float, float, float]:
+    """(capture, low, high): capture = (mean L_random - mean L_method) /
+    (mean L_random - mean L_oracle) over seeds; [low, high] the ``level`` percentile interval
+    of the same ratio over seeds resampled with replacement (paired). NaN where the oracle
+    does not beat random (the ratio is then meaningless)."""
+    r, m, o = (np.asarray(x, dtype=np.float64) for x in (random, method, oracle))
+    if not (r.shape == m.shape == o.shape) or r.ndim != 1 or r.size == 0:
+        raise ValueError("random, method and oracle need the same seeds (equal 1-D lengths)")
+
+    def ratio(idx: np.ndarray) -> float:
+        gap = r[idx].mean() - o[idx].mean()
+        return float((r[idx].mean() - m[idx].mean()) / gap) if gap > 0 else float("nan")
+
+    point = ratio(np.arange(r.size))
+    if not math.isfinite(point):
+        return point, float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    draws = np.array([ratio(rng.integers(0, r.size, r.size)) for _ in range(num_bootstrap)])
+    draws = draws[np.isfinite(draws)]
+    if draws.size == 0:
+        return point, float("nan"), float("nan")
+    tail = 50.0 * (1.0 - level)
+    low, high = np.percentile(draws, [tail, 100.0 - tail])
+    return point, float(low), float(high)
