@@ -22,6 +22,7 @@ NER (token classification, all-MiniLM-L6-v2 + fresh head):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -218,6 +219,16 @@ def _build_it(d: Path, pool_size, val_size, test_size, target_in_pool, text_frac
             "evals_tasks": len(records), "target_family": "evals/*-lexicon",
             "max_tokens": max_tokens, "seed": seed}
     (d / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+@functools.lru_cache(maxsize=1)
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer (counts tokens when building data)."""
+    from transformers import AutoTokenizer
+
+    from tov_datasets.assets import demo_model_dir
+
+    return AutoTokenizer.from_pretrained(demo_model_dir(), local_files_only=True)
 
 
 def load_it_model():

@@ -1,0 +1,345 @@
+"""The quality benchmark's configurations, fixed before any selector runs on them.
+
+Each configuration is a target task (validation and test rows), a pool that mixes target
+rows with other sources, the model, and the sizes. The data split follows the run seed:
+every seed draws its own validation/test/pool rows (and, for token classification, its own
+fresh head), so the spread over seeds includes split variance. The pool holds at least 2n
+target rows, so the oracle control (n of them at random) differs between seeds.
+
+- ``ner_coarse`` (token classification, all-MiniLM-L6-v2 + fresh head): one coarse label
+  scheme across sources, as when gold NER datasets are mixed: WNUT-16 gold tweets (target)
+  and spaCy-silver sentences of Wikipedia and of BBC News (one source each), all mapped to
+  PER/ORG/LOC/MISC BIO tags.
+- ``lm_tweets`` (causal LM on plain text, loss over every token, SmolLM2-135M-Instruct):
+  target = tweets (WNUT-16 text, a few tweets per row, newline-separated); other sources =
+  Wikipedia summaries and BBC News, cut at sentence ends. Every row of every source has the
+  same token-length range, so length alone does not tell the target apart.
+- ``chat_long`` (instruction chats, answer tokens scored, SmolLM2-135M-Instruct): target =
+  the OpenAI-evals Icelandic inflection family (three evals; the answer is a JSON table of
+  the phrase in every case and number, ~150 tokens of content); other sources = the other
+  evals' chats and Wikipedia/BBC writing requests whose answers are whole paragraphs.
+
+Changing anything here makes a new configuration: commit it first, then rerun every method
+(quality.py records the commit that last changed this file as ``config_commit``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from benchmarks import eval_data
+
+COARSE_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+# WNUT-16 types (gold, and the silver tags, which eval_data maps from OntoNotes to the same
+# WNUT-16 names: PERSON->person, ORG->company, GPE/LOC->geo-loc, FAC->facility,
+# PRODUCT->product, NORP/EVENT/WORK_OF_ART/LAW/LANGUAGE->other) -> coarse types.
+WNUT_TO_COARSE = {
+    "person": "PER", "company": "ORG", "sportsteam": "ORG", "geo-loc": "LOC",
+    "facility": "LOC", "movie": "MISC", "musicartist": "MISC", "other": "MISC",
+    "product": "MISC", "tvshow": "MISC",
+}
+TARGET_EVALS = ("icelandic-inflection-easy", "icelandic-inflection-medium",
+                "icelandic-inflection-hard")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """One size of a configuration.
+
+    data: keyword arguments of the data builder. n: rows every method selects. base_size,
+    epochs, lr: ToV's trajectory (|U|, L, base lr; val lr = lr / 10), also the warm-up lr of
+    LESS and Max-Uncertainty. ft_lrs, ft_max_epochs: the fine-tune budgets the premise gate
+    chooses from (constant lr; the oracle's learning curve on the validation set).
+    """
+
+    data: dict[str, Any]
+    n: int
+    base_size: int
+    epochs: int
+    lr: float
+    ft_lrs: tuple[float, ...]
+    ft_max_epochs: int
+    batch_size: int
+    max_length: int
+    seeds: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """A configuration: task, data builder, model, LoRA of the selectors and of the final
+    fine-tune, and its sizes ("small" for smoke runs, "full" for the CPU run, "gpu")."""
+
+    name: str
+    task: str  # "token_classification" | "causal_lm"
+    build: Any  # (seed, **data) -> {"pool", "val", "test", "meta"}; rows carry is_target
+    load_model: Any  # (seed) -> (model, tokenizer)
+    selector_rank: int
+    finetune_rank: int
+    sizes: dict[str, Sizes] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ ner_coarse -------------
+def coarse_tag(tag: str) -> str:
+    """A WNUT-16-named BIO tag ("B-geo-loc") as a coarse one ("B-LOC"); "O" stays."""
+    if tag == "O":
+        return tag
+    prefix, typ = tag.split("-", 1)
+    return f"{prefix}-{WNUT_TO_COARSE[typ]}"
+
+
+def _ner_row(tokens: list[str], tags: list[str], source: str) -> dict[str, Any]:
+    return {"tokens": list(tokens), "ner_tags": [coarse_tag(t) for t in tags],
+            "source": source, "is_target": source == "wnut16"}
+
+
+def ner_coarse_data(seed: int, *, pool_size: int, wnut_in_pool: int, val_size: int,
+                    test_size: int, silver_texts: int = 3000) -> dict[str, Any]:
+    from datasets import Dataset
+
+    from tov_datasets import assets
+
+    wnut = assets.wnut16()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(wnut))
+    need = val_size + test_size + wnut_in_pool
+    if need > len(wnut):
+        raise ValueError(f"WNUT-16 has {len(wnut)} tweets; {need} asked for")
+    rows = [_ner_row(wnut[int(i)]["tokens"], wnut[int(i)]["ner_tags"], "wnut16")
+            for i in order[:need]]
+    val, test, pool_target = rows[:val_size], rows[val_size:val_size + test_size], rows[
+        val_size + test_size:]
+    silver = eval_data.silver_sentences(silver_texts, seed=0)
+    k = pool_size - wnut_in_pool
+    if len(silver) < k:
+        raise ValueError(f"only {len(silver)} silver sentences; raise silver_texts")
+    pool = pool_target + [_ner_row(silver[int(i)]["tokens"], silver[int(i)]["ner_tags"],
+                                   silver[int(i)]["source"])
+                          for i in rng.permutation(len(silver))[:k]]
+    pool = [pool[i] for i in rng.permutation(len(pool))]
+    return _splits(pool, val, test, seed)
+
+
+def load_ner_model(seed: int):
+    """all-MiniLM-L6-v2 with a fresh (seeded) head for COARSE_LABELS."""
+    import torch
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from tov_datasets.assets import minilm_dir
+
+    d = minilm_dir()
+    tok = AutoTokenizer.from_pretrained(d, local_files_only=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForTokenClassification.from_pretrained(
+            d, num_labels=len(COARSE_LABELS), id2label=dict(enumerate(COARSE_LABELS)),
+            label2id={k: i for i, k in enumerate(COARSE_LABELS)}, local_files_only=True)
+    return model.eval(), tok
+
+
+# ------------------------------------------------------------------ lm_tweets --------------
+def detokenize(tokens: list[str]) -> str:
+    """WNUT-16 word tokens as tweet text ("it 's" -> "it's", "great !" -> "great!")."""
+    out = ""
+    for t in tokens:
+        glue = not out or t in {".", ",", "!", "?", ":", ";", "'s", "n't", "'m", "'re", "'ll",
+                                "'ve", "'d", "..."}
+        out += t if glue else " " + t
+    return out
+
+
+def _sentences(text: str) -> list[str]:
+    import re
+
+    parts = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+    return [p for p in parts if p]
+
+
+def _pack(pieces: list[str], sep: str, lengths: Any, lo: int, hi: int) -> list[str]:
+    """Consecutive pieces joined by ``sep`` into rows of lo..hi tokens (``lengths`` counts
+    tokens of a string); a piece longer than hi on its own is skipped."""
+    rows, current = [], []
+    for p in pieces:
+        if lengths(p) > hi:
+            current = []
+            continue
+        candidate = sep.join(current + [p])
+        if lengths(candidate) > hi:
+            current = [p]
+        else:
+            current.append(p)
+        text = sep.join(current)
+        if lengths(text) >= lo:
+            rows.append(text)
+            current = []
+    return rows
+
+
+def lm_tweets_data(seed: int, *, pool_size: int, target_in_pool: int, val_size: int,
+                   test_size: int, min_tokens: int, max_tokens: int) -> dict[str, Any]:
+    from tov_datasets import assets
+
+    tok = eval_data.smollm2_tokenizer()
+
+    def length(s: str) -> int:
+        return len(tok(s, add_special_tokens=False)["input_ids"])
+
+    rng = np.random.default_rng(seed)
+    wnut = assets.wnut16()
+    tweets = [detokenize(wnut[int(i)]["tokens"]) for i in rng.permutation(len(wnut))]
+    target = _pack(tweets, "\n", length, min_tokens, max_tokens)
+    need = val_size + test_size + target_in_pool
+    if len(target) < need:
+        raise ValueError(f"only {len(target)} tweet rows; {need} asked for")
+    target_rows = [{"text": t, "source": "tweets", "is_target": True} for t in target[:need]]
+    other: list[dict[str, Any]] = []
+    k = pool_size - target_in_pool
+    wiki, bbc = assets.wiki_summaries(), assets.bbc_news()
+    for name, ds in (("wiki", wiki), ("bbc", bbc)):
+        texts = ds["text"]
+        rows: list[dict[str, Any]] = []
+        for i in rng.permutation(len(texts)):
+            for t in _pack(_sentences(texts[int(i)]), " ", length, min_tokens, max_tokens):
+                rows.append({"text": t, "source": name, "is_target": False})
+            if len(rows) >= k:  # enough of this source; the pool takes half of each
+                break
+        other += rows[: k - k // 2] if name == "wiki" else rows[: k // 2]
+    val, test = target_rows[:val_size], target_rows[val_size:val_size + test_size]
+    pool = target_rows[val_size + test_size:] + other
+    pool = [pool[i] for i in rng.permutation(len(pool))]
+    return _splits(pool, val, test, seed)
+
+
+# ------------------------------------------------------------------ chat_long --------------
+def chat_long_data(seed: int, *, pool_size: int, target_in_pool: int, val_size: int,
+                   test_size: int, max_tokens: int, text_fraction: float = 0.3,
+                   per_task: int = 12) -> dict[str, Any]:
+    from tov_datasets import assets
+
+    tok = eval_data.smollm2_tokenizer()
+
+    def fits(chat: list[dict]) -> bool:
+        ids = tok.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
+        return len(ids) <= max_tokens
+
+    rng = np.random.default_rng(seed)
+    records = eval_data.evals_records()
+    target = [r for name in TARGET_EVALS for r in records[name]]
+    target = [target[int(i)] for i in rng.permutation(len(target))]
+    target = [r for r in target if fits(r["messages"])]
+    need = val_size + test_size + target_in_pool
+    if len(target) < need:
+        raise ValueError(f"only {len(target)} target chats fit {max_tokens} tokens; {need} "
+                         "asked for")
+    target_rows = [{"messages": r["messages"], "source": "icelandic", "is_target": True}
+                   for r in target[:need]]
+    n_text = int(round(text_fraction * (pool_size - target_in_pool)))
+    n_evals = pool_size - target_in_pool - n_text
+    evals_rows: list[dict[str, Any]] = []
+    for name in rng.permutation(sorted(set(records) - set(TARGET_EVALS))):
+        rows = records[str(name)]
+        picked = [rows[int(i)] for i in rng.permutation(len(rows))[:3 * per_task]]
+        evals_rows += [{"messages": r["messages"], "source": "evals", "is_target": False}
+                       for r in picked if fits(r["messages"])][:per_task]
+        if len(evals_rows) >= n_evals:
+            break
+    text_rows: list[dict[str, Any]] = []
+    wiki, bbc = assets.wiki_summaries(), assets.bbc_news()
+    for i in rng.permutation(len(wiki)):
+        if len(text_rows) >= n_text - n_text // 2:
+            break
+        r = wiki[int(i)]
+        chat = [{"role": "user", "content": f"Write an encyclopedia paragraph about {r['title']}."},
+                {"role": "assistant", "content": r["text"]}]
+        if fits(chat):
+            text_rows.append({"messages": chat, "source": "wiki", "is_target": False})
+    for i in rng.permutation(len(bbc)):
+        if len(text_rows) >= n_text:
+            break
+        lines = [x.strip() for x in bbc[int(i)]["text"].splitlines() if x.strip()]
+        if len(lines) < 3:
+            continue
+        chat = [{"role": "user", "content": f"Write the opening of a news story titled: "
+                 f"{lines[0]}"}, {"role": "assistant", "content": " ".join(lines[1:3])}]
+        if fits(chat):
+            text_rows.append({"messages": chat, "source": "bbc", "is_target": False})
+    val, test = target_rows[:val_size], target_rows[val_size:val_size + test_size]
+    pool = target_rows[val_size + test_size:] + evals_rows[:n_evals] + text_rows
+    pool = [pool[i] for i in rng.permutation(len(pool))]
+    return _splits(pool, val, test, seed)
+
+
+def load_smollm2(seed: int):
+    """SmolLM2-135M-Instruct, fp32, eval (the seed plays no part: no fresh head)."""
+    del seed
+    return eval_data.load_it_model()
+
+
+# ------------------------------------------------------------------ shared -----------------
+def _splits(pool: list[dict], val: list[dict], test: list[dict], seed: int) -> dict[str, Any]:
+    from datasets import Dataset
+
+    sources: dict[str, int] = {}
+    for r in pool:
+        sources[r["source"]] = sources.get(r["source"], 0) + 1
+    meta = {"pool": len(pool), "val": len(val), "test": len(test), "seed": seed,
+            "pool_sources": dict(sorted(sources.items())),
+            "pool_target": int(sum(r["is_target"] for r in pool))}
+    return {"pool": Dataset.from_list(pool), "val": Dataset.from_list(val),
+            "test": Dataset.from_list(test), "meta": meta}
+
+
+CONFIGS: dict[str, Config] = {
+    "ner_coarse": Config(
+        "ner_coarse", "token_classification", ner_coarse_data, load_ner_model,
+        selector_rank=16, finetune_rank=16,
+        sizes={
+            "small": Sizes(dict(pool_size=300, wnut_in_pool=60, val_size=30, test_size=60),
+                           n=30, base_size=90, epochs=1, lr=1e-3, ft_lrs=(3e-3,),
+                           ft_max_epochs=2, batch_size=16, max_length=64, seeds=2),
+            "full": Sizes(dict(pool_size=2000, wnut_in_pool=300, val_size=100, test_size=400),
+                          n=150, base_size=600, epochs=2, lr=1e-3, ft_lrs=(1e-3, 3e-3),
+                          ft_max_epochs=8, batch_size=16, max_length=64, seeds=3),
+            "gpu": Sizes(dict(pool_size=12000, wnut_in_pool=2000, val_size=100,
+                              test_size=294), n=1000, base_size=4000, epochs=3, lr=1e-3,
+                         ft_lrs=(1e-3, 3e-3), ft_max_epochs=8, batch_size=32, max_length=64,
+                         seeds=5),
+        }),
+    "lm_tweets": Config(
+        "lm_tweets", "causal_lm", lm_tweets_data, load_smollm2,
+        selector_rank=32, finetune_rank=16,
+        sizes={
+            "small": Sizes(dict(pool_size=60, target_in_pool=12, val_size=8, test_size=12,
+                                min_tokens=24, max_tokens=48),
+                           n=6, base_size=18, epochs=1, lr=5e-4, ft_lrs=(1e-3,),
+                           ft_max_epochs=2, batch_size=8, max_length=64, seeds=2),
+            "full": Sizes(dict(pool_size=400, target_in_pool=60, val_size=30, test_size=80,
+                               min_tokens=40, max_tokens=64),
+                          n=30, base_size=120, epochs=2, lr=5e-4, ft_lrs=(3e-4, 1e-3),
+                          ft_max_epochs=6, batch_size=8, max_length=80, seeds=3),
+            "gpu": Sizes(dict(pool_size=10000, target_in_pool=2000, val_size=100,
+                              test_size=300, min_tokens=16, max_tokens=40),
+                         n=1000, base_size=4000, epochs=3, lr=5e-4, ft_lrs=(3e-4, 1e-3),
+                         ft_max_epochs=6, batch_size=32, max_length=48, seeds=5),
+        }),
+    "chat_long": Config(
+        "chat_long", "causal_lm", chat_long_data, load_smollm2,
+        selector_rank=32, finetune_rank=16,
+        sizes={
+            "small": Sizes(dict(pool_size=40, target_in_pool=8, val_size=4, test_size=8,
+                                max_tokens=256),
+                           n=4, base_size=12, epochs=1, lr=5e-4, ft_lrs=(1e-3,),
+                           ft_max_epochs=2, batch_size=8, max_length=256, seeds=2),
+            "full": Sizes(dict(pool_size=240, target_in_pool=40, val_size=20, test_size=60,
+                               max_tokens=256),
+                          n=20, base_size=80, epochs=2, lr=5e-4, ft_lrs=(3e-4, 1e-3),
+                          ft_max_epochs=6, batch_size=8, max_length=256, seeds=3),
+            # the family has ~300 chats: n is bounded by it, not by the device
+            "gpu": Sizes(dict(pool_size=10000, target_in_pool=160, val_size=40, test_size=80,
+                              max_tokens=320, per_task=30), n=80, base_size=2000, epochs=3, lr=5e-4,
+                         ft_lrs=(3e-4, 1e-3), ft_max_epochs=6, batch_size=16,
+                         max_length=320, seeds=5),
+        }),
+}
