@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tov_datasets.formats import IGNORE_INDEX, Encoded, collate
+from tov_datasets.formats import FORMATS, IGNORE_INDEX, Encoded, collate, detect_format
 from tov_datasets.training import (
     adapter_parameters,
     default_lora_config,
@@ -25,12 +25,21 @@ from tov_datasets.training import (
 __all__ = [
     "batch_on_device",
     "encode",
+    "format_view",
     "lora_copy",
     "per_sample_losses",
     "per_sample_token_mean",
     "random_subset",
+    "top_n",
     "train_adapter",
 ]
+
+
+def format_view(dataset: Any) -> tuple[str, Any]:
+    """(input format, the dataset restricted to that format's columns): a baseline that reads
+    rows through the view never sees the benchmark's ``source`` column."""
+    fmt = detect_format(dataset.column_names)
+    return fmt, dataset.select_columns(list(FORMATS[fmt]))
 
 
 def encode(model: nn.Module, dataset: Any, tokenizer: Any, max_length: int | None = None):
@@ -101,6 +110,17 @@ def per_sample_losses(
 def random_subset(num: int, fraction: float, seed: int) -> np.ndarray:
     k = max(1, int(round(fraction * num)))
     return np.sort(np.random.default_rng(seed).choice(num, size=min(k, num), replace=False))
+
+
+def top_n(scores: np.ndarray, n: int) -> np.ndarray:
+    """Row indices (int64, sorted ascending) of the ``n`` highest scores; ties go to the
+    lower row index."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if not 0 <= n <= len(scores):
+        raise ValueError(f"n={n} rows cannot be selected from a pool of {len(scores)}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{int((~np.isfinite(scores)).sum())} scores are not finite")
+    return np.sort(np.argsort(-scores, kind="stable")[:n]).astype(np.int64)
 
 
 def linear_warmup_decay(lr: float, total: int, warmup_ratio: float) -> list[float]:

@@ -11,6 +11,7 @@ from benchmarks.baselines._util import (
     pad_id_of,
     per_sample_losses,
     random_subset,
+    top_n,
     train_adapter,
 )
 
@@ -32,5 +33,4 @@ def scores(
 
 
 def select(model, tokenizer, pool, val, n: int, seed: int = 0, **kwargs) -> np.ndarray:
-    s = scores(model, tokenizer, pool, val, seed=seed, **kwargs)
-    return np.sort(np.argsort(-s, kind="stable")[:n])
+    return top_n(scores(model, tokenizer, pool, val, seed=seed, **kwargs), n)
