@@ -329,13 +329,14 @@ CONFIGS: dict[str, Config] = {
         selector_rank=32, finetune_rank=16,
         sizes={
             "small": Sizes(dict(pool_size=40, target_in_pool=8, val_size=4, test_size=8,
-                                max_tokens=256),
+                                max_tokens=352),
                            n=4, base_size=12, epochs=1, lr=5e-4, ft_lrs=(1e-3,),
-                           ft_max_epochs=2, batch_size=8, max_length=256, seeds=2),
-            "full": Sizes(dict(pool_size=240, target_in_pool=40, val_size=20, test_size=60,
-                               max_tokens=256),
-                          n=20, base_size=80, epochs=2, lr=5e-4, ft_lrs=(3e-4, 1e-3),
-                          ft_max_epochs=6, batch_size=8, max_length=256, seeds=3),
+                           ft_max_epochs=2, batch_size=8, max_length=352, seeds=2),
+            # an Icelandic chat is ~325 tokens: the CPU size is kept small
+            "full": Sizes(dict(pool_size=160, target_in_pool=32, val_size=16, test_size=40,
+                               max_tokens=352),
+                          n=16, base_size=48, epochs=2, lr=5e-4, ft_lrs=(3e-4, 1e-3),
+                          ft_max_epochs=6, batch_size=8, max_length=352, seeds=3),
             # the family has ~300 chats: n is bounded by it, not by the device
             "gpu": Sizes(dict(pool_size=10000, target_in_pool=160, val_size=40, test_size=80,
                               max_tokens=320, per_task=30), n=80, base_size=2000, epochs=3, lr=5e-4,
