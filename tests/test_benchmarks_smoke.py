@@ -117,9 +117,6 @@ def test_baselines_same_interface(tiny_tokenizer):
 
 
 @pytest.mark.parametrize("script,config,keys", [
-    ("quality", "ner", ["tov_improvement_pct", "tov_improvement_se_pct", "less_improvement_pct",
-                        "maxunc_improvement_pct", "seeds"]),
-    ("quality", "it", ["tov_improvement_pct", "seeds"]),
     ("less_vs_tov", "it", ["speedup_vs_less_published", "speedup_vs_less_optimised",
                            "storage_ratio_vs_less_published", "storage_ratio_vs_less_optimised",
                            "tov_s_per_sample", "less_published_s_per_sample",
