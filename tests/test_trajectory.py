@@ -465,14 +465,16 @@ def test_peft_model_starts_from_its_active_adapter(tiny_tokenizer, tiny_causal_l
                               lora=training.default_lora_config("causal_lm", 2))
 
 
-def test_token_classification_trajectory(tiny_tokenizer):
+@pytest.mark.parametrize("val_optimizer", trajectory.VAL_OPTIMIZERS)
+def test_token_classification_trajectory(tiny_tokenizer, val_optimizer):
     rng = np.random.default_rng(1)
     words = [list(rng.choice(tiny.WORDS, rng.integers(2, 8))) for _ in range(24)]
     tags = [[str(rng.choice(tiny.NER_LABELS)) for _ in w] for w in words]
     ds = Dataset.from_dict({"tokens": words, "ner_tags": tags})
     model = tiny.token_classifier(tiny_tokenizer)
     result = trajectory.tov_select(model, tiny_tokenizer, ds, ds.select(range(4)), n=8,
-                                   base_size=24, epochs=2, lr=1e-2, batch_size=4)
+                                   base_size=24, epochs=2, lr=1e-2, batch_size=4,
+                                   val_optimizer=val_optimizer)
     assert len(result.selected) == 8 and np.isfinite(result.scores["tov_score"]).all()
 
 
