@@ -244,3 +244,42 @@ def test_console_script_help():
     assert done.returncode == 0
     for command in ("select", "score", "select-only", "demo"):
         assert command in done.stdout
+
+
+class _Recorded(Exception):
+    pass
+
+
+@pytest.mark.parametrize("command", ["select", "score"])
+@pytest.mark.parametrize("flag", [[], ["--val-optimizer", "continue"], ["--val-optimizer", "sgd"]])
+def test_val_optimizer_reaches_tov_select(files, tmp_path, monkeypatch, command, flag):
+    from tov_datasets import trajectory
+
+    seen = {}
+
+    def recording_tov_select(*args, **kwargs):
+        seen.update(kwargs)
+        raise _Recorded
+
+    monkeypatch.setattr(trajectory, "tov_select", recording_tov_select)
+    out = tmp_path / ("out" if command == "select" else "scores.parquet")
+    argv = [command, "--model", str(files["model"]), "--pool", str(files["pool"]),
+            "--val", str(files["val"]), "--out", str(out), "--quiet", *flag]
+    with pytest.raises(_Recorded):
+        cli.main(argv + (["--n", "12"] if command == "select" else []))
+    assert seen["val_optimizer"] == (flag[1] if flag else "fresh")
+
+
+def test_val_optimizer_choices_match_the_library(capsys):
+    from tov_datasets import trajectory
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for command in ("select", "score"):
+        action = next(a for a in sub.choices[command]._actions if a.dest == "val_optimizer")
+        assert tuple(action.choices) == trajectory.VAL_OPTIMIZERS and action.help
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["select", "--model", "m", "--pool", "p", "--val", "v", "--out", "o",
+                           "--n", "1", "--val-optimizer", "adam"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'adam'" in capsys.readouterr().err

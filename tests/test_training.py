@@ -196,6 +196,89 @@ def test_copy_adapter(tiny_tokenizer, tiny_causal_lm, tiny_token_classifier):
             assert torch.equal(a, b)
 
 
+def test_paired_adapter_parameters_match_by_name(tiny_tokenizer, tiny_causal_lm,
+                                                 tiny_token_classifier):
+    for model in (tiny_causal_lm, tiny_token_classifier):
+        names = {id(p): n for n, p in model.named_parameters()}
+        pairs = training.paired_adapter_parameters(model, "base", "val")
+        assert [names[id(q)] for _, q in pairs] == [
+            names[id(p)].replace(".base.", ".val.") for p, _ in pairs]
+        assert [id(p) for p, _ in pairs] == [
+            id(p) for p in training.adapter_parameters(model, "base")]
+        assert [id(q) for _, q in pairs] == [
+            id(q) for q in training.adapter_parameters(model, "val")]
+    assert any("modules_to_save" in names[id(p)] for p, _ in pairs)  # the classifier head
+
+
+def test_copy_optimizer_clones_state_and_hyperparameters():
+    gen = torch.Generator().manual_seed(0)
+    src = [torch.nn.Parameter(torch.randn(3, 4, generator=gen)) for _ in range(3)]
+    dst = [torch.nn.Parameter(torch.randn(3, 4, generator=gen)) for _ in range(3)]
+    opt = torch.optim.AdamW([{"params": src[:2]}, {"params": src[2:], "eps": 1e-6}], lr=0.1,
+                            betas=(0.8, 0.99), weight_decay=0.05)
+    for _ in range(3):
+        for p in src[:2]:  # src[2] never gets a gradient: no state
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+    saved = [{k: v.clone() for k, v in opt.state[p].items()} for p in src[:2]]
+    copied = training.copy_optimizer(opt, list(zip(src, dst, strict=True)), lr=0.01)
+    assert type(copied) is torch.optim.AdamW
+    assert [g["params"] for g in copied.param_groups] == [dst[:2], dst[2:]]
+    for group, original in zip(copied.param_groups, opt.param_groups, strict=True):
+        assert group["lr"] == 0.01 and original["lr"] == 0.1
+        assert {k: v for k, v in group.items() if k not in ("params", "lr")} == {
+            k: v for k, v in original.items() if k not in ("params", "lr")}
+    assert dst[2] not in copied.state
+    for q, state in zip(dst[:2], saved, strict=True):
+        assert copied.state[q].keys() == state.keys() and int(copied.state[q]["step"]) == 3
+        assert all(torch.equal(copied.state[q][k], v) for k, v in state.items())
+    for q in dst[:2]:  # stepping the copy leaves the original as it was
+        q.grad = torch.randn(q.shape, generator=gen)
+    copied.step()
+    for p, state in zip(src[:2], saved, strict=True):
+        assert all(torch.equal(opt.state[p][k], v) for k, v in state.items())
+    with pytest.raises(ValueError, match="no counterpart"):
+        training.copy_optimizer(opt, list(zip(src[:2], dst[:2], strict=True)), lr=0.01)
+
+
+def test_normalized_sgd_step_is_lr_times_gradient_over_its_rms():
+    """p <- p - lr_group * g / rms(g), rms over every element of every parameter with a
+    gradient (both groups); a parameter without gradient is skipped; zero gradient: no step."""
+    gen = torch.Generator().manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(shape, generator=gen))
+              for shape in ((5, 3), (7,), (2, 2), (4,))]
+    opt = training.NormalizedSGD([{"params": params[:2]}, {"params": params[2:], "lr": 0.3}],
+                                 lr=0.05)
+    grads = [torch.randn(p.shape, generator=gen) * scale
+             for p, scale in zip(params[:3], (1e-3, 2.0, 0.5), strict=True)]
+    for p, g in zip(params, grads, strict=False):
+        p.grad = g.clone()
+    before = [p.detach().double().clone() for p in params]
+    opt.step()
+    flat = torch.cat([g.double().flatten() for g in grads])
+    rms = flat.square().mean().sqrt()  # params[3] has no gradient: not counted
+    for p, p0, g, lr in zip(params[:3], before[:3], grads, (0.05, 0.05, 0.3), strict=True):
+        torch.testing.assert_close(p.detach().double(), p0 - lr * g.double() / rms,
+                                   rtol=1e-6, atol=1e-6 * lr)
+    assert torch.equal(params[3].detach().double(), before[3])
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    frozen = [p.detach().clone() for p in params]
+    opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, frozen, strict=True))
+    # the step's RMS is lr when one lr serves every parameter (as for the val adapter)
+    single = training.NormalizedSGD(params[:2], lr=0.05)
+    for p, g in zip(params[:2], grads[:2], strict=True):
+        p.grad = g.clone()
+    start = [p.detach().double().clone() for p in params[:2]]
+    single.step()
+    step = torch.cat([(p.detach().double() - p0).flatten()
+                      for p, p0 in zip(params[:2], start, strict=True)])
+    assert step.square().mean().sqrt().item() == pytest.approx(0.05, rel=1e-5)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        training.NormalizedSGD(params, lr=0.0)
+
+
 def test_copy_adapter_copies_the_classifier_head(tiny_tokenizer):
     base = tiny.token_classifier(tiny_tokenizer)
     cfg = training.default_lora_config("token_classification", model=base)

@@ -106,35 +106,206 @@ def test_interleaved_and_parallel_share_epoch_one_only(tiny_tokenizer, pool, val
     assert not np.allclose(inter["tov_score_epoch_2"], par["tov_score_epoch_2"])
 
 
-def test_val_mode_step_is_one_sgd_step_on_the_full_val_gradient(tiny_tokenizer, pool, val, lora,
-                                                                monkeypatch):
+def _full_batch_gradient(model, samples, pad_token_id, params):
+    """Plain autograd: the token-mean loss of the val adapter over all samples in ONE batch."""
+    batch = collate(samples, pad_token_id)
+    model.set_adapter("tov_val")
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                           batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
+    grads = torch.autograd.grad(loss, params)
+    model.set_adapter("tov_base")
+    return [g.double() for g in grads]
+
+
+def _adam_reference(p0, g, lr, state=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    """One AdamW step written out in float64, from moments ``state`` (None: zeros, step 0)."""
+    m0 = state["exp_avg"].double() if state else torch.zeros_like(g)
+    v0 = state["exp_avg_sq"].double() if state else torch.zeros_like(g)
+    t = (int(state["step"]) if state else 0) + 1
+    (b1, b2) = betas
+    m, v = b1 * m0 + (1 - b1) * g, b2 * v0 + (1 - b2) * g * g
+    step = lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+    return p0.double() * (1 - lr * weight_decay) - step
+
+
+def _by_val_name(model, optimizer):
+    """The optimizer's state (cloned) keyed by the name of the matching val parameter."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)].replace(".tov_base.", ".tov_val."):
+            {k: v.clone() for k, v in st.items()} for p, st in optimizer.state.items()}
+
+
+@pytest.mark.parametrize("val_optimizer", trajectory.VAL_OPTIMIZERS)
+def test_val_mode_step_is_one_step_on_the_full_val_gradient(tiny_tokenizer, pool, val, lora,
+                                                           monkeypatch, val_optimizer):
+    """val_mode="step": ONE update from the gradient of the whole val set (3 rows, one
+    micro-batch of 4), equal to the rule written out from a plain autograd gradient on the
+    same batch: fresh = Adam from zero moments (~ lr * sign(g)), continue = Adam from the
+    base optimizer's moments (mapped by name), sgd = -lr * g / rms(g)."""
     lora = _no_dropout(lora)
     checked = []
+    base_optimizers = []
     real_fit = training.fit
 
     def checking_fit(model, samples, **kw):
         if kw["adapter"] != "tov_val":
+            base_optimizers.append(kw["optimizer"])
             return real_fit(model, samples, **kw)
+        names = {id(p): n for n, p in model.named_parameters()}
         params = training.adapter_parameters(model, "tov_val")
         before = _weights(model, "tov_val")
-        batch = collate(samples, kw["pad_token_id"])
-        model.set_adapter("tov_val")
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                               batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
-        grads = torch.autograd.grad(loss, params)
-        model.set_adapter("tov_base")
+        grads = _full_batch_gradient(model, samples, kw["pad_token_id"], params)
+        base_state = _by_val_name(model, base_optimizers[-1])
         out = real_fit(model, samples, **kw)
-        assert isinstance(kw["optimizer"], torch.optim.SGD) and out["steps"] == 1
+        assert out["steps"] == 1
+        lr = kw["lr"]
+        rms = torch.sqrt(sum((g * g).sum() for g in grads) / sum(g.numel() for g in grads))
         for p, p0, g in zip(params, before, grads, strict=True):
-            torch.testing.assert_close(p.detach(), p0 - kw["lr"] * g, rtol=1e-5, atol=1e-7)
-        checked.append(kw["lr"])
+            if val_optimizer == "sgd":
+                assert isinstance(kw["optimizer"], training.NormalizedSGD)
+                expected = p0.double() - lr * g / rms
+            elif val_optimizer == "continue":
+                state = base_state[names[id(p)]]
+                assert int(state["step"]) == 3 * len(base_optimizers)  # 10 rows / batch 4
+                expected = _adam_reference(p0, g, lr, state)
+            else:
+                assert kw["optimizer"] is None  # fit's own new AdamW
+                expected = _adam_reference(p0, g, lr)
+            # The update per coordinate is ~lr: the normalised step (linear in g) must match
+            # to 1e-6 of that; Adam's g / (sqrt(v) + eps) magnifies the float32 rounding of
+            # coordinates with |g| ~ eps: 1e-4 x lr there (a wrong moment is off by ~lr).
+            atol = (1e-6 if val_optimizer == "sgd" else 1e-4) * lr
+            torch.testing.assert_close(p.detach().double(), expected, rtol=1e-6, atol=atol)
+        checked.append(lr)
         return out
 
     monkeypatch.setattr(training, "fit", checking_fit)
-    result = _run(tiny_tokenizer, pool, val, lora=lora, val_mode="step", lr=0.5, batch_size=2)
+    result = _run(tiny_tokenizer, pool, val, lora=lora, val_mode="step", lr=0.5, batch_size=4,
+                  base_size=10, n=4, val_optimizer=val_optimizer)
     assert checked == pytest.approx([0.05, 0.025])
     assert [h["val_steps"] for h in result.history] == [1, 1]
+
+
+@pytest.mark.parametrize("variant", ["interleaved", "parallel"])
+def test_continue_copies_the_base_optimizer_state_and_leaves_it_untouched(
+        tiny_tokenizer, pool, val, lora, monkeypatch, variant):
+    """Each val epoch's AdamW starts from a copy of the base optimizer's state (exp_avg,
+    exp_avg_sq, step), mapped by parameter name from tov_base to tov_val, with the base's
+    hyperparameters and lr = val_lr; the base optimizer is bit-identical before and after
+    the val epoch. In the parallel trajectory the base never sees val, so its weights and
+    optimizer state match a run with fresh val optimizers exactly."""
+    seen = []
+    real_fit = training.fit
+
+    def checking_fit(model, samples, **kw):
+        if kw["adapter"] == "tov_base":
+            seen.append({"base_optimizer": kw["optimizer"]})
+            out = real_fit(model, samples, **kw)
+            seen[-1]["base_after"] = _weights(model, "tov_base")
+            seen[-1]["base_state"] = _by_val_name(model, kw["optimizer"])
+            return out
+        base_opt = seen[-1]["base_optimizer"]
+        base_groups = [{k: v for k, v in g.items() if k != "params"}
+                       for g in base_opt.param_groups]
+        base_state = _by_val_name(model, base_opt)
+        val_opt = kw["optimizer"]
+        assert type(val_opt) is type(base_opt) is torch.optim.AdamW
+        val_params = {n: p for n, p in model.named_parameters() if ".tov_val." in n}
+        assert {id(p) for g in val_opt.param_groups for p in g["params"]} == {
+            id(p) for p in val_params.values()}
+        assert set(base_state) == set(val_params)
+        for name, p in val_params.items():
+            copied = val_opt.state[p]
+            assert copied.keys() == base_state[name].keys() == {"step", "exp_avg", "exp_avg_sq"}
+            for key, value in base_state[name].items():
+                assert torch.equal(copied[key], value)
+        original_tensors = {id(v) for st in base_opt.state.values() for v in st.values()}
+        assert not original_tensors & {id(v) for st in val_opt.state.values()
+                                       for v in st.values()}
+        for key in ("betas", "eps", "weight_decay", "amsgrad", "maximize"):
+            assert val_opt.param_groups[0][key] == base_groups[0][key]
+        assert val_opt.param_groups[0]["lr"] == kw["lr"] != base_groups[0]["lr"]
+        out = real_fit(model, samples, **kw)
+        assert out["steps"] == 3  # batch_size 1: one step per val row
+        assert [{k: v for k, v in g.items() if k != "params"}
+                for g in base_opt.param_groups] == base_groups
+        after = _by_val_name(model, base_opt)
+        assert after.keys() == base_state.keys()
+        assert all(torch.equal(after[n][k], v) for n, st in base_state.items()
+                   for k, v in st.items())
+        return out
+
+    monkeypatch.setattr(training, "fit", checking_fit)
+    _run(tiny_tokenizer, pool, val, lora=lora, batch_size=1, variant=variant,
+         val_optimizer="continue")
+    continued = list(seen)
+    assert len(continued) == 2
+    if variant == "parallel":
+        monkeypatch.setattr(training, "fit", real_fit)
+        recorded = []
+
+        def recording_fit(model, samples, **kw):
+            out = real_fit(model, samples, **kw)
+            if kw["adapter"] == "tov_base":
+                recorded.append((_weights(model, "tov_base"),
+                                 _by_val_name(model, kw["optimizer"])))
+            return out
+
+        monkeypatch.setattr(training, "fit", recording_fit)
+        _run(tiny_tokenizer, pool, val, lora=lora, batch_size=1, variant=variant)
+        for epoch, (weights, state) in zip(continued, recorded, strict=True):
+            assert _same(epoch["base_after"], weights)
+            assert all(torch.equal(epoch["base_state"][n][k], v)
+                       for n, st in state.items() for k, v in st.items())
+
+
+def test_fresh_is_the_default(tiny_tokenizer, pool, val, lora, fit_calls):
+    default = _run(tiny_tokenizer, pool, val, lora=lora)
+    fresh = _run(tiny_tokenizer, pool, val, lora=lora, val_optimizer="fresh")
+    assert default.scores.data.table.equals(fresh.scores.data.table)
+    assert default.selected.data.table.equals(fresh.selected.data.table)
+    assert all(c["optimizer"] is None for c in fit_calls if c["adapter"] == "tov_val")
+    others = {v: _run(tiny_tokenizer, pool, val, lora=lora, val_optimizer=v).scores
+              for v in ("continue", "sgd")}
+    for scores in others.values():  # the option reaches the val update
+        assert not np.array_equal(scores["tov_score"], default.scores["tov_score"])
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("val_optimizer", trajectory.VAL_OPTIMIZERS)
+def test_resume_after_an_interruption_is_bit_identical(tiny_tokenizer, pool, val, lora,
+                                                       tmp_path, monkeypatch, val_optimizer):
+    """Interrupted during epoch 2's val training (after its base epoch, so the in-memory base
+    optimizer had moved on): the rerun reloads epoch 1's adapters and optimizer state,
+    redoes epochs 2-3 only, and ends bit-identical to an uninterrupted run (dropout on)."""
+    kw = {"lora": lora, "epochs": 3, "val_optimizer": val_optimizer}
+    reference = _run(tiny_tokenizer, pool, val, **kw)
+    real_fit = training.fit
+    calls = []
+    interrupt = [True]
+
+    def interrupted_fit(model, samples, **fit_kw):
+        calls.append(fit_kw["adapter"])
+        if interrupt[0] and len(calls) == 4:
+            raise _Interrupted
+        return real_fit(model, samples, **fit_kw)
+
+    monkeypatch.setattr(training, "fit", interrupted_fit)
+    with pytest.raises(_Interrupted):
+        _run(tiny_tokenizer, pool, val, output_dir=tmp_path, **kw)
+    assert sorted(p.name for p in tmp_path.glob("epoch_*")) == ["epoch_001"]
+    interrupt[0] = False
+    calls.clear()
+    resumed = _run(tiny_tokenizer, pool, val, output_dir=tmp_path, **kw)
+    assert calls == ["tov_base", "tov_val"] * 2  # epochs 2 and 3 only
+    assert resumed.scores.data.table.equals(reference.scores.data.table)
+    assert resumed.selected.data.table.equals(reference.selected.data.table)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["args"]["val_optimizer"] == val_optimizer
 
 
 def test_epochs_rule(tiny_tokenizer, pool, val, lora, monkeypatch):
@@ -230,6 +401,9 @@ def test_changed_arguments_with_the_same_output_dir(tiny_tokenizer, pool, val, l
         _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path, epochs=1, lr=1e-2)
     with pytest.raises(storage.ManifestMismatchError, match="val"):
         _run(tiny_tokenizer, pool, val.select([0, 1]), lora=lora, output_dir=tmp_path, epochs=1)
+    with pytest.raises(storage.ManifestMismatchError, match="val_optimizer: 'fresh' -> 'sgd'"):
+        _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path, epochs=1,
+             val_optimizer="sgd")
     # the selection arguments act on the stored scores: changing them is fine
     again = _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path, epochs=1, n=6)
     assert len(again.selected) == 6
@@ -245,6 +419,8 @@ def test_changed_arguments_with_the_same_output_dir(tiny_tokenizer, pool, val, l
         ({"pool": "empty"}, "pool is empty"),
         ({"variant": "serial"}, "variant='serial'"),
         ({"val_mode": "batch"}, "val_mode='batch'"),
+        ({"val_optimizer": "adam"}, r"val_optimizer='adam' is not supported; pass one of "
+                                    r"\('fresh', 'continue', 'sgd'\)"),
         ({"n": 30, "base_size": 10}, "random part"),
     ],
 )
@@ -289,14 +465,16 @@ def test_peft_model_starts_from_its_active_adapter(tiny_tokenizer, tiny_causal_l
                               lora=training.default_lora_config("causal_lm", 2))
 
 
-def test_token_classification_trajectory(tiny_tokenizer):
+@pytest.mark.parametrize("val_optimizer", trajectory.VAL_OPTIMIZERS)
+def test_token_classification_trajectory(tiny_tokenizer, val_optimizer):
     rng = np.random.default_rng(1)
     words = [list(rng.choice(tiny.WORDS, rng.integers(2, 8))) for _ in range(24)]
     tags = [[str(rng.choice(tiny.NER_LABELS)) for _ in w] for w in words]
     ds = Dataset.from_dict({"tokens": words, "ner_tags": tags})
     model = tiny.token_classifier(tiny_tokenizer)
     result = trajectory.tov_select(model, tiny_tokenizer, ds, ds.select(range(4)), n=8,
-                                   base_size=24, epochs=2, lr=1e-2, batch_size=4)
+                                   base_size=24, epochs=2, lr=1e-2, batch_size=4,
+                                   val_optimizer=val_optimizer)
     assert len(result.selected) == 8 and np.isfinite(result.scores["tov_score"]).all()
 
 

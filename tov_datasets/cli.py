@@ -320,6 +320,7 @@ def _select(args: argparse.Namespace, out: Path, pool: Any, val: Any, model: Any
     result = tov_select(
         model, tokenizer, pool, val, n=args.n, base_size=min(args.base_size, len(pool)),
         epochs=args.epochs, lr=args.lr, variant=args.variant, lora=_lora(model, args.lora_rank),
+        val_optimizer=args.val_optimizer,
         transform=args.transform, num_bins=args.bins, random_fraction=args.random_fraction,
         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
         output_dir=out / TRAJECTORY_DIR, progress=progress_factory(args.quiet),
@@ -417,6 +418,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         result = tov_select(  # the selection (n=1, no random part) is discarded
             model, tokenizer, pool, val, n=1, base_size=min(args.base_size, len(pool)),
             epochs=args.epochs, lr=args.lr, variant=args.variant,
+            val_optimizer=args.val_optimizer,
             lora=_lora(model, args.lora_rank), transform=args.transform, random_fraction=0.0,
             batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
             output_dir=args.state_dir, progress=progress_factory(args.quiet),
@@ -501,6 +503,10 @@ def _add_trajectory_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-rank", type=int,
                    help="LoRA rank (default: 256 causal LM, 1 token classification)")
     p.add_argument("--lr", type=float, default=2e-4, help="base learning rate (val: lr/10)")
+    p.add_argument("--val-optimizer", choices=("fresh", "continue", "sgd"), default="fresh",
+                   help="the val update: fresh = a new AdamW each epoch (steps ~ lr*sign(g)); "
+                   "continue = AdamW from a copy of the base optimizer's moments; sgd = "
+                   "normalised gradient steps lr*g/rms(g)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
 
 

@@ -9,7 +9,9 @@ A training step with gradient accumulation normalises by the scored tokens of th
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -22,9 +24,11 @@ from tov_datasets.formats import IGNORE_INDEX, TASKS, Encoded, collate, encode_b
 
 __all__ = [
     "SCHEDULES",
+    "NormalizedSGD",
     "adamw",
     "adapter_parameters",
     "copy_adapter",
+    "copy_optimizer",
     "default_lora_config",
     "encode_dataset",
     "evaluate_loss",
@@ -37,6 +41,7 @@ __all__ = [
     "micro_batches",
     "num_scored",
     "pad_token_id",
+    "paired_adapter_parameters",
     "progress_bar",
     "seeded_rng",
 ]
@@ -149,27 +154,39 @@ def adapter_parameters(model: nn.Module, adapter: str) -> list[nn.Parameter]:
     return params
 
 
+def paired_adapter_parameters(
+    model: nn.Module, src: str, dst: str
+) -> list[tuple[nn.Parameter, nn.Parameter]]:
+    """(parameter of ``src``, the same parameter of ``dst``) for two adapters of one config,
+    in model order: the same module and role (e.g. ``...q_proj.lora_A.<src>.weight`` and
+    ``...q_proj.lora_A.<dst>.weight``). Raises ValueError if their layouts differ."""
+    pairs = []
+    for container in _adapter_containers(model):
+        if src not in container and dst not in container:
+            continue
+        if src not in container or dst not in container:
+            raise ValueError(
+                f"adapters {src!r} and {dst!r} target different modules; create "
+                f"{dst!r} with the config of {src!r}"
+            )
+        for p, q in zip(_members(container[src]), _members(container[dst]), strict=True):
+            if p.shape != q.shape:
+                raise ValueError(
+                    f"adapters {src!r} and {dst!r} differ in shape ({tuple(p.shape)} vs "
+                    f"{tuple(q.shape)}); create {dst!r} with the config of {src!r}"
+                )
+            pairs.append((p, q))
+    return pairs
+
+
 def copy_adapter(model: nn.Module, src: str, dst: str) -> None:
     """Copy the weights of adapter ``src`` into adapter ``dst`` in place (same config).
 
     The parameter objects of ``dst`` are kept, so an optimizer over them stays valid.
     """
     with torch.no_grad():
-        for container in _adapter_containers(model):
-            if src not in container and dst not in container:
-                continue
-            if src not in container or dst not in container:
-                raise ValueError(
-                    f"adapters {src!r} and {dst!r} target different modules; create "
-                    f"{dst!r} with the config of {src!r}"
-                )
-            for p, q in zip(_members(container[src]), _members(container[dst]), strict=True):
-                if p.shape != q.shape:
-                    raise ValueError(
-                        f"adapters {src!r} and {dst!r} differ in shape ({tuple(p.shape)} vs "
-                        f"{tuple(q.shape)}); create {dst!r} with the config of {src!r}"
-                    )
-                q.copy_(p)
+        for p, q in paired_adapter_parameters(model, src, dst):
+            q.copy_(p)
 
 
 def pad_token_id(tokenizer: Any) -> int:
@@ -324,6 +341,80 @@ def _check_positive(**values: float) -> None:
 def adamw(params: Sequence[nn.Parameter], lr: float) -> torch.optim.AdamW:
     """The default optimizer: AdamW with weight decay 0 (torch's other defaults)."""
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def copy_optimizer(
+    optimizer: torch.optim.Optimizer,
+    pairs: Sequence[tuple[nn.Parameter, nn.Parameter]],
+    lr: float,
+) -> torch.optim.Optimizer:
+    """A new optimizer of ``optimizer``'s class and hyperparameters (betas, eps, weight
+    decay, ...; ``lr`` replaced) over the second parameter of each pair, each starting from a
+    copy of its first parameter's state (e.g. AdamW's exp_avg, exp_avg_sq and step).
+
+    Every parameter of ``optimizer`` must appear first in a pair; ``optimizer`` itself is
+    left untouched (its state tensors are cloned, not shared).
+    """
+    target = {id(p): q for p, q in pairs}
+    groups = []
+    for group in optimizer.param_groups:
+        missing = [tuple(p.shape) for p in group["params"] if id(p) not in target]
+        if missing:
+            raise ValueError(
+                f"the optimizer holds parameters (shapes {missing[:3]}) with no counterpart "
+                "to copy their state to"
+            )
+        hyper = {key: value for key, value in group.items() if key != "params"}
+        groups.append({**hyper, "params": [target[id(p)] for p in group["params"]], "lr": lr})
+    copied = type(optimizer)(groups)
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p in optimizer.state:
+                copied.state[target[id(p)]] = {
+                    key: value.clone() if torch.is_tensor(value) else copy.deepcopy(value)
+                    for key, value in optimizer.state[p].items()
+                }
+    return copied
+
+
+class NormalizedSGD(torch.optim.Optimizer):
+    """Gradient steps normalised by the gradient's RMS: ``p <- p - lr * g / rms(g)``.
+
+    ``rms(g) = sqrt(sum of g**2 / number of elements)`` over every parameter of the
+    optimizer that has a gradient (all groups together, computed in float32 per parameter
+    and float64 across them; parameters without a gradient are skipped, as torch's
+    optimizers do). The update's RMS is thus ``lr`` -- the size of a fresh Adam step, which
+    is ~ ``lr * sign(g)`` per coordinate -- but it points along the gradient. A zero gradient
+    makes no step. No momentum, no weight decay, no state.
+    """
+
+    def __init__(self, params: Any, lr: float):
+        _check_positive(lr=lr)
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with_grad = [
+            (p, group["lr"]) for group in self.param_groups for p in group["params"]
+            if p.grad is not None
+        ]
+        if not with_grad:
+            return loss
+        device = with_grad[0][0].device
+        norms = torch.stack([
+            torch.linalg.vector_norm(p.grad, dtype=torch.float32).to(device)
+            for p, _ in with_grad
+        ])
+        squares = float(norms.double().square().sum())  # the step's one host sync
+        rms = math.sqrt(squares / sum(p.numel() for p, _ in with_grad))
+        if rms > 0:
+            for p, lr in with_grad:
+                p.add_(p.grad, alpha=-lr / rms)
+        return loss
 
 
 def _check_optimizer(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:

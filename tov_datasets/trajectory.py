@@ -3,9 +3,12 @@
 For epochs k = 1..L on a random base set U of the pool:
 
 1. train the base adapter one epoch on U (AdamW; its state persists across epochs);
-2. copy base -> val and train val on the validation set with ``val_lr_ratio`` x the base lr
-   of epoch k: one epoch of mini-batches with a fresh AdamW (``val_mode="epoch"``), or ONE
-   plain SGD step on the token-mean gradient of the whole validation set (``"step"``);
+2. copy base -> val and train val on the validation set at val_lr = ``val_lr_ratio`` x the
+   base lr of epoch k: one epoch of mini-batches (``val_mode="epoch"``), or ONE step on the
+   token-mean gradient of the whole validation set (``"step"``), with the update rule
+   ``val_optimizer`` (`_val_optimizer`): a fresh AdamW (``"fresh"``), an AdamW continuing
+   from a copy of the base optimizer's state (``"continue"``), or normalised gradient steps
+   (``"sgd"``, `training.NormalizedSGD`);
 3. score the pool: loss(base, x) - loss(val, x) (`ToVScorer`), kept per epoch;
 4. interleaved: the base continues from the val weights (val -> base, same optimizer
    state); parallel: it continues from its own weights.
@@ -46,6 +49,7 @@ __all__ = ["ToVResult", "epoch_lrs", "num_epochs", "tov_select"]
 
 VARIANTS = ("interleaved", "parallel")
 VAL_MODES = ("epoch", "step")
+VAL_OPTIMIZERS = ("fresh", "continue", "sgd")
 BASE_ADAPTER = "tov_base"
 VAL_ADAPTER = "tov_val"
 ROW = "tov_row"
@@ -96,8 +100,8 @@ def _derive(seed: int, *keys: int) -> int:
 
 def _check_arguments(
     pool: Any, val: Any, n: int, base_size: int, epochs: int | None, lr: float,
-    val_lr_ratio: float, variant: str, val_mode: str, random_fraction: float, batch_size: int,
-    max_length: int | None,
+    val_lr_ratio: float, variant: str, val_mode: str, val_optimizer: str,
+    random_fraction: float, batch_size: int, max_length: int | None,
 ) -> None:
     import datasets
 
@@ -111,6 +115,10 @@ def _check_arguments(
         raise ValueError(f"variant={variant!r} is not supported; pass one of {VARIANTS}")
     if val_mode not in VAL_MODES:
         raise ValueError(f"val_mode={val_mode!r} is not supported; pass one of {VAL_MODES}")
+    if val_optimizer not in VAL_OPTIMIZERS:
+        raise ValueError(
+            f"val_optimizer={val_optimizer!r} is not supported; pass one of {VAL_OPTIMIZERS}"
+        )
     if len(pool) == 0:
         raise ValueError("the pool is empty: pass the candidate samples to select from")
     if len(val) == 0:
@@ -321,20 +329,39 @@ def _train_base(run: _Run, k: int) -> dict[str, Any]:
     return {"base_lr": run.lrs[k - 1], "base_steps": out["steps"], "base_loss": out["mean_loss"]}
 
 
+def _val_optimizer(run: _Run, k: int, val_lr: float) -> torch.optim.Optimizer | None:
+    """The update rule of epoch k's val training (None: `training.fit`'s fresh AdamW).
+
+    ``"continue"``: an AdamW over the val adapter starting from a copy of the base
+    optimizer's state right after base epoch k (exp_avg, exp_avg_sq and step mapped
+    parameter by parameter; the base's betas, eps and weight decay; lr = val_lr), held
+    only while val trains (one more copy of the moments in memory). The base optimizer is
+    not modified. Base and val training of an epoch form one manifest step, so a resumed
+    epoch k reloads epoch k-1's ``optimizer.safetensors``, retrains base epoch k and copies
+    the same state as an uninterrupted run. ``"sgd"``: `training.NormalizedSGD` at val_lr.
+    """
+    choice = run.options["val_optimizer"]
+    if choice == "continue":
+        assert run.optimizer_epoch == k, "the base optimizer must hold epoch k's state"
+        pairs = training.paired_adapter_parameters(run.model, BASE_ADAPTER, VAL_ADAPTER)
+        return training.copy_optimizer(run.optimizer, pairs, val_lr)
+    if choice == "sgd":
+        return training.NormalizedSGD(
+            training.adapter_parameters(run.model, VAL_ADAPTER), lr=val_lr
+        )
+    return None
+
+
 def _train_val(run: _Run, k: int) -> dict[str, Any]:
     """Copy base -> val and train val on the validation set at val_lr_ratio x lr_k."""
     training.copy_adapter(run.model, BASE_ADAPTER, VAL_ADAPTER)
     val_lr = run.options["val_lr_ratio"] * run.lrs[k - 1]
     step_mode = run.options["val_mode"] == "step"
-    optimizer = (
-        torch.optim.SGD(training.adapter_parameters(run.model, VAL_ADAPTER), lr=val_lr)
-        if step_mode else None
-    )
     with run.timed("train_val"):
         out = training.fit(
             run.model, run.val_samples, pad_token_id=run.pad_token_id, adapter=VAL_ADAPTER,
             lr=val_lr, batch_size=run.options["batch_size"], schedule="constant",
-            seed=_derive(run.options["seed"], k, 1), optimizer=optimizer,
+            seed=_derive(run.options["seed"], k, 1), optimizer=_val_optimizer(run, k, val_lr),
             grad_accumulation=len(run.val_samples) if step_mode else None,
             progress=run.progress,
         )
@@ -464,6 +491,7 @@ def tov_select(
     val_lr_ratio: float = 0.1,
     variant: str = "interleaved",
     val_mode: str = "epoch",
+    val_optimizer: str = "fresh",
     lora: Any = None,
     transform: str = "identity",
     num_bins: int = 10,
@@ -489,6 +517,17 @@ def tov_select(
     base_size rounded, at least 1). lr: the base lr of epoch 1 (see ``epoch_lrs``).
     max_length: truncation for training and scoring (default: the model's
     max_position_embeddings). batch_size: micro-batch size for training and scoring.
+    val_mode: the val update of each epoch is one epoch of mini-batches (``"epoch"``) or one
+    step on the gradient of the whole validation set (``"step"``), by the rule
+    ``val_optimizer``, all at val_lr = ``val_lr_ratio`` x the epoch's base lr:
+    ``"fresh"``: a new AdamW each epoch; its first steps are ~ val_lr * sign(g) per
+    coordinate whatever the base's step size (``"step"`` + ``"fresh"`` is one such step).
+    ``"continue"``: AdamW from a copy of the base optimizer's moments and step count after
+    that base epoch (the base optimizer is untouched). Adam's first moment then carries the
+    base's momentum (the direction of training on U) into the val update, and the second
+    moment scales it like a base step. ``"sgd"``: normalised gradient steps,
+    val_lr * g / rms(g) (`training.NormalizedSGD`): the RMS size of a fresh Adam step, along
+    the gradient instead of its sign.
     output_dir: per-epoch adapters (``epoch_KKK/base``, ``epoch_KKK/val``, peft safetensors),
     base optimizer state, score shards (``epoch_KKK/scores/shard_SSSSS.parquet``) and
     ``manifest.json``. A rerun with the same arguments resumes (finished epochs and shards
@@ -501,12 +540,13 @@ def tov_select(
     """
     started = time.perf_counter()
     _check_arguments(pool, val, n, base_size, epochs, lr, val_lr_ratio, variant, val_mode,
-                     random_fraction, batch_size, max_length)
+                     val_optimizer, random_fraction, batch_size, max_length)
     base_indices = _draw_base(len(pool), base_size, seed)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     options = {
         "base_size": base_size, "epochs": num_epochs(base_size, epochs), "lr": lr,
         "val_lr_ratio": val_lr_ratio, "variant": variant, "val_mode": val_mode,
+        "val_optimizer": val_optimizer,
         "transform": transform, "batch_size": batch_size, "seed": seed,
         "max_length": max_length or getattr(inner.config, "max_position_embeddings", None),
         "column_map": dict(column_map) if column_map else None, "shard_rows": SHARD_ROWS,

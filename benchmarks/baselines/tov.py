@@ -6,7 +6,9 @@ Variants (names used in the benchmark tables):
 - ``tov_abs`` / ``tov_relu``: F = |.| / relu;
 - ``tov_score_only``: no random half (random_fraction 0);
 - ``tov_nobins``: one bin (no length binning);
-- ``tov_parallel``: the parallel trajectory.
+- ``tov_parallel``: the parallel trajectory;
+- ``tov_val_continue`` / ``tov_val_sgd``: the val update continues from a copy of the base
+  optimizer's moments / takes normalised gradient steps (``val_optimizer``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tov_score_only": {"random_fraction": 0.0},
     "tov_nobins": {"num_bins": 1},
     "tov_parallel": {"variant": "parallel"},
+    "tov_val_continue": {"val_optimizer": "continue"},
+    "tov_val_sgd": {"val_optimizer": "sgd"},
 }
 
 
