@@ -128,6 +128,7 @@ def setup(config: Config, size: str, seed: int, models: dict[str, Any] | None = 
             model, tok = config.load_model(seed)
         ranks = (config.selector_rank, config.finetune_rank)
     loras = [default_lora_config(config.task, r, model=model) for r in ranks]
+    loras[1].lora_dropout = config.finetune_dropout
     if config.task == "token_classification":
         for cfg in loras:
             cfg.modules_to_save = ["classifier"]

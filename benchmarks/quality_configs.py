@@ -10,6 +10,10 @@ target rows, so the oracle control (n of them at random) differs between seeds.
   scheme across sources, as when gold NER datasets are mixed: WNUT-16 gold tweets (target)
   and spaCy-silver sentences of Wikipedia and of BBC News (one source each), all mapped to
   PER/ORG/LOC/MISC BIO tags.
+- ``ner_coarse_v2``: the same task after ``ner_coarse`` failed its premise gate (the
+  fine-tune never left the label prior: 10 steps an epoch, 8 epochs at most, oracle
+  val-loss curve flat): n 300 of a pool with 600 WNUT rows, up to 30 fine-tune epochs (570
+  steps), fine-tune LoRA dropout 0.1. No selector ran on ``ner_coarse``.
 - ``lm_tweets`` (causal LM on plain text, loss over every token, SmolLM2-135M-Instruct):
   target = tweets (WNUT-16 text, a few tweets per row, newline-separated); other sources =
   Wikipedia summaries and BBC News, cut at sentence ends. Every row of every source has the
@@ -79,6 +83,7 @@ class Config:
     selector_rank: int
     finetune_rank: int
     sizes: dict[str, Sizes] = field(default_factory=dict)
+    finetune_dropout: float = 0.2  # LoRA dropout of the final fine-tune (library default)
 
 
 # ------------------------------------------------------------------ ner_coarse -------------
@@ -97,8 +102,6 @@ def _ner_row(tokens: list[str], tags: list[str], source: str) -> dict[str, Any]:
 
 def ner_coarse_data(seed: int, *, pool_size: int, wnut_in_pool: int, val_size: int,
                     test_size: int, silver_texts: int = 3000) -> dict[str, Any]:
-    from datasets import Dataset
-
     from tov_datasets import assets
 
     wnut = assets.wnut16()
@@ -306,6 +309,21 @@ CONFIGS: dict[str, Config] = {
                               test_size=294), n=1000, base_size=4000, epochs=3, lr=1e-3,
                          ft_lrs=(1e-3, 3e-3), ft_max_epochs=8, batch_size=32, max_length=64,
                          seeds=5),
+        }),
+    "ner_coarse_v2": Config(
+        "ner_coarse_v2", "token_classification", ner_coarse_data, load_ner_model,
+        selector_rank=16, finetune_rank=16, finetune_dropout=0.1,
+        sizes={
+            "small": Sizes(dict(pool_size=300, wnut_in_pool=60, val_size=30, test_size=60),
+                           n=30, base_size=90, epochs=1, lr=1e-3, ft_lrs=(3e-3,),
+                           ft_max_epochs=3, batch_size=16, max_length=64, seeds=2),
+            "full": Sizes(dict(pool_size=3000, wnut_in_pool=600, val_size=100, test_size=400),
+                          n=300, base_size=1200, epochs=2, lr=1e-3, ft_lrs=(1e-3, 3e-3),
+                          ft_max_epochs=30, batch_size=16, max_length=64, seeds=3),
+            "gpu": Sizes(dict(pool_size=12000, wnut_in_pool=2000, val_size=100,
+                              test_size=294), n=1000, base_size=4000, epochs=3, lr=1e-3,
+                         ft_lrs=(1e-3, 3e-3), ft_max_epochs=30, batch_size=32,
+                         max_length=64, seeds=5),
         }),
     "lm_tweets": Config(
         "lm_tweets", "causal_lm", lm_tweets_data, load_smollm2,

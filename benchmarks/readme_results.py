@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+QSTART, QEND = "<!-- quality:start -->", "<!-- quality:end -->"
 
 # (file, summary key, label, target text, format)
 ROWS = [
@@ -60,39 +61,12 @@ ROWS = [
      "H200: the same at 1024 tokens", "", "{:.1f}x"),
     ("kernel_nvidia_h200_1024tokens.json", "fused_linear_time_ratio_vs_matmul_v128256",
      "H200: fused linear time / bare matmul at 1024 tokens, V=128256", "", "{:.1f}"),
-    ("quality_ner.json", "tov_improvement_pct", "NER: ToV test-loss gain vs random (%)",
-     "> 2 se", "{:+.2f}"),
-    ("quality_ner.json", "tov_improvement_se_pct", "NER: its standard error (%)", "", "{:.2f}"),
-    ("quality_ner.json", "less_improvement_pct", "NER: LESS gain vs random (%)", "< ToV",
-     "{:+.2f}"),
-    ("quality_ner.json", "tov_score_only_improvement_pct",
-     "NER: ToV score-only (no random half) gain vs random (%)", "", "{:+.2f}"),
-    ("quality_ner.json", "maxunc_improvement_pct", "NER: Max-Uncertainty gain vs random (%)",
-     "", "{:+.2f}"),
-    ("quality_ner_control.json", "target_only_improvement_pct",
-     "NER control: n random WNUT rows only, gain vs random (%)", "", "{:+.2f}"),
-    ("quality_ner_variants.json", "tov_improvement_pct",
-     "NER variants (3 seeds): ToV default gain vs random (%)", "", "{:+.2f}"),
-    ("quality_ner_variants.json", "tov_abs_improvement_pct", "NER variants: F = abs (%)", "",
-     "{:+.2f}"),
-    ("quality_ner_variants.json", "tov_relu_improvement_pct", "NER variants: F = relu (%)",
-     "", "{:+.2f}"),
-    ("quality_ner_variants.json", "tov_nobins_improvement_pct",
-     "NER variants: no length bins (%)", "", "{:+.2f}"),
-    ("quality_ner_variants.json", "tov_parallel_improvement_pct",
-     "NER variants: parallel trajectory (%)", "", "{:+.2f}"),
-    ("quality_it.json", "tov_improvement_pct", "IT: ToV test-loss gain vs random (%)",
-     "> 2 se", "{:+.2f}"),
-    ("quality_it.json", "tov_improvement_se_pct", "IT: its standard error (%)", "", "{:.2f}"),
-    ("quality_it.json", "less_improvement_pct", "IT: LESS gain vs random (%)", "", "{:+.2f}"),
-    ("quality_it.json", "tov_score_only_improvement_pct",
-     "IT: ToV score-only gain vs random (%)", "", "{:+.2f}"),
-    ("quality_it.json", "maxunc_improvement_pct", "IT: Max-Uncertainty gain vs random (%)", "",
-     "{:+.2f}"),
-    ("fidelity.json", "spearman_tov_vs_exact", "Spearman ToV vs exact one-step effect", "",
-     "{:.3f}"),
-    ("fidelity.json", "spearman_less_vs_exact", "Spearman LESS vs exact one-step effect", "",
-     "{:.3f}"),
+    ("fidelity_ner_coarse.json", "spearman_tov_vs_exact",
+     "ner_coarse: Spearman ToV vs exact one-step effect (trained model)", "", "{:.3f}"),
+    ("fidelity_ner_coarse.json", "spearman_less_vs_exact",
+     "ner_coarse: Spearman LESS vs exact one-step effect", "", "{:.3f}"),
+    ("fidelity_ner_coarse.json", "spearman_tov_within_source",
+     "ner_coarse: Spearman ToV vs exact, within source", "", "{:.3f}"),
 ]
 
 
@@ -120,11 +94,55 @@ def render() -> str:
     return "\n".join(lines)
 
 
+QUALITY_CONFIGS = ("ner_coarse", "ner_coarse_v2", "lm_tweets", "chat_long")
+
+
+def _num(x: object, fmt: str) -> str:
+    return fmt.format(x) if isinstance(x, (int, float)) and x == x else "n/a"
+
+
+def render_quality() -> str:
+    """One table per quality configuration: its premise gate, then every method."""
+    out: list[str] = []
+    for config in QUALITY_CONFIGS:
+        name = f"quality_{config}.json"
+        record = _load(name)
+        if record is None:
+            out += [f"**{config}**: not measured yet.", ""]
+            continue
+        s, d = record["summary"], record["details"]
+        gate = "passed" if s["gate_passed"] else "FAILED (methods not judged)"
+        out += [f"**{config}** ({s['task']}, {s['seeds']} seeds, configuration commit "
+                f"`{s['config_commit'][:7]}`): premise gate {gate}: oracle "
+                f"{s['oracle_improvement_pct']:+.2f}% vs random (paired t "
+                f"{_num(s['oracle_t'], '{:.1f}')}), random learned the task: "
+                f"{s['random_learned']} ({d['gate']['random_loss']:.4f} vs bound "
+                f"{d['gate']['learned_bound']:.4f}); fine-tune budget "
+                f"{s['finetune_epochs']} epochs at lr {s['finetune_lr']}. File `{name}`, "
+                f"command `{record['command']}`.", "",
+                "| method | test loss | gain vs random % (± se) | oracle capture (90% CI) | "
+                "target rows % | raw-score AUC | precision@n |", "|---|---|---|---|---|---|---|"]
+        for m, st in d["stats"].items():
+            out.append(
+                f"| {m} | {st['test_loss']:.4f} | {st['improvement_pct']:+.2f} ± "
+                f"{_num(st['improvement_se_pct'], '{:.2f}')} | "
+                f"{_num(st['oracle_capture'], '{:.2f}')} "
+                f"({_num(st['oracle_capture_low'], '{:.2f}')}, "
+                f"{_num(st['oracle_capture_high'], '{:.2f}')}) | "
+                f"{100 * st['target_share']:.1f} | {_num(st.get('auc'), '{:.3f}')} | "
+                f"{_num(st.get('precision_at_n'), '{:.3f}')} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def write(readme: Path = README) -> None:
     text = readme.read_text()
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{render()}\n{END}{tail}")
+    text = f"{head}{START}\n{render()}\n{END}{tail}"
+    head, rest = text.split(QSTART, 1)
+    _, tail = rest.split(QEND, 1)
+    readme.write_text(f"{head}{QSTART}\n{render_quality()}\n{QEND}{tail}")
 
 
 def main() -> None:
@@ -134,6 +152,8 @@ def main() -> None:
         write()
     else:
         print(render())
+        print()
+        print(render_quality())
 
 
 if __name__ == "__main__":
