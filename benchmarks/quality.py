@@ -7,8 +7,9 @@ on them (the result records that commit as ``config_commit``). One run of a conf
 1. calibrate: the oracle (n rows drawn at random from the pool's target rows) is fine-tuned
    at each lr of the grid for up to ``ft_max_epochs`` epochs at a constant lr; its loss on
    the validation set after every epoch is its learning curve. The budget is the smallest
-   (epochs, lr) within 2% of the curve's minimum (the plateau); it is then fixed for every
-   method. Seed 0's split; no selector is involved.
+   (epochs, lr) within 2% of the way from the zero-shot loss to the curve's minimum (the
+   plateau; ``quality_configs.BUDGET_TOLERANCE``); it is then fixed for every method.
+   Seed 0's split; no selector is involved.
 2. gate: random vs oracle at that budget on every seed. Passed when the oracle beats random
    by >= 3% of test log-loss with a paired t >= 4, and random has learned the task (token
    classification: loss <= 0.6 x the entropy of the test set's label marginal; language
@@ -57,7 +58,7 @@ from benchmarks.baselines import (  # noqa: E402
     tov,
 )
 from benchmarks.baselines._util import encode, lora_copy, pad_id_of, top_n  # noqa: E402
-from benchmarks.quality_configs import CONFIGS, Config, Sizes  # noqa: E402
+from benchmarks.quality_configs import BUDGET_TOLERANCE, CONFIGS, Config, Sizes  # noqa: E402
 from tov_datasets.evaluation import (  # noqa: E402
     oracle_capture,
     paired_gain,
@@ -65,7 +66,6 @@ from tov_datasets.evaluation import (  # noqa: E402
     roc_auc,
 )
 
-PLATEAU_TOLERANCE = 0.02  # the budget: smallest within 2% of the oracle curve's minimum
 GATE_MIN_GAIN_PCT, GATE_MIN_T = 3.0, 4.0
 LEARNED_ENTROPY_RATIO, LEARNED_LM_GAIN = 0.6, 0.03
 # ToV's selection variants computed from the scores of the "tov" run (no second trajectory)
@@ -157,12 +157,14 @@ def finetune_curve(s: Setup, idx: np.ndarray, lr: float, epochs: int,
     return curve
 
 
-def zero_shot_loss(s: Setup) -> float:
+def zero_shot_loss(s: Setup, held: Any) -> float:
+    """Loss on ``held`` before any fine-tuning (a fresh LoRA has B = 0: the base model; a
+    token classifier keeps its fresh head)."""
     from tov_datasets.training import mean_loss
 
-    m = lora_copy(s.model, s.finetune_lora, "ft", seed=s.seed)  # LoRA B = 0: the base model
-    held = encode(m, s.test, s.tokenizer, s.sizes.max_length)
-    return mean_loss(m, held, pad_token_id=pad_id_of(s.tokenizer), adapter="ft",
+    m = lora_copy(s.model, s.finetune_lora, "ft", seed=s.seed)
+    samples = encode(m, held, s.tokenizer, s.sizes.max_length)
+    return mean_loss(m, samples, pad_token_id=pad_id_of(s.tokenizer), adapter="ft",
                      batch_size=2 * s.sizes.batch_size)
 
 
@@ -265,15 +267,25 @@ def ranking_metrics(s: Setup, scores: np.ndarray | None, extra: dict[str, Any]
 
 # ------------------------------------------------------------------ stages -----------------
 def calibrate(s: Setup) -> dict[str, Any]:
-    """The oracle's validation-loss curve per lr; the chosen budget (epochs, lr)."""
+    """The oracle's validation-loss curve per lr, its zero-shot validation loss, and the
+    chosen budget (`choose_budget`)."""
     idx = oracle_rows(s)
     curves = {str(lr): finetune_curve(s, idx, lr, s.sizes.ft_max_epochs, s.val)
               for lr in s.sizes.ft_lrs}
+    zero = zero_shot_loss(s, s.val)
+    return {"curves": curves, "zero_shot": zero, **choose_budget(curves, zero)}
+
+
+def choose_budget(curves: dict[str, list[float]], zero_shot: float) -> dict[str, Any]:
+    """The smallest epoch count whose loss (at some lr) is within BUDGET_TOLERANCE of the
+    way from ``zero_shot`` to the minimum over all curves; at that epoch count, the lr with
+    the lower loss."""
     best = min(min(c) for c in curves.values())
-    budget = min(((e + 1, float(lr)) for lr, c in curves.items() for e, v in enumerate(c)
-                  if v <= best * (1 + PLATEAU_TOLERANCE)), key=lambda b: (b[0], curves[
-                      str(b[1])][b[0] - 1]))
-    return {"curves": curves, "plateau": best, "epochs": budget[0], "lr": budget[1]}
+    bound = best + BUDGET_TOLERANCE * (zero_shot - best)
+    epochs, lr = min(((e + 1, float(lr)) for lr, c in curves.items()
+                      for e, v in enumerate(c) if v <= bound),
+                     key=lambda b: (b[0], curves[str(b[1])][b[0] - 1]))
+    return {"plateau": best, "bound": bound, "epochs": epochs, "lr": lr}
 
 
 def gate_result(losses: dict[str, list[float]], zero_shot: list[float],
@@ -409,7 +421,7 @@ class Runner:
         if self.progress.get(key) is None:
             s = self.setup(seed)
             token_cls = self.config.task == "token_classification"
-            self.progress.put(key, {"loss": zero_shot_loss(s),
+            self.progress.put(key, {"loss": zero_shot_loss(s, s.test),
                                     "entropy": label_entropy(s.test) if token_cls else None})
         return self.progress.get(key)
 
@@ -447,7 +459,8 @@ def run(config: Config, size: str, seeds: list[int], methods: list[str], force: 
     runner = Runner(config, size, progress)
     cal = runner.calibrate(seeds[0])
     print(f"budget: {cal['epochs']} epochs at lr {cal['lr']} (oracle val-loss plateau "
-          f"{cal['plateau']:.4f})", flush=True)
+          f"{cal['plateau']:.4f}, bound {cal['bound']:.4f}, zero-shot {cal['zero_shot']:.4f})",
+          flush=True)
     for seed in seeds:
         for m in CONTROLS:
             runner.evaluate(seed, m)

@@ -14,6 +14,8 @@ target rows, so the oracle control (n of them at random) differs between seeds.
   fine-tune never left the label prior: 10 steps an epoch, 8 epochs at most, oracle
   val-loss curve flat): n 300 of a pool with 600 WNUT rows, up to 30 fine-tune epochs (570
   steps), fine-tune LoRA dropout 0.1. No selector ran on ``ner_coarse``.
+- ``lm_tweets_v2``: ``lm_tweets`` under the gain-relative budget rule (BUDGET_TOLERANCE), after
+  ``lm_tweets`` failed its gate with a 4-step budget; same data and sizes.
 - ``lm_tweets`` (causal LM on plain text, loss over every token, SmolLM2-135M-Instruct):
   target = tweets (WNUT-16 text, a few tweets per row, newline-separated); other sources =
   Wikipedia summaries and BBC News, cut at sentence ends. Every row of every source has the
@@ -45,6 +47,13 @@ WNUT_TO_COARSE = {
     "facility": "LOC", "movie": "MISC", "musicartist": "MISC", "other": "MISC",
     "product": "MISC", "tvshow": "MISC",
 }
+# The fine-tune budget: the smallest number of epochs whose oracle validation loss is within
+# BUDGET_TOLERANCE of the way from the zero-shot loss L0 to the curve's minimum Lmin:
+# L <= Lmin + BUDGET_TOLERANCE * (L0 - Lmin), i.e. 98% of the attainable gain. (lm_tweets and
+# ner_coarse were run with L <= 1.02 * Lmin, 2% of the loss itself: on a 5-nat LM loss that
+# admitted a 4-step budget and lm_tweets failed its gate; the configurations run since use
+# this rule, which does not depend on the loss's scale.)
+BUDGET_TOLERANCE = 0.02
 TARGET_EVALS = ("icelandic-inflection-easy", "icelandic-inflection-medium",
                 "icelandic-inflection-hard")
 
@@ -327,6 +336,23 @@ CONFIGS: dict[str, Config] = {
         }),
     "lm_tweets": Config(
         "lm_tweets", "causal_lm", lm_tweets_data, load_smollm2,
+        selector_rank=32, finetune_rank=16,
+        sizes={
+            "small": Sizes(dict(pool_size=60, target_in_pool=12, val_size=8, test_size=12,
+                                min_tokens=24, max_tokens=48),
+                           n=6, base_size=18, epochs=1, lr=5e-4, ft_lrs=(1e-3,),
+                           ft_max_epochs=2, batch_size=8, max_length=64, seeds=2),
+            "full": Sizes(dict(pool_size=400, target_in_pool=60, val_size=30, test_size=80,
+                               min_tokens=40, max_tokens=64),
+                          n=30, base_size=120, epochs=2, lr=5e-4, ft_lrs=(3e-4, 1e-3),
+                          ft_max_epochs=6, batch_size=8, max_length=80, seeds=3),
+            "gpu": Sizes(dict(pool_size=10000, target_in_pool=2000, val_size=100,
+                              test_size=300, min_tokens=16, max_tokens=40),
+                         n=1000, base_size=4000, epochs=3, lr=5e-4, ft_lrs=(3e-4, 1e-3),
+                         ft_max_epochs=6, batch_size=32, max_length=48, seeds=5),
+        }),
+    "lm_tweets_v2": Config(
+        "lm_tweets_v2", "causal_lm", lm_tweets_data, load_smollm2,
         selector_rank=32, finetune_rank=16,
         sizes={
             "small": Sizes(dict(pool_size=60, target_in_pool=12, val_size=8, test_size=12,

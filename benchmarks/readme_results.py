@@ -94,7 +94,7 @@ def render() -> str:
     return "\n".join(lines)
 
 
-QUALITY_CONFIGS = ("ner_coarse", "ner_coarse_v2", "lm_tweets", "chat_long")
+QUALITY_CONFIGS = ("ner_coarse", "ner_coarse_v2", "lm_tweets", "lm_tweets_v2", "chat_long")
 
 
 def _num(x: object, fmt: str) -> str:

@@ -48,21 +48,14 @@ def test_config_helpers():
             assert in_pool >= 2 * sz.n and sz.base_size >= 2 * sz.n
 
 
-def test_calibrate_picks_the_smallest_budget_within_two_percent(monkeypatch):
-    curves = {1e-3: [2.0, 1.5, 1.21, 1.2, 1.25], 3e-3: [1.6, 1.30, 1.22, 1.4, 1.5]}
-    monkeypatch.setattr(quality, "oracle_rows", lambda s: np.arange(3))
-    monkeypatch.setattr(quality, "finetune_curve", lambda s, idx, lr, e, held: curves[lr])
-
-    class S:
-        sizes = quality.TINY_SIZES.__class__(data={}, n=1, base_size=2, epochs=1, lr=1,
-                                             ft_lrs=(1e-3, 3e-3), ft_max_epochs=5,
-                                             batch_size=1, max_length=8, seeds=1)
-        val = None
-
-    cal = quality.calibrate(S())
-    assert cal["plateau"] == 1.2
-    # within 1.224: epoch 3 at both lrs; the lower loss (1e-3: 1.21) wins the tie
-    assert (cal["epochs"], cal["lr"]) == (3, 1e-3)
+def test_budget_is_the_smallest_within_two_percent_of_the_attainable_gain():
+    curves = {"0.001": [2.0, 1.5, 1.21, 1.2, 1.25], "0.003": [1.6, 1.30, 1.206, 1.4, 1.5]}
+    b = quality.choose_budget(curves, zero_shot=2.2)
+    assert b["plateau"] == 1.2 and b["bound"] == pytest.approx(1.22)
+    # epoch 3 is within the bound at both lrs; the lower loss (0.003: 1.206) wins the tie
+    assert (b["epochs"], b["lr"]) == (3, 0.003)
+    # a zero-shot loss close to the minimum widens nothing: the bound stays near the minimum
+    assert quality.choose_budget({"0.1": [1.3, 1.21, 1.2]}, zero_shot=1.25)["epochs"] == 3
 
 
 @pytest.mark.parametrize("config,extra", [("ner_coarse", ["less_auc", "label_prior_auc"]),
