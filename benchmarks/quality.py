@@ -224,8 +224,12 @@ def _run_tov(name: str, s: Setup) -> dict[str, dict[str, Any]]:
     from tov_datasets.select import select_indices
 
     sz = s.sizes
-    r = tov.run(s.model, s.tokenizer, s.pool, s.val, sz.n, seed=s.seed, name=name,
-                lora=s.selector_lora, base_size=sz.base_size, epochs=sz.epochs, lr=sz.lr,
+    lora, variant = s.selector_lora, name
+    if name.startswith("tov_rank"):  # tov_rank<r>: the default ToV with LoRA rank r
+        lora, variant = copy.deepcopy(lora), "tov"
+        lora.r = int(name[len("tov_rank"):])
+    r = tov.run(s.model, s.tokenizer, s.pool, s.val, sz.n, seed=s.seed, name=variant,
+                lora=lora, base_size=sz.base_size, epochs=sz.epochs, lr=sz.lr,
                 batch_size=sz.batch_size, max_length=sz.max_length)
     scores = tov.pool_scores(r)
     table = r.scores.data
@@ -536,7 +540,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--methods", default=None,
                     help="comma list (default per task: "
                     f"{DEFAULT_METHODS}); random and oracle always run; 'tov' adds "
-                    f"{sorted(DERIVED)}; variants: {sorted(tov.VARIANTS)}")
+                    f"{sorted(DERIVED)}; variants: {sorted(tov.VARIANTS)} and tov_rank<r>")
     ap.add_argument("--force", action="store_true", help="run the methods on a failed gate")
     ap.add_argument("--tag", default="", help="file name suffix: quality_<config>_<tag>.json")
     ap.add_argument("--threads", type=int, default=2)
