@@ -121,7 +121,11 @@ def test_baselines_same_interface(tiny_tokenizer):
                            "storage_ratio_vs_less_published", "storage_ratio_vs_less_optimised",
                            "tov_s_per_sample", "less_published_s_per_sample",
                            "less_optimised_s_per_sample"]),
-    ("fidelity", "ner", ["spearman_tov_vs_exact", "spearman_less_vs_exact"]),
+    ("fidelity", "ner_coarse", ["spearman_tov_vs_exact", "spearman_less_vs_exact",
+                                "spearman_less_unnormalised_vs_exact", "topk_overlap_tov",
+                                "topk_overlap_less", "spearman_tov_within_source",
+                                "spearman_tov_vs_exact_sgd", "exact_positive_share",
+                                "auc_tov"]),
 ])
 def test_script_tiny(script, config, keys, tmp_path):
     import importlib

@@ -35,6 +35,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,9 +176,12 @@ def _grads_published(model, params, samples, pad_id, task, m, v, projector, out_
     return normed
 
 
-def _grads_optimised(model, params, samples, pad_id, task, m, v, projector, out_dir: Path,
-                     batch_size: int, proj_batch: int):
-    """vmap(grad) over a padded, length-sorted micro-batch; project proj_batch rows at once."""
+def per_sample_gradients(model, params, samples, pad_id, task, m=None, v=None,
+                         batch_size: int = 8) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(rows, float32 (len(rows), D) gradients) per length-sorted micro-batch of ``samples``:
+    each row's gradient of its token-mean loss over ``params`` (D their total size; vmap of
+    grad over the padded micro-batch), LESS's Adam transform applied when ``m``, ``v``
+    (flat moments) are given. The model should be in eval mode (no dropout)."""
     from torch.func import functional_call, grad, vmap
 
     names = {id(p): n for n, p in model.named_parameters()}
@@ -207,6 +211,16 @@ def _grads_optimised(model, params, samples, pad_id, task, m, v, projector, out_
         inner.set_attn_implementation("eager")
     detached = tuple(p.detach() for p in params)
     lengths = np.array([len(s.input_ids) for s in samples])
+    for mb in micro_batches(lengths, batch_size):
+        batch = batch_on_device([samples[i] for i in mb], pad_id, model)
+        gs = per_sample(detached, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        g = torch.cat([t.reshape(len(mb), -1) for t in gs], dim=1)
+        yield mb, (adam_transform(g, m, v) if m is not None else g)
+
+
+def _grads_optimised(model, params, samples, pad_id, task, m, v, projector, out_dir: Path,
+                     batch_size: int, proj_batch: int):
+    """per_sample_gradients of length-sorted micro-batches; project proj_batch rows at once."""
     result = torch.empty(len(samples), projector.proj_dim, device=projector.device)
     pending_rows: list[np.ndarray] = []
     pending: list[torch.Tensor] = []
@@ -219,11 +233,8 @@ def _grads_optimised(model, params, samples, pad_id, task, m, v, projector, out_
             pending.clear()
             pending_rows.clear()
 
-    for mb in micro_batches(lengths, batch_size):
-        batch = batch_on_device([samples[i] for i in mb], pad_id, model)
-        gs = per_sample(detached, batch["input_ids"], batch["attention_mask"], batch["labels"])
-        g = torch.cat([t.reshape(len(mb), -1) for t in gs], dim=1)
-        pending.append(adam_transform(g, m, v) if m is not None else g)
+    for mb, g in per_sample_gradients(model, params, samples, pad_id, task, m, v, batch_size):
+        pending.append(g)
         pending_rows.append(mb)
         if sum(len(r) for r in pending_rows) >= proj_batch:
             flush()
