@@ -376,11 +376,13 @@ CONFIGS: dict[str, Config] = {
                                 max_tokens=352),
                            n=4, base_size=12, epochs=1, lr=5e-4, ft_lrs=(1e-3,),
                            ft_max_epochs=2, batch_size=8, max_length=352, seeds=2),
-            # an Icelandic chat is ~325 tokens: the CPU size is kept small
+            # an Icelandic chat is ~325 tokens: the CPU size is kept small, micro-batches of 4
+            # (a first start with 8 was killed for memory during calibration, on a machine
+            # shared with other jobs; no result had been produced)
             "full": Sizes(dict(pool_size=160, target_in_pool=32, val_size=16, test_size=40,
                                max_tokens=352),
                           n=16, base_size=48, epochs=2, lr=5e-4, ft_lrs=(3e-4, 1e-3),
-                          ft_max_epochs=6, batch_size=8, max_length=352, seeds=3),
+                          ft_max_epochs=6, batch_size=4, max_length=352, seeds=3),
             # the family has ~300 chats: n is bounded by it, not by the device
             "gpu": Sizes(dict(pool_size=10000, target_in_pool=160, val_size=40, test_size=80,
                               max_tokens=320, per_task=30), n=80, base_size=2000, epochs=3, lr=5e-4,
