@@ -97,12 +97,12 @@ def _save_minilm(models: Path, share_weights_from: Path | None) -> dict[str, Any
     import torch
     from safetensors.torch import load_file, save_file
 
-    from tov_datasets.assets import minilm_dir
+    from tov_datasets.assets import MARKER, minilm_dir
 
     src = minilm_dir()
     d = models / MINILM
     shutil.copytree(src, d, ignore=shutil.ignore_patterns(
-        "*.safetensors", "*.bin", "*.md", ".gitattributes", "data_config.json"))
+        "*.safetensors", "*.bin", "*.md", ".gitattributes", "data_config.json", MARKER))
     tensors = _fp16(load_file(str(src / "model.safetensors")))
     info: dict[str, Any] = {"source": str(src), "sha256": _tensor_digest(tensors),
                             "names": sorted(tensors), "shared": None}
