@@ -23,6 +23,7 @@ NER (token classification, all-MiniLM-L6-v2 + fresh head):
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import json
 import os
@@ -63,16 +64,21 @@ def _key(**kwargs: Any) -> str:
     return hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _gzip_or_plain(path: Path):
+    """The opener for a JSONL file: gzip when its name ends in .gz."""
+    return gzip.open if path.name.endswith(".gz") else open
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with _gzip_or_plain(path)(tmp, "wt", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
+    with _gzip_or_plain(path)(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 

@@ -5,10 +5,19 @@
 #   2. the kernel benchmark            -> benchmarks/results/kernel_<gpu>.json
 #   3. ToV vs LESS speed and storage   -> benchmarks/results/less_vs_tov_ner_<gpu>.json
 #      (NER configuration from .gpu/ner, made here by benchmarks/gpu_prepare.sh)
+#   4. quality <config> (gpu size)     -> benchmarks/results/quality_<config>_gpu.json, for
+#      each bundle .gpu/quality_<config> (token classification only: the causal-LM
+#      configurations need SmolLM2, which cannot travel; they are listed as skipped). Limit
+#      QUALITY_LIMIT s (default 300: what remains of ~12 device minutes). A run cut short
+#      leaves benchmarks/results/.quality_<config>_gpu.progress.json, copied to $OUT: put it
+#      in .gpu/progress/ here and run again with QUALITY_ONLY=1 (steps 1-3 skipped, limit
+#      540 s); the run resumes after the last finished (seed, method). On a machine still
+#      warm the file is there already.
 # Each step has its own time limit and the others still run if one fails; the table at the
 # end gives each step's status. Results (and the log) are copied to $OUT when it is set.
 #   bash benchmarks/gpu_prepare.sh                                   # on the CPU machine
 #   TOV_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_check.sh    # there, carrying .gpu
+#   QUALITY_ONLY=1 TOV_COMMIT=... bash benchmarks/gpu_check.sh       # resume step 4 only
 # (TOV_COMMIT names the code in the results: the .git copied to the device can be stale.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,20 +55,41 @@ step() {  # step NAME LIMIT_S COMMAND...
   if [ "$rc" = 0 ]; then STATUS+=(ok); elif [ "$rc" = 124 ]; then STATUS+=(timeout); \
   else STATUS+=("failed ($rc)"); fi
 }
+skip() {  # skip NAME REASON
+  echo "== $1 == skipped: $2" | tee -a "$LOG"
+  STEPS+=("$1"); SECONDS_TAKEN+=(0); STATUS+=(skipped)
+}
 
-step "kernel tests" 110 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py
-step "end-to-end tests" 80 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
-step "kernel benchmark" 90 "$PY" -m benchmarks.kernel_bench --device cuda --tokens 8192
-if [ -d .gpu/ner ]; then
-  step "ToV vs LESS (NER)" 270 "$PY" benchmarks/less_vs_tov.py --config ner --bundle .gpu/ner \
-    --device cuda --repeats 2
+if [ -z "${QUALITY_ONLY:-}" ]; then
+  step "kernel tests" 110 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py
+  step "end-to-end tests" 80 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+  step "kernel benchmark" 90 "$PY" -m benchmarks.kernel_bench --device cuda --tokens 8192
+  if [ -d .gpu/ner ]; then
+    step "ToV vs LESS (NER)" 270 "$PY" benchmarks/less_vs_tov.py --config ner --bundle .gpu/ner \
+      --device cuda --repeats 2
+  fi
 fi
+QUALITY_LIMIT=${QUALITY_LIMIT:-$([ -n "${QUALITY_ONLY:-}" ] && echo 540 || echo 300)}
+for bundle in .gpu/quality_*/; do
+  [ -d "$bundle" ] || continue
+  config=$(basename "$bundle"); config=${config#quality_}
+  progress=.quality_${config}_gpu.progress.json
+  if [ -f ".gpu/progress/$progress" ] && [ ! -f "benchmarks/results/$progress" ]; then
+    cp ".gpu/progress/$progress" benchmarks/results/
+  fi
+  step "quality $config (gpu size)" "$QUALITY_LIMIT" "$PY" benchmarks/quality.py \
+    --config "$config" --size gpu --bundle "$bundle" --device cuda --threads 8
+done
+for config in $("$PY" -c 'from benchmarks.quality_configs import CONFIGS
+print(*[c.name for c in CONFIGS.values() if c.task == "causal_lm"])'); do
+  skip "quality $config" "needs SmolLM2 (93 MB), over the 64 MiB that travel"
+done
 
 echo "== summary ==" | tee -a "$LOG"
 failed=0
 for i in "${!STEPS[@]}"; do
-  printf '%-20s %-12s %5ss\n' "${STEPS[$i]}" "${STATUS[$i]}" "${SECONDS_TAKEN[$i]}" | tee -a "$LOG"
-  [ "${STATUS[$i]}" = ok ] || failed=1
+  printf '%-36s %-12s %5ss\n' "${STEPS[$i]}" "${STATUS[$i]}" "${SECONDS_TAKEN[$i]}" | tee -a "$LOG"
+  case "${STATUS[$i]}" in ok|skipped) ;; *) failed=1 ;; esac
 done
 if [ -n "${OUT:-}" ]; then
   find benchmarks/results -maxdepth 1 -type f -newer "$MARK" \

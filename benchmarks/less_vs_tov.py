@@ -60,17 +60,18 @@ FRACTION = 0.05
 
 
 def setup(config: str, size: str, bundle: Path | None = None) -> dict[str, Any]:
-    from benchmarks.quality import setup as q_setup
-
     sizes = dict(TINY) if size == "tiny" else dict(SIZES[config][size])
     if bundle is not None:
         return {**eval_data.load_bundle(bundle), "sizes": sizes}
     if size == "tiny":
         return {**eval_data.tiny_setup(config), "sizes": sizes}
-    s = q_setup(config, "small")  # model, tokenizer, lora; data replaced below
-    data = (eval_data.it_data(**sizes["data"]) if config == "it"
-            else eval_data.ner_data(**sizes["data"]))
-    return {**s, **data, "sizes": sizes}
+    if config == "it":
+        data, (model, tok), lora = (eval_data.it_data(**sizes["data"]),
+                                    eval_data.load_it_model(), eval_data.it_lora())
+    else:
+        data, (model, tok), lora = (eval_data.ner_data(**sizes["data"]),
+                                    eval_data.load_ner_model(), eval_data.ner_lora())
+    return {**data, "model": model, "tokenizer": tok, "lora": lora, "sizes": sizes}
 
 
 def forward_time(s: dict[str, Any]) -> float:

