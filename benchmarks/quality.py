@@ -316,25 +316,29 @@ def gate_result(losses: dict[str, list[float]], zero_shot: list[float],
 
 def summarise(per_seed: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
     """Flat summary (keys of shared/notes/benchmarks.md) and per-method statistics."""
-    by = {m: [r for r in per_seed if r["method"] == m] for m in methods}
-    loss = {m: [r["test_loss"] for r in rows] for m, rows in by.items()}
+    by = {m: {r["seed"]: r for r in per_seed if r["method"] == m} for m in methods}
     stats: dict[str, dict[str, Any]] = {}
     for m in methods:
-        if len(loss[m]) != len(loss["random"]):
+        # paired by seed: the seeds where this method and both controls have a result
+        seeds = sorted(set(by[m]) & set(by["random"]) & set(by["oracle"]))
+        if not seeds:
             continue
+        loss = {k: [by[k][sd]["test_loss"] for sd in seeds] for k in (m, "random", "oracle")}
         g = paired_gain(loss[m], loss["random"])
         cap = oracle_capture(loss["random"], loss[m], loss["oracle"])
+        rows = [by[m][sd] for sd in seeds]
         st: dict[str, Any] = {
-            "test_loss": float(np.mean(loss[m])), "improvement_pct": g.mean_pct,
-            "improvement_se_pct": g.se_pct, "t": g.t, "oracle_capture": cap[0],
-            "oracle_capture_low": cap[1], "oracle_capture_high": cap[2],
-            "target_share": float(np.mean([r["target_share"] for r in by[m]])),
+            "seeds": seeds, "test_loss": float(np.mean(loss[m])),
+            "improvement_pct": g.mean_pct, "improvement_se_pct": g.se_pct, "t": g.t,
+            "oracle_capture": cap[0], "oracle_capture_low": cap[1],
+            "oracle_capture_high": cap[2],
+            "target_share": float(np.mean([r["target_share"] for r in rows])),
         }
         for key in ("auc", "precision_at_n", "auc_outside_u", "precision_at_n_outside_u"):
-            vals = [r["ranking"][key] for r in by[m] if key in r.get("ranking", {})]
+            vals = [r["ranking"][key] for r in rows if key in r.get("ranking", {})]
             if vals:
                 st[key] = float(np.mean(vals))
-        epochs = [r["ranking"]["auc_per_epoch"] for r in by[m]
+        epochs = [r["ranking"]["auc_per_epoch"] for r in rows
                   if "auc_per_epoch" in r.get("ranking", {})]
         if epochs:
             st["auc_per_epoch"] = np.mean(np.array(epochs), axis=0).tolist()
@@ -459,7 +463,7 @@ class Runner:
 
 
 def run(config: Config, size: str, seeds: list[int], methods: list[str], force: bool,
-        progress: Progress) -> dict[str, Any]:
+        progress: Progress, summarise_only: bool = False) -> dict[str, Any]:
     """calibrate -> gate (controls on every seed) -> methods on every seed (module doc)."""
     started = time.perf_counter()
     runner = Runner(config, size, progress)
@@ -480,7 +484,7 @@ def run(config: Config, size: str, seeds: list[int], methods: list[str], force: 
           f"{gate['oracle_improvement_pct']:+.2f}% (t {gate['oracle_t']:.1f}), random learned: "
           f"{gate['random_learned']} ({gate['random_loss']:.4f} vs bound "
           f"{gate['learned_bound']:.4f})", flush=True)
-    if gate["gate_passed"] or force:
+    if (gate["gate_passed"] or force) and not summarise_only:
         for seed in seeds:
             for m in methods:
                 runner.evaluate(seed, m)
@@ -520,11 +524,11 @@ def write_outputs(stem: str, config: Config, size: str, seeds: list[int], result
     md = [f"# Quality, configuration `{config.name}` ({size})\n",
           f"Command: `{_common.command()}`; seeds {seeds}; configuration commit "
           f"`{summary['config_commit'][:10]}`.\n", f"{title}.\n",
-          "| method | test loss | gain vs random % (± se) | oracle capture (90% CI) | target "
-          "rows % | AUC | precision@n |", "|---|---|---|---|---|---|---|"]
+          "| method | seeds | test loss | gain vs random % (± se) | oracle capture (90% CI) | "
+          "target rows % | AUC | precision@n |", "|---|---|---|---|---|---|---|---|"]
     for m, st in stats.items():
         md.append(
-            f"| {m} | {st['test_loss']:.4f} | {st['improvement_pct']:+.2f} ± "
+            f"| {m} | {len(st['seeds'])} | {st['test_loss']:.4f} | {st['improvement_pct']:+.2f} ± "
             f"{st['improvement_se_pct']:.2f} | {st['oracle_capture']:.2f} "
             f"({st['oracle_capture_low']:.2f}, {st['oracle_capture_high']:.2f}) | "
             f"{100 * st['target_share']:.1f} | {st.get('auc', float('nan')):.3f} | "
@@ -544,6 +548,9 @@ def main(argv: list[str] | None = None) -> Path:
                     f"{DEFAULT_METHODS}); random and oracle always run; 'tov' adds "
                     f"{sorted(DERIVED)}; variants: {sorted(tov.VARIANTS)} and tov_rank<r>")
     ap.add_argument("--force", action="store_true", help="run the methods on a failed gate")
+    ap.add_argument("--summarise-only", action="store_true",
+                    help="compute nothing new: write the result from the progress file "
+                    "(each method over the seeds it has finished, paired with the controls)")
     ap.add_argument("--tag", default="", help="file name suffix: quality_<config>_<tag>.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-dir", type=Path, default=None, help="default benchmarks/results")
@@ -571,7 +578,7 @@ def main(argv: list[str] | None = None) -> Path:
     progress = Progress(out_dir / f".{stem}.progress.json",
                         {"config_commit": config_commit(), "size": size, "seeds": seeds,
                          "sizes": asdict(sizes)} | ({"bundle": True} if a.bundle else {}))
-    result = run(config, size, seeds, methods, a.force, progress)
+    result = run(config, size, seeds, methods, a.force, progress, a.summarise_only)
     if not math.isfinite(result["gate"]["oracle_t"]) and len(seeds) > 1:
         print("note: the oracle's gain has zero spread over seeds", flush=True)
     return write_outputs(stem, config, size, seeds, result, a.out_dir, a.threads,

@@ -128,11 +128,13 @@ def render_quality() -> str:
                 f"{d['gate']['learned_bound']:.4f}); fine-tune budget "
                 f"{s['finetune_epochs']} epochs at lr {s['finetune_lr']}. File `{name}`, "
                 f"command `{record['command']}`.", "",
-                "| method | test loss | gain vs random % (± se) | oracle capture (90% CI) | "
-                "target rows % | raw-score AUC | precision@n |", "|---|---|---|---|---|---|---|"]
+                "| method | seeds | test loss | gain vs random % (± se) | oracle capture (90% CI) "
+                "| target rows % | raw-score AUC | precision@n |",
+                "|---|---|---|---|---|---|---|---|"]
         for m, st in d["stats"].items():
             out.append(
-                f"| {m} | {st['test_loss']:.4f} | {st['improvement_pct']:+.2f} ± "
+                f"| {m} | {len(st.get('seeds', []))} | {st['test_loss']:.4f} | "
+                f"{st['improvement_pct']:+.2f} ± "
                 f"{_num(st['improvement_se_pct'], '{:.2f}')} | "
                 f"{_num(st['oracle_capture'], '{:.2f}')} "
                 f"({_num(st['oracle_capture_low'], '{:.2f}')}, "

@@ -89,3 +89,24 @@ def test_quality_tiny_end_to_end(config, extra, tmp_path):
     again = quality.main(["--config", config, "--tiny", "--threads", "1", "--force",
                           "--out-dir", str(tmp_path)])
     assert json.loads(again.read_text())["details"]["stats"] == stats
+
+
+def test_summarise_only_pairs_each_method_with_its_finished_seeds(tmp_path, monkeypatch):
+    quality.main(["--config", "lm_tweets", "--tiny", "--threads", "1", "--force",
+                  "--methods", "length", "--out-dir", str(tmp_path)])
+    progress = tmp_path / ".quality_lm_tweets_tiny.progress.json"
+    saved = json.loads(progress.read_text())
+    del saved["done"]["1/length"]  # as if the run stopped before seed 1's length baseline
+    progress.write_text(json.dumps(saved))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--summarise-only must not select")
+
+    monkeypatch.setattr(quality, "run_selector", refuse)
+    path = quality.main(["--config", "lm_tweets", "--tiny", "--threads", "1", "--force",
+                         "--methods", "length", "--summarise-only", "--out-dir",
+                         str(tmp_path)])
+    stats = json.loads(path.read_text())["details"]["stats"]
+    assert stats["length"]["seeds"] == [0] and stats["random"]["seeds"] == [0, 1]
+    r, m = saved["done"]["0/random"]["test_loss"], saved["done"]["0/length"]["test_loss"]
+    assert stats["length"]["improvement_pct"] == pytest.approx(100 * (r - m) / r)
