@@ -379,11 +379,11 @@ class Progress:
     interrupted run resumes where it stopped (same configuration commit and sizes only)."""
 
     def __init__(self, path: Path, key: dict[str, Any]):
-        self.path, self.key = path, key
+        self.path, self.key = path, json.loads(json.dumps(key))  # as saved (tuples -> lists)
         self.done: dict[str, Any] = {}
         if path.is_file():
             saved = json.loads(path.read_text())
-            if saved.get("key") == key:
+            if saved.get("key") == self.key:
                 self.done = saved["done"]
 
     def get(self, name: str) -> Any:

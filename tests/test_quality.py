@@ -11,6 +11,10 @@ from benchmarks import quality
 from benchmarks.quality_configs import CONFIGS, coarse_tag, detokenize
 
 
+def _refuse(*args, **kwargs):
+    raise AssertionError("a resumed or --summarise-only run must not select again")
+
+
 def test_gate_passes_only_with_a_clear_oracle_gain_and_a_learned_task():
     random = [1.00, 1.02, 0.98]
     oracle = [0.90, 0.93, 0.88]  # ~9.6% better, tight: t >> 4
@@ -60,7 +64,7 @@ def test_budget_is_the_smallest_within_two_percent_of_the_attainable_gain():
 
 @pytest.mark.parametrize("config,extra", [("ner_coarse", ["less_auc", "label_prior_auc"]),
                                           ("lm_tweets", [])])
-def test_quality_tiny_end_to_end(config, extra, tmp_path):
+def test_quality_tiny_end_to_end(config, extra, tmp_path, monkeypatch):
     path = quality.main(["--config", config, "--tiny", "--threads", "1", "--force",
                          "--out-dir", str(tmp_path)])
     assert path.name == f"quality_{config}_tiny.json"
@@ -86,6 +90,7 @@ def test_quality_tiny_end_to_end(config, extra, tmp_path):
     assert stats["tov_score_only"]["auc"] == stats["tov"]["auc"]
     assert path.with_suffix(".md").is_file()
     # a rerun resumes from the progress file: nothing is recomputed, same numbers
+    monkeypatch.setattr(quality, "run_selector", _refuse)
     again = quality.main(["--config", config, "--tiny", "--threads", "1", "--force",
                           "--out-dir", str(tmp_path)])
     assert json.loads(again.read_text())["details"]["stats"] == stats
@@ -99,10 +104,7 @@ def test_summarise_only_pairs_each_method_with_its_finished_seeds(tmp_path, monk
     del saved["done"]["1/length"]  # as if the run stopped before seed 1's length baseline
     progress.write_text(json.dumps(saved))
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("--summarise-only must not select")
-
-    monkeypatch.setattr(quality, "run_selector", refuse)
+    monkeypatch.setattr(quality, "run_selector", _refuse)
     path = quality.main(["--config", "lm_tweets", "--tiny", "--threads", "1", "--force",
                          "--methods", "length", "--summarise-only", "--out-dir",
                          str(tmp_path)])
