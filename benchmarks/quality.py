@@ -463,7 +463,8 @@ class Runner:
 
 
 def run(config: Config, size: str, seeds: list[int], methods: list[str], force: bool,
-        progress: Progress, summarise_only: bool = False) -> dict[str, Any]:
+        progress: Progress, summarise_only: bool = False,
+        method_seeds: list[int] | None = None) -> dict[str, Any]:
     """calibrate -> gate (controls on every seed) -> methods on every seed (module doc)."""
     started = time.perf_counter()
     runner = Runner(config, size, progress)
@@ -485,7 +486,7 @@ def run(config: Config, size: str, seeds: list[int], methods: list[str], force: 
           f"{gate['random_learned']} ({gate['random_loss']:.4f} vs bound "
           f"{gate['learned_bound']:.4f})", flush=True)
     if (gate["gate_passed"] or force) and not summarise_only:
-        for seed in seeds:
+        for seed in method_seeds if method_seeds is not None else seeds:
             for m in methods:
                 runner.evaluate(seed, m)
     per_seed = [r for r in runner.results() if r["seed"] in seeds]
@@ -551,6 +552,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--summarise-only", action="store_true",
                     help="compute nothing new: write the result from the progress file "
                     "(each method over the seeds it has finished, paired with the controls)")
+    ap.add_argument("--method-seeds", default=None,
+                    help="comma list: run the methods on these seeds only (the gate uses "
+                    "all); to share seeds between processes, give each its own --out-dir "
+                    "holding a copy of the progress file, then merge the files' entries")
     ap.add_argument("--tag", default="", help="file name suffix: quality_<config>_<tag>.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-dir", type=Path, default=None, help="default benchmarks/results")
@@ -578,7 +583,9 @@ def main(argv: list[str] | None = None) -> Path:
     progress = Progress(out_dir / f".{stem}.progress.json",
                         {"config_commit": config_commit(), "size": size, "seeds": seeds,
                          "sizes": asdict(sizes)} | ({"bundle": True} if a.bundle else {}))
-    result = run(config, size, seeds, methods, a.force, progress, a.summarise_only)
+    method_seeds = ([int(x) for x in a.method_seeds.split(",")] if a.method_seeds else None)
+    result = run(config, size, seeds, methods, a.force, progress, a.summarise_only,
+                 method_seeds)
     if not math.isfinite(result["gate"]["oracle_t"]) and len(seeds) > 1:
         print("note: the oracle's gain has zero spread over seeds", flush=True)
     return write_outputs(stem, config, size, seeds, result, a.out_dir, a.threads,

@@ -98,11 +98,11 @@ def test_quality_tiny_end_to_end(config, extra, tmp_path, monkeypatch):
 
 def test_summarise_only_pairs_each_method_with_its_finished_seeds(tmp_path, monkeypatch):
     quality.main(["--config", "lm_tweets", "--tiny", "--threads", "1", "--force",
-                  "--methods", "length", "--out-dir", str(tmp_path)])
+                  "--methods", "length", "--method-seeds", "0", "--out-dir", str(tmp_path)])
     progress = tmp_path / ".quality_lm_tweets_tiny.progress.json"
     saved = json.loads(progress.read_text())
-    del saved["done"]["1/length"]  # as if the run stopped before seed 1's length baseline
-    progress.write_text(json.dumps(saved))
+    assert "0/length" in saved["done"] and "1/length" not in saved["done"]
+    assert {"0/random", "1/random", "0/oracle", "1/oracle"} <= set(saved["done"])
 
     monkeypatch.setattr(quality, "run_selector", _refuse)
     path = quality.main(["--config", "lm_tweets", "--tiny", "--threads", "1", "--force",
