@@ -133,7 +133,7 @@ def render_quality() -> str:
                 "|---|---|---|---|---|---|---|---|"]
         for m, st in d["stats"].items():
             out.append(
-                f"| {m} | {len(st.get('seeds', []))} | {st['test_loss']:.4f} | "
+                f"| {m} | {len(st.get('seeds', [])) or s['seeds']} | {st['test_loss']:.4f} | "
                 f"{st['improvement_pct']:+.2f} ± "
                 f"{_num(st['improvement_se_pct'], '{:.2f}')} | "
                 f"{_num(st['oracle_capture'], '{:.2f}')} "
