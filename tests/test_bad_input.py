@@ -139,7 +139,7 @@ def test_n_out_of_range(inputs, lora, tmp_path, capsys):
         select_by_score(scores, 3)
     out = tmp_path / "out"
     _fails(capsys, fx.select_argv(inputs, out, "--n", "0"), "--n=0 must be >= 1")
-    _fails(capsys, fx.select_argv(inputs, out, "--n", "49"), "n=49 must be in [1, len(pool)=48]")
+    _fails(capsys, fx.select_argv(inputs, out, "--n", "49"), "--n=49 exceeds the pool's 48 rows")
     path = _scores_file(tmp_path / "scores.parquet", [0.1, 0.2, 0.3], [1, 0, 2])
     _fails(capsys, _select_only(path, tmp_path / "o.parquet", "--n", "3"), "exceeds the 2")
 
@@ -374,8 +374,9 @@ def test_output_dir_holding_another_run(inputs, lora, odd_run, tmp_path, capsys)
     out = odd_run["out"]
     before = fx.snapshot(out)
     odd = odd_run["inputs"]
-    err = _fails(capsys, fx.select_argv(odd, out, "--epochs", "1", "--seed", "1"), "seed: 0 -> 1")
-    assert "holds a run made with different arguments" in err
+    err = _fails(capsys, fx.select_argv(odd, out, "--epochs", "1", "--seed", "1"),
+                 "--seed: 0 -> 1")
+    assert f"--out {out} holds a run made with other options (--seed: 0 -> 1); rerun" in err
     with storage.locked(out):
         _fails(capsys, fx.select_argv(odd, out, "--epochs", "1"), "is in use by another tov run")
     assert fx.snapshot(out) == before

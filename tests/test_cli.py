@@ -209,7 +209,7 @@ def test_bad_input_exits_2_with_one_line(files, tmp_path, capsys, change, messag
 def test_changed_arguments_on_rerun_exit_2(files, selected_run, capsys):
     out = selected_run[0]
     assert _select(files, out, "--seed", "1") == 2
-    assert "different arguments" in capsys.readouterr().err
+    assert "holds a run made with other options (--seed: 0 -> 1)" in capsys.readouterr().err
 
 
 def test_select_only_bad_input(tmp_path, capsys):
