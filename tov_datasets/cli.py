@@ -394,8 +394,12 @@ def _check_device(spec: str | None) -> None:
     import torch
 
     try:
-        torch.empty(0, device=torch.device(spec))
-    except Exception as e:  # unknown names, CUDA on a CPU-only build or without a GPU, ...
+        device = torch.device(spec)
+    except RuntimeError as e:
+        raise CliError(f"--device {spec}: unknown device; pass e.g. cpu, cuda or cuda:0") from e
+    try:
+        torch.empty(0, device=device)
+    except Exception as e:  # CUDA on a CPU-only build or without a GPU, a missing index, ...
         raise CliError(
             f"--device {spec} is not usable here ({_one_line(e)}); pass e.g. cpu or cuda:0"
         ) from e
@@ -542,6 +546,16 @@ def cmd_select(args: argparse.Namespace) -> None:
         _select(args, out, pool, pool_format, val, model, tokenizer, stages)
 
 
+def _has_finished_steps(state_dir: Path) -> bool:
+    """Whether a trajectory directory records finished steps (a rerun resumes from them)."""
+    from tov_datasets.storage import MANIFEST_NAME
+
+    try:
+        return bool(json.loads((state_dir / MANIFEST_NAME).read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _select(args: argparse.Namespace, out: Path, pool: Any, pool_format: str, val: Any,
             model: Any, tokenizer: Any, stages: Any) -> None:
     """The trajectory (resumed from ``out``), then the outputs, ``run.json`` last."""
@@ -558,7 +572,7 @@ def _select(args: argparse.Namespace, out: Path, pool: Any, pool_format: str, va
     from tov_datasets.storage import dataset_digest, directory_bytes, sha256_file, write_parquet
     from tov_datasets.trajectory import ROW
 
-    resumed = (out / TRAJECTORY_DIR / "manifest.json").is_file()
+    resumed = _has_finished_steps(out / TRAJECTORY_DIR)
     result = _trajectory(args, "--out", out, out / TRAJECTORY_DIR, model, tokenizer, pool, val,
                          n=args.n, num_bins=args.bins, random_fraction=args.random_fraction)
     stages.add(result.timings, TRAJECTORY_STAGES)

@@ -389,8 +389,8 @@ class Manifest:
         if stored["args_hash"] != self.args_hash:
             changes = _changes(stored["args"], self.args)
             if not stored["steps"]:
-                log.warning("%s held a run with other arguments that finished no step (%s); "
-                            "starting over", self.directory, describe_changes(changes))
+                log.warning("%s held an earlier run with other arguments that finished no "
+                            "step; this run replaces it", self.directory)
                 self._save()
                 return
             raise ManifestMismatchError(

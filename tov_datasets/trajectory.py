@@ -319,6 +319,11 @@ class _Run:
         self.base_samples = training.encode_dataset(pool.select(base_indices), tokenizer,
                                                     **encode)
         self.val_samples = training.encode_dataset(val, tokenizer, **encode)
+        if not any(training.num_scored(s, task) for s in self.base_samples):
+            raise ValueError(
+                "the base set (drawn from the pool) has no scored tokens: every sample is "
+                "empty after tokenization and truncation"
+            )
         if not any(training.num_scored(s, task) for s in self.val_samples):
             raise ValueError(
                 "the validation set has no scored tokens: every sample is empty after "
