@@ -229,8 +229,8 @@ def _value_kind(arrow_type: Any) -> str:
     return str(arrow_type)
 
 
-# The value kinds each format column accepts (None: not checked here).
-_COLUMN_KINDS: dict[str, tuple[str, ...] | None] = {
+# The value kinds each format column accepts.
+_COLUMN_KINDS: dict[str, tuple[str, ...]] = {
     "text": ("string",),
     "prompt": ("string", "list of struct"), "completion": ("string", "list of struct"),
     "messages": ("list of struct",),
@@ -242,15 +242,14 @@ _COLUMN_KINDS: dict[str, tuple[str, ...] | None] = {
 def _check_columns(ds: Any, what: str, extra: Sequence[str] = ()) -> str:
     """The columns of one input format, of one value type, of the kind the format reads and
     without nulls (rows of another format), and ``extra``; returns the format's name."""
-    from tov_datasets.formats import FORMATS, detect_format
+    from tov_datasets.formats import FORMATS, accepted_columns, detect_format
 
     try:
         name = detect_format(ds.column_names)
     except ValueError as e:  # its hint names the API's column_map
-        accepted = "; ".join("+".join(cols) for cols in reversed(FORMATS.values()))
         raise CliError(
             f"{what}: cannot tell the input format from columns {sorted(ds.column_names)}; "
-            f"accepted formats need columns: {accepted}; rename a column of the file"
+            f"accepted formats need columns: {accepted_columns()}; rename a column of the file"
         ) from e
     needed = FORMATS[name]
     for column in needed:
@@ -969,7 +968,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         resumable = args.command in ("select", "demo") or getattr(args, "state_dir", None)
         hint = "; rerun the same command to resume" if resumable else ""
-        print(f"\ntov {args.command}: interrupted{hint}", file=sys.stderr)
+        start = "" if args.quiet else "\n"  # after a progress bar's unfinished line
+        print(f"{start}tov {args.command}: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (CliError, ManifestMismatchError, OutputInUseError, FileNotFoundError,
             ValueError) as e:

@@ -113,7 +113,13 @@ def remove_temp_files(directory: str | os.PathLike[str], recursive: bool = True)
 
 
 def _umask() -> int:
-    """The process's umask (read by setting it and putting it back)."""
+    """The process's umask: from /proc on Linux, else by setting it and putting it back
+    (a short window in which other threads would create files with 0o022)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
