@@ -900,8 +900,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("score", "ToV scores only (no selection)",
             f"writes --out: {SCORES_FILE}'s columns (tov_row, tov_score, tov_num_tokens; with "
-            f"--val also\nthe per-epoch scores and {IN_BASE}); --state-dir: the trajectory "
-            "(as in tov select).")
+            f"--val also\nthe per-epoch scores and {IN_BASE}; the pool's content digest in "
+            "its metadata);\n--state-dir: the trajectory (as in tov select).")
     _add_model_options(p)
     p.add_argument("--pool", required=True, help=f"samples to score: {data_help}")
     p.add_argument("--out", required=True, help="output .parquet file")
