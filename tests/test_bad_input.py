@@ -139,7 +139,7 @@ def test_n_out_of_range(inputs, lora, tmp_path, capsys):
         select_by_score(scores, 3)
     out = tmp_path / "out"
     _fails(capsys, fx.select_argv(inputs, out, "--n", "0"), "--n=0 must be >= 1")
-    _fails(capsys, fx.select_argv(inputs, out, "--n", "49"), "n=49 must be in [1, len(pool)=48]")
+    _fails(capsys, fx.select_argv(inputs, out, "--n", "49"), "--n=49 exceeds the pool's 48 rows")
     path = _scores_file(tmp_path / "scores.parquet", [0.1, 0.2, 0.3], [1, 0, 2])
     _fails(capsys, _select_only(path, tmp_path / "o.parquet", "--n", "3"), "exceeds the 2")
 
@@ -374,8 +374,9 @@ def test_output_dir_holding_another_run(inputs, lora, odd_run, tmp_path, capsys)
     out = odd_run["out"]
     before = fx.snapshot(out)
     odd = odd_run["inputs"]
-    err = _fails(capsys, fx.select_argv(odd, out, "--epochs", "1", "--seed", "1"), "seed: 0 -> 1")
-    assert "holds a run made with different arguments" in err
+    err = _fails(capsys, fx.select_argv(odd, out, "--epochs", "1", "--seed", "1"),
+                 "--seed: 0 -> 1")
+    assert f"--out {out} holds a run made with other options (--seed: 0 -> 1); rerun" in err
     with storage.locked(out):
         _fails(capsys, fx.select_argv(odd, out, "--epochs", "1"), "is in use by another tov run")
     assert fx.snapshot(out) == before
@@ -385,3 +386,193 @@ def test_output_dir_holding_another_run(inputs, lora, odd_run, tmp_path, capsys)
     _fails(capsys, fx.select_argv(inputs, foreign), "holds files that are not a tov select run")
     _fails(capsys, fx.select_argv(inputs, foreign / "notes.txt"), "is a file; pass a directory")
     assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
+
+
+# ------------------------------------------------------------------ hardening (issue 14)
+def _refused(capsys, argv: list[str], message: str) -> str:
+    """`tov argv` exits 2 with one line holding ``message`` and every existing path in argv
+    (outputs included: they are inputs too here) keeps its bytes (sha256) and mtime."""
+    paths = [Path(a) for a in argv if a.startswith("/") and Path(a).exists()]
+    before = fx.snapshot(*paths)
+    code, err = fx.run_cli(argv, capsys)
+    assert code == 2, err
+    assert err.startswith(f"tov {argv[0]}: error:") and "\n" not in err, err
+    assert message in err, err
+    assert fx.snapshot(*paths) == before
+    return err
+
+
+@pytest.fixture(scope="module")
+def scored(inputs, tmp_path_factory):
+    """A Parquet copy of the pool, its `tov score` scores (1 epoch) and a same-length pool
+    with other rows."""
+    root = tmp_path_factory.mktemp("scored")
+    pool = root / "pool.parquet"
+    Dataset.from_json(str(inputs["pool"])).to_parquet(str(pool))
+    scores = root / "scores.parquet"
+    argv = ["score", "--quiet", "--model", str(inputs["model"]), "--pool", str(pool),
+            "--val", str(inputs["val"]), "--out", str(scores), "--base-size", "24",
+            "--epochs", "1", "--lora-rank", "2", "--max-length", "24"]
+    assert cli.main(argv) == 0
+    other = fx.write_jsonl(root / "other.jsonl", fx.text_rows(POOL_ROWS, 7))
+    return {"pool": pool, "scores": scores, "other": other}
+
+
+def test_output_is_or_holds_an_input(inputs, scored, tmp_path, capsys):
+    """Data loss: every command refuses an --out (or --state-dir) that is, contains or lies
+    inside one of its inputs, before any work; the input keeps its bytes."""
+    pool, scores = scored["pool"], scored["scores"]
+    model = ["--model", str(inputs["model"])]
+    trajectory_options = ["--base-size", "24", "--epochs", "1", "--lora-rank", "2"]
+    _refused(capsys, ["score", "--quiet", *model, "--pool", str(pool), "--val",
+                      str(inputs["val"]), "--out", str(pool), *trajectory_options],
+             f"--out {pool} is --pool {pool}; writing there could destroy it")
+    _refused(capsys, ["score", "--quiet", *model, "--pool", str(pool), "--val",
+                      str(inputs["val"]), "--out", str(tmp_path / "s.parquet"),
+                      "--state-dir", str(inputs["model"].parent), *trajectory_options],
+             "--state-dir")
+    _refused(capsys, _select_only(scores, pool, "--pool", str(pool), "--n", "5"),
+             f"--out {pool} is --pool {pool}")
+    _refused(capsys, _select_only(scores, scores, "--n", "5"),
+             f"--out {scores} is --scores {scores}")
+    _refused(capsys, fx.select_argv(inputs, inputs["pool"].parent),
+             f"--out {inputs['pool'].parent} contains --pool {inputs['pool']}")
+    inside = inputs["model"] / "run"
+    _refused(capsys, fx.select_argv(inputs, inside), f"--out {inside} lies inside --model")
+    assert not inside.exists()
+    link = tmp_path / "link.parquet"
+    link.symlink_to(pool)
+    _refused(capsys, _select_only(scores, link, "--pool", str(pool), "--n", "5"),
+             f"is --pool {pool}")
+
+
+def test_select_only_checks_the_pool_is_the_one_scored(scored, tmp_path, capsys):
+    """A same-length pool with other rows is refused (the pool digest in the scores file's
+    metadata); the scored pool is accepted; a scores file without a digest falls back to
+    the row count, with a warning."""
+    out = tmp_path / "rows.parquet"
+    _fails(capsys, _select_only(scored["scores"], out, "--pool", str(scored["other"]),
+                                "--n", "5"),
+           f"--pool {scored['other']} is not the pool {scored['scores']} scored")
+    code, err = fx.run_cli(_select_only(scored["scores"], out, "--pool", str(scored["pool"]),
+                                        "--n", "5"), capsys)
+    assert code == 0 and err == "", err
+    pool = pq.read_table(scored["pool"]).to_pylist()
+    rows = pq.read_table(out).to_pylist()
+    assert [{k: r[k] for k in pool[0]} for r in rows] == [pool[r["tov_row"]] for r in rows]
+    bare = tmp_path / "bare.parquet"
+    pq.write_table(pq.read_table(scored["scores"]).replace_schema_metadata(None), bare)
+    code, err = fx.run_cli(_select_only(bare, tmp_path / "o2.parquet", "--pool",
+                                        str(scored["other"]), "--n", "5"), capsys)
+    assert code == 0 and "records no pool digest" in err and "\n" not in err, err
+
+
+def test_failures_are_one_line_not_tracebacks(inputs, tmp_path, capsys):
+    """Ints in a text column, a model folder without weights or config.json, a mistyped
+    model path, unusable --device values, an --out below a file, --lr inf, --bins larger
+    than the pool."""
+    out = tmp_path / "out"
+    ints = fx.write_jsonl(tmp_path / "ints.jsonl", [{"text": i} for i in range(12)])
+    _fails(capsys, fx.select_argv({**inputs, "pool": ints}, out),
+           "pool: column 'text' holds number values; the text format needs string")
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(inputs["model"], no_weights)
+    for weights in no_weights.glob("*.safetensors"):
+        weights.unlink()
+    _fails(capsys, fx.select_argv({**inputs, "model": no_weights}, out),
+           f"cannot load model {no_weights}: ")
+    no_config = tmp_path / "no_config"
+    shutil.copytree(inputs["model"], no_config)
+    (no_config / "config.json").unlink()
+    _fails(capsys, fx.select_argv({**inputs, "model": no_config}, out),
+           f"model {no_config} has no config.json")
+    argv = fx.select_argv(inputs, out)
+    argv[argv.index("--model") + 1] = "mistyped-model-dir"
+    _fails(capsys, argv, "model mistyped-model-dir: no such directory, and no hub model")
+    _fails(capsys, fx.select_argv(inputs, out, "--device", "cuda:99"),
+           "--device cuda:99 is not usable here")
+    _fails(capsys, fx.select_argv(inputs, out, "--device", "foo"), "--device foo: unknown device")
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("mine")
+    _fails(capsys, fx.select_argv(inputs, blocker / "sub"), f"{blocker} is a file, not a directory")
+    _fails(capsys, fx.select_argv(inputs, out, "--lr", "inf"), "--lr=inf must be > 0 and finite")
+    _fails(capsys, fx.select_argv(inputs, out, "--bins", "49"),
+           "--bins=49 exceeds the pool's 48 rows")
+    assert not out.exists() and blocker.read_text() == "mine"
+
+
+def test_messages_name_cli_options(inputs, scored, tmp_path, capsys):
+    """No API words (output_dir, random_pool, column_map=, label -100) in CLI messages."""
+    misnamed = fx.write_jsonl(tmp_path / "body.jsonl", [{"body": t} for t in _texts(12)])
+    err = _fails(capsys, fx.select_argv({**inputs, "pool": misnamed}, tmp_path / "o1"),
+                 "rename a column of the file")
+    empty_val = fx.write_jsonl(tmp_path / "val.jsonl", [{"text": ""}] * 3)
+    err += _fails(capsys, fx.select_argv({**inputs, "val": empty_val}, tmp_path / "o2"),
+                  "the validation set has no scored tokens: every sample is empty")
+    err += _fails(capsys, _select_only(scored["scores"], tmp_path / "o.parquet", "--n", "40"),
+                  "the random part (20 rows) is drawn from the 24 base-set rows (tov_in_base)")
+    for api_word in ("output_dir", "random_pool", "column_map", "-100", "len(pool)"):
+        assert api_word not in err
+
+
+def test_a_run_that_finished_no_epoch_is_replaced(inputs, tmp_path, capsys):
+    """After a failed run (--max-length 1: no scored tokens; an all-empty pool) the corrected
+    command runs, with a one-line note; a run with finished epochs is still protected."""
+    out = tmp_path / "out"
+    _fails(capsys, fx.select_argv(inputs, out, "--max-length", "1"),
+           "has no scored tokens: every sample is empty")
+    assert (out / cli.TRAJECTORY_DIR / storage.MANIFEST_NAME).is_file()
+    code, err = fx.run_cli(fx.select_argv(inputs, out, "--epochs", "1"), capsys)
+    assert code == 0, err
+    assert "held an earlier run with other arguments that finished no step; this run " \
+           "replaces it" in err and "\n" not in err
+    empty = fx.write_jsonl(tmp_path / "empty.jsonl", [{"text": ""}] * 30)
+    other = tmp_path / "other"
+    _fails(capsys, fx.select_argv({**inputs, "pool": empty}, other),
+           "the base set (drawn from the pool) has no scored tokens")
+    code, err = fx.run_cli(fx.select_argv(inputs, other, "--epochs", "1"), capsys)
+    assert code == 0 and (other / cli.RUN_FILE).is_file(), err
+    _fails(capsys, fx.select_argv(inputs, other, "--epochs", "1", "--max-length", "16"),
+           "holds a run made with other options (--max-length: 24 -> 16)")
+
+
+def test_changed_model_is_one_short_line(inputs, tmp_path, capsys):
+    """Another model (same architecture, other weights) on a finished run: one short line
+    naming --model, not a diff of configs."""
+    out = tmp_path / "out"
+    assert cli.main(fx.select_argv(inputs, out, "--epochs", "1")) == 0
+    other = tmp_path / "other_model"
+    tok = tiny.tokenizer()
+    tiny.causal_lm(tok, seed=1).save_pretrained(other)
+    tok.save_pretrained(other)
+    err = _fails(capsys, fx.select_argv({**inputs, "model": other}, out, "--epochs", "1"),
+                 "holds a run made with other options (--model: changed)")
+    assert len(err) < 300, err
+
+
+def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(inputs, tmp_path, capsys,
+                                                           monkeypatch):
+    """A real SIGINT during the second epoch's val training: exit 130 and one line; the
+    rerun keeps epoch 1 and finishes."""
+    import os
+    import signal
+
+    out = tmp_path / "out"
+    train_val = trajectory._train_val
+
+    def interrupted(run, k):
+        if k == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return train_val(run, k)
+
+    monkeypatch.setattr(trajectory, "_train_val", interrupted)
+    before = fx.snapshot(inputs["pool"], inputs["val"], inputs["model"])
+    code, err = fx.run_cli(fx.select_argv(inputs, out), capsys)
+    assert code == 130 and err == "tov select: interrupted; rerun the same command to resume"
+    assert not (out / cli.RUN_FILE).exists()
+    monkeypatch.setattr(trajectory, "_train_val", train_val)
+    code, err = fx.run_cli(fx.select_argv(inputs, out), capsys)
+    assert code == 0, err
+    run = json.loads((out / cli.RUN_FILE).read_text())
+    assert run["resumed"] and len(run["history"]) == 2
+    assert fx.snapshot(inputs["pool"], inputs["val"], inputs["model"]) == before

@@ -209,7 +209,7 @@ def test_bad_input_exits_2_with_one_line(files, tmp_path, capsys, change, messag
 def test_changed_arguments_on_rerun_exit_2(files, selected_run, capsys):
     out = selected_run[0]
     assert _select(files, out, "--seed", "1") == 2
-    assert "different arguments" in capsys.readouterr().err
+    assert "holds a run made with other options (--seed: 0 -> 1)" in capsys.readouterr().err
 
 
 def test_select_only_bad_input(tmp_path, capsys):
@@ -283,3 +283,186 @@ def test_val_optimizer_choices_match_the_library(capsys):
                            "--n", "1", "--val-optimizer", "adam"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'adam'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ hardening (issue 14)
+def _run(argv, capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    code = cli.main(argv)
+    return code, capsys.readouterr().err.strip()
+
+
+def test_all_defaults_on_a_60_row_pool_finish_bounded(files, tmp_path, capsys):
+    """No options but --n: base set = the 60 rows, epochs = min(round(16384 / 60), 8) = 8,
+    LoRA rank from the hidden size (32 -> the floor 8); run.json written, disk bounded, the
+    agreement table one row per epoch."""
+    from tov_datasets.storage import directory_bytes
+    from tov_datasets.training import RANK_BOUNDS
+
+    out = tmp_path / "out"
+    code, err = _run(["select", "--quiet", "--model", str(files["model"]), "--pool",
+                      str(files["pool"]), "--val", str(files["val"]), "--n", "10", "--out",
+                      str(out)], capsys)
+    assert code == 0, err
+    run = json.loads((out / cli.RUN_FILE).read_text())
+    assert len(run["history"]) == 8 and run["counts"]["epochs"] == 8
+    assert run["counts"]["LoRA rank"] == RANK_BOUNDS[0] and run["counts"]["length bins"] == 10
+    assert directory_bytes(out) < 8 * 2**20  # 8 epochs of rank-8 adapters on a tiny model
+    text = (out / report.REPORT_NAME).read_text()
+    agreement = text.split("## Agreement between epochs (Spearman)")[1].split("##")[0]
+    assert agreement.count("tov_score_epoch_") == 8
+
+
+def test_resume_is_keyed_on_content_not_spelling(files, tmp_path, capsys, monkeypatch):
+    """A run started with a relative --model path resumes with the absolute path, another
+    spelling of it and a copy of the model folder elsewhere (the same files)."""
+    import shutil
+
+    monkeypatch.chdir(files["model"].parent)
+    out = tmp_path / "out"
+    argv = ["select", "--quiet", "--pool", str(files["pool"]), "--val", str(files["val"]),
+            "--out", str(out), *SELECT]
+    assert _run([*argv, "--model", files["model"].name], capsys)[0] == 0
+    copy = tmp_path / "copied_model"
+    shutil.copytree(files["model"], copy)
+    for model in (str(files["model"].resolve()), str(copy), f"./{files['model'].name}/"):
+        code, err = _run([*argv, "--model", model], capsys)
+        assert code == 0, err
+        run = json.loads((out / cli.RUN_FILE).read_text())
+        assert run["resumed"] and run["trajectory_timings"]["train_base"] == 0.0
+        assert run["inputs"]["model"] == str(Path(model).resolve())
+
+
+def test_selected_rows_say_whether_score_or_random_picked_them(files, selected_run):
+    """tov_from_score: True exactly for the rows of the score part (the same selection with
+    no random part and n - n_random rows), False for the random part."""
+    from tov_datasets.select import random_count, select_indices
+
+    out = selected_run[0]
+    selected = pq.read_table(out / cli.SELECTED_FILE)
+    scores = pq.read_table(out / cli.SCORES_FILE)
+    n_scored = 12 - random_count(12, 0.5)
+    by_score = select_indices(scores.column("tov_score").to_numpy(),
+                              scores.column("tov_num_tokens").to_numpy(), n_scored, num_bins=4,
+                              random_fraction=0)
+    from_score = selected.column("tov_from_score").to_numpy(zero_copy_only=False)
+    rows = selected.column("tov_row").to_numpy()
+    assert from_score.sum() == n_scored
+    assert sorted(rows[from_score]) == sorted(by_score)
+    in_base = scores.column(cli.IN_BASE).to_numpy()
+    assert in_base[rows[~from_score]].all()  # the random part comes from the base set
+
+
+def test_report_names_inputs_direction_and_examples(files, selected_run):
+    out = selected_run[0]
+    text = (out / report.REPORT_NAME).read_text()
+    for expected in ("## Inputs", str(files["model"].resolve()), str(files["pool"].resolve()),
+                     str(files["val"].resolve()), "Higher `tov_score` is better",
+                     "## Top and bottom of the ranking", "| selected by score | 6 |",
+                     "| selected at random | 6 |"):
+        assert expected in text, expected
+    examples = text.split("## Top and bottom of the ranking")[1].split("##")[0]
+    table = [line.split(" | ") for line in examples.strip().splitlines()[2:]]
+    assert len(table) == 2 * report.EXAMPLES
+    pool = [json.loads(line) for line in files["pool"].read_text().splitlines()]
+    for cells in table:  # each example shows its pool row's text
+        assert pool[int(cells[1])]["text"][:40] in cells[5]
+    scores = [float(cells[2]) for cells in table]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_epoch_agreement_rows_match_pandas_spearman():
+    """Against an independent reference (pandas' Spearman), on random scores with ties and
+    rows without tokens (left out)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 5, 200)
+    epochs = {f"tov_score_epoch_{k}": np.round(rng.normal(size=200), 1) for k in (1, 2, 3)}
+    mean = np.mean(list(epochs.values()), axis=0)
+    data = report.ReportData("t", mean, lengths, {"ToV": np.arange(3)}, epoch_scores=epochs)
+    rows = report.epoch_agreement_rows(data)
+    frame = pd.DataFrame({**epochs, "mean": mean})[lengths > 0]
+    names = list(epochs)
+    spearman = frame.corr(method="spearman")
+    for k, (name, vs_mean, vs_previous) in enumerate(rows):
+        assert name == names[k]
+        assert vs_mean == pytest.approx(spearman.loc[name, "mean"])
+        if k == 0:
+            assert np.isnan(vs_previous)
+        else:
+            assert vs_previous == pytest.approx(spearman.loc[name, names[k - 1]])
+
+
+def test_example_rows_take_the_top_and_bottom_of_rows_with_tokens():
+    scores = np.array([0.5, 9.0, -3.0, 2.0, 7.0, -1.0, 4.0], np.float32)
+    lengths = np.array([1, 0, 2, 3, 1, 1, 2])
+    rows = report.example_rows(scores, lengths, lambda r: f"row {r}\nnext line",
+                               np.array([4, 2]), np.array([True, False]), count=2)
+    assert [r[1] for r in rows] == [4, 6, 5, 2]  # row 1 has no tokens
+    assert [r[0] for r in rows] == [1, 2, 5, 6]
+    assert [r[4] for r in rows] == ["score", "-", "-", "random"]
+    assert rows[0][5] == "row 4 next line"
+    assert len(report.example_rows(scores, lengths, str, np.array([4]), np.array([True]),
+                                   count=5)) == 6  # fewer rows than 2 * count: each once
+
+
+def test_outputs_follow_the_umask_and_stale_plots_go(files, tmp_path, capsys):
+    """Files get 0o666 & ~umask (not mkstemp's 0o600); a rerun without --group-column
+    removes the composition plot of the earlier run."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "out"
+        assert _select(files, out, "--epochs", "1") == 0
+        for name in (cli.SELECTED_FILE, cli.SCORES_FILE, cli.RUN_FILE, report.REPORT_NAME,
+                     "trajectory/manifest.json"):
+            assert (out / name).stat().st_mode & 0o777 == 0o644, name
+        assert (out / "trajectory" / "epoch_001" / "base").stat().st_mode & 0o777 == 0o755
+        assert (out / report.PLOTS["composition"]).is_file()
+        argv = ["select", "--quiet", "--model", str(files["model"]), "--pool",
+                str(files["pool"]), "--val", str(files["val"]), "--out", str(out), *SELECT,
+                "--epochs", "1"]
+        assert _run(argv, capsys)[0] == 0
+        assert not (out / report.PLOTS["composition"]).exists()
+        assert "## Composition" not in (out / report.REPORT_NAME).read_text()
+    finally:
+        os.umask(old)
+
+
+def test_warnings_for_likely_mistakes(files, tmp_path, capsys):
+    """The same adapter as base and val (every score 0) and a val set in another format
+    than the pool: one warning line each, the command still runs."""
+    model = tiny.causal_lm_with_adapters(tiny.tokenizer())
+    model.save_pretrained(tmp_path / "adapters", selected_adapters=["base"])
+    base = str(tmp_path / "adapters" / "base")
+    out = tmp_path / "scores.parquet"
+    code, err = _run(["score", "--quiet", "--model", str(files["model"]), "--pool",
+                      str(files["pool"]), "--base-adapter", base, "--val-adapter", base,
+                      "--out", str(out)], capsys)
+    assert code == 0 and "hold the same weights: every score will be 0" in err
+    assert "\n" not in err
+    assert (pq.read_table(out).column("tov_score").to_numpy() == 0).all()
+    val = _write_jsonl(tmp_path / "val.jsonl",
+                       [{"prompt": "math", "completion": r["text"]} for r in _rows(6, 1)])
+    code, err = _run(["select", "--quiet", "--model", str(files["model"]), "--pool",
+                      str(files["pool"]), "--val", str(val), "--out", str(tmp_path / "o"),
+                      *SELECT, "--epochs", "1"], capsys)
+    assert code == 0
+    assert "the pool is in the text format but --val in the prompt_completion format" in err
+    assert "\n" not in err
+
+
+def test_version_and_help_list_the_outputs(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"tov {version('tov')}"
+    with pytest.raises(SystemExit):
+        cli.main(["select", "--help"])
+    text = capsys.readouterr().out
+    for name in (cli.SELECTED_FILE, cli.SCORES_FILE, cli.RUN_FILE, report.REPORT_NAME,
+                 "tov_from_score", "clamped to [1, 8]", "clamped to [8, 256]"):
+        assert name in " ".join(text.split()), name

@@ -160,6 +160,41 @@ def test_huge_logits_stay_finite(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_huge_logits_stay_finite(backend):
+    """Hidden states and weights whose logits reach +-1e4 (fused linear path)."""
+    gen = torch.Generator().manual_seed(6)
+    B, T, V, H = 2, 3, 257, 16
+    hb = torch.randn(B, T, H, generator=gen).to(DEVICE)
+    hv = torch.randn(B, T, H, generator=gen).to(DEVICE)
+    weight = (torch.randn(V, H, generator=gen) * 1e4 / H**0.5).to(DEVICE)
+    labels = make_labels(B, T, V, gen, mask_frac=0.0)
+    logits_b, logits_v = hb.double() @ weight.double().T, hv.double() @ weight.double().T
+    assert logits_b.abs().max() > 1e4
+    for transform in TRANSFORMS:
+        out = paired_linear_logprob_delta(hb, hv, weight, labels, transform=transform,
+                                          backend=backend)
+        assert rel_err(out, reference(logits_b, logits_v, labels, transform)) <= 1e-2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_masked_first_vocabulary_block(backend):
+    """Rows whose first vocabulary block (4096 columns) is all -inf, e.g. a masked vocabulary:
+    finite and equal to the reference (a running max starting at -inf gave NaN)."""
+    gen = torch.Generator().manual_seed(8)
+    B, T, V = 2, 3, 5003
+    lb = torch.randn(B, T, V, generator=gen) * 3
+    lv = lb + torch.randn(B, T, V, generator=gen)
+    lb[..., :4096] = float("-inf")
+    lv[..., :4096] = float("-inf")
+    labels = torch.randint(4096, V, (B, T), generator=gen)
+    labels[0, 0] = IGNORE
+    lb, lv, labels = lb.to(DEVICE), lv.to(DEVICE), labels.to(DEVICE)
+    for transform in TRANSFORMS:
+        out = paired_logprob_delta(lb, lv, labels, transform=transform, backend=backend)
+        assert rel_err(out, reference(lb, lv, labels, transform)) <= 1e-5, transform
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_deterministic_bitwise(backend):
     gen = torch.Generator().manual_seed(9)
     B, T, V, H = 3, 7, 500, 64

@@ -297,16 +297,44 @@ def test_copy_adapter_copies_the_classifier_head(tiny_tokenizer):
 def test_default_lora_config():
     tok = tiny.tokenizer()
     cfg = training.default_lora_config("causal_lm", model=tiny.causal_lm(tok))
-    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout) == (256, 32, 0.2)
+    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout) == (8, 32, 0.2)  # hidden 32: the floor
     assert set(cfg.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                        "up_proj", "down_proj"}
     cfg = training.default_lora_config("token_classification", model=tiny.token_classifier(tok))
-    assert cfg.r == 1 and set(cfg.target_modules) == {"query", "key", "value", "dense"}
+    assert cfg.r == 8 and set(cfg.target_modules) == {"query", "key", "value", "dense"}
+    assert training.default_lora_config("causal_lm", 3, model=tiny.causal_lm(tok)).r == 3
     assert training.default_lora_config("causal_lm", 8).target_modules == "all-linear"
-    assert set(training.default_lora_config("causal_lm", target_modules=["q_proj"])
+    assert set(training.default_lora_config("causal_lm", 4, target_modules=["q_proj"])
                .target_modules) == {"q_proj"}
+    with pytest.raises(ValueError, match="pass rank= or model="):
+        training.default_lora_config("causal_lm")
     with pytest.raises(ValueError, match="task"):
         training.default_lora_config("seq2seq")
+
+
+@pytest.mark.parametrize(("hidden", "rank"), [(32, 8), (128, 8), (300, 16), (384, 16),
+                                              (576, 32), (2048, 128), (4094, 128),
+                                              (4096, 256), (8192, 256), (16384, 256)])
+def test_default_lora_rank_scales_with_the_hidden_size(hidden, rank):
+    """Largest power of two <= hidden / 16, clamped to [8, 256]; read from the config, or
+    from the input embeddings when the config names it otherwise."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=16, hidden_size=hidden, intermediate_size=8,
+                         num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    assert training.default_lora_rank(model) == rank
+    assert training.default_lora_rank(get_peft_model(model, training.default_lora_config(
+        "causal_lm", 2, model=model))) == rank
+
+    class Bare(torch.nn.Module):  # a config without a hidden size: the embeddings' width
+        config = None
+
+        def get_input_embeddings(self):
+            return torch.nn.Embedding(2, hidden, device="meta")
+
+    assert training.default_lora_rank(Bare()) == rank
 
 
 def test_micro_batches_cover_all_rows_and_are_seeded():

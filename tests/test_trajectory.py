@@ -309,8 +309,8 @@ def test_resume_after_an_interruption_is_bit_identical(tiny_tokenizer, pool, val
 
 
 def test_epochs_rule(tiny_tokenizer, pool, val, lora, monkeypatch):
-    assert [trajectory.num_epochs(b) for b in (1024, 3000, 4096, 16384, 100_000)] == [
-        16, 5, 4, 1, 1]
+    assert [trajectory.num_epochs(b) for b in (5, 60, 1024, 2048, 3000, 4096, 16384,
+                                               100_000)] == [8, 8, 8, 8, 5, 4, 1, 1]
     assert trajectory.num_epochs(4096, epochs=7) == 7
     assert trajectory.epoch_lrs(1.0, 4) == [1.0, 0.75, 0.5, 0.25]
     monkeypatch.setattr(trajectory, "TRAJECTORY_SAMPLES", 40)  # base_size 20 -> L = 2

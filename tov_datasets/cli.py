@@ -7,15 +7,22 @@ arguments on a resumed run) ends with a one-line message and exit code 2.
 ``tov select`` holds a lock on its output directory, writes ``run.json`` last and removes it
 before rewriting the other outputs: a directory without ``run.json`` holds an unfinished run
 (rerun the command to finish it; finished trajectory steps are kept).
+
+Every command refuses an output that is, contains or lies inside one of its inputs before
+doing any work; every failure is one line on stderr (exit 2; Ctrl-C: exit 130) naming CLI
+options, not library arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
+import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,18 @@ SELECTED_FILE = "selected.parquet"
 SCORES_FILE = "scores.parquet"
 RUN_FILE = "run.json"
 IN_BASE = "tov_in_base"  # scores.parquet: whether the row is in the base set U
+POOL_DIGEST_KEY = b"tov_pool_sha256"  # scores.parquet metadata: content digest of the pool
+EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
+DEFAULT_BINS = 10
+# Library argument names (trajectory manifest keys) -> the CLI options that set them.
+OPTION_NAMES = {
+    "base_size": "--base-size", "epochs": "--epochs", "lr": "--lr", "seed": "--seed",
+    "variant": "--variant", "transform": "--transform", "batch_size": "--batch-size",
+    "max_length": "--max-length", "lora": "--lora-rank", "val_optimizer": "--val-optimizer",
+    "start_adapter": "",  # drawn from --seed, --lora-rank and --model: shown through them
+    "model_class": "--model", "model_config": "--model", "model_weights": "--model",
+    "tokenizer": "--model (tokenizer)", "pool": "--pool (content)", "val": "--val (content)",
+}
 _DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -102,10 +121,29 @@ def _model_source(spec: str) -> tuple[str, dict[str, Any]]:
             raise CliError(f"model {spec}: no such file")
         return str(path.parent), {"gguf_file": path.name}
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CliError(
+                f"model {spec} has no config.json; pass a transformers model directory "
+                "(config.json, weights and tokenizer, as save_pretrained writes) or a .gguf file"
+            )
         return str(path), {}
+    if path.exists():
+        raise CliError(f"model {spec} is a file; pass a model directory or a .gguf file")
     if _looks_like_path(spec):
         raise CliError(f"model {spec}: no such directory")
     return spec, {}
+
+
+def _model_error(spec: str, error: Exception) -> CliError:
+    """A one-line error for a model that does not load: a hub name that could not be
+    fetched reads as a missing local directory too (the usual cause: a mistyped path)."""
+    if not Path(spec).expanduser().exists():
+        return CliError(
+            f"model {spec}: no such directory, and no hub model of that name could be loaded "
+            "(mistyped path, or no network)"
+        )
+    detail = _one_line(error)
+    return CliError(f"cannot load model {spec}: {detail[:300]}{'...' if len(detail) > 300 else ''}")
 
 
 def _ner_labels(*datasets_: Any) -> list[str] | None:
@@ -150,8 +188,8 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(source, **extra)
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-    except OSError as e:
-        raise CliError(f"cannot load model {spec}: {_one_line(e)}") from e
+    except (OSError, ValueError) as e:
+        raise _model_error(spec, e) from e
     architectures = getattr(config, "architectures", None) or []
     labels = _ner_labels(*data) if data else None
     kwargs: dict[str, Any] = {**extra, "dtype": getattr(torch, dtype)}
@@ -166,24 +204,66 @@ def load_model(
             )
     else:
         auto = AutoModelForCausalLM
-    model = auto.from_pretrained(source, **kwargs)
+    try:
+        model = auto.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:  # e.g. a directory without weights
+        raise _model_error(spec, e) from e
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
 
 
-def _check_columns(ds: Any, what: str, extra: Sequence[str] = ()) -> None:
-    """The columns of one input format, of one value type and without nulls (rows of
-    another format), and ``extra``."""
-    from tov_datasets.formats import FORMATS, detect_format
+def _value_kind(arrow_type: Any) -> str:
+    """"string", "list of KIND", "number", "struct", ... of a pyarrow type."""
+    import pyarrow as pa
 
-    needed = FORMATS[detect_format(ds.column_names)]
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "string"
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return f"list of {_value_kind(arrow_type.value_type)}"
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
+        return "number"
+    if pa.types.is_struct(arrow_type):
+        return "struct"
+    return str(arrow_type)
+
+
+# The value kinds each format column accepts.
+_COLUMN_KINDS: dict[str, tuple[str, ...]] = {
+    "text": ("string",),
+    "prompt": ("string", "list of struct"), "completion": ("string", "list of struct"),
+    "messages": ("list of struct",),
+    "tokens": ("list of string",), "ner_tags": ("list of string", "list of number"),
+    "input_ids": ("list of number",), "labels": ("list of number",),
+}
+
+
+def _check_columns(ds: Any, what: str, extra: Sequence[str] = ()) -> str:
+    """The columns of one input format, of one value type, of the kind the format reads and
+    without nulls (rows of another format), and ``extra``; returns the format's name."""
+    from tov_datasets.formats import FORMATS, accepted_columns, detect_format
+
+    try:
+        name = detect_format(ds.column_names)
+    except ValueError as e:  # its hint names the API's column_map
+        raise CliError(
+            f"{what}: cannot tell the input format from columns {sorted(ds.column_names)}; "
+            f"accepted formats need columns: {accepted_columns()}; rename a column of the file"
+        ) from e
+    needed = FORMATS[name]
     for column in needed:
         if type(ds.features[column]).__name__ == "Json":  # datasets >= 5: mixed value types
             raise CliError(
                 f"{what}: column {column!r} mixes value types (e.g. strings and numbers); "
                 "every row needs the same type"
+            )
+        kind = _value_kind(ds.data.schema.field(column).type)
+        allowed = _COLUMN_KINDS.get(column)
+        if allowed is not None and kind not in allowed and kind != "null":
+            raise CliError(
+                f"{what}: column {column!r} holds {kind} values; the {name} format needs "
+                f"{' or '.join(allowed)}"
             )
         nulls = ds.data.column(column).null_count
         if nulls:
@@ -194,6 +274,15 @@ def _check_columns(ds: Any, what: str, extra: Sequence[str] = ()) -> None:
     missing = [c for c in extra if c not in ds.column_names]
     if missing:
         raise CliError(f"{what} has no column {missing[0]!r}; columns: {ds.column_names}")
+    return name
+
+
+def _check_same_format(pool_format: str, val_format: str) -> None:
+    """A validation set in another format than the pool is allowed, but rarely meant: say so."""
+    if pool_format != val_format:
+        log.warning("the pool is in the %s format but --val in the %s format; the scores "
+                    "compare losses computed differently (pass the same format to both)",
+                    pool_format, val_format)
 
 
 # ------------------------------------------------------------------------ outputs
@@ -212,7 +301,53 @@ def _parquet_out(spec: str) -> Path:
         raise CliError(f"--out {spec}: the output is Parquet; name it *.parquet")
     if path.is_dir():
         raise CliError(f"--out {spec} is a directory; the output is a Parquet file")
+    _check_writable(path, "--out")
     return path
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """The nearest existing folder above ``path`` is a writable directory."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CliError(f"{flag} {path}: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise CliError(f"{flag} {path}: cannot write in {parent} (permission denied)")
+            return
+
+
+def _local_path(spec: str | None) -> Path | None:
+    """The resolved path of an input given as a local file or directory (None: a hub name,
+    or not given)."""
+    if spec is None:
+        return None
+    path = Path(spec).expanduser()
+    return path.resolve() if path.exists() else None
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    """Whether one of two resolved paths is, contains or lies inside the other."""
+    return a == b or a in b.parents or b in a.parents or (
+        a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def _check_outputs_apart(args: argparse.Namespace, outputs: Sequence[str],
+                         inputs: Sequence[str]) -> None:
+    """Refuse, before any work, an output (option names in ``outputs``) that is, contains or
+    lies inside an input (``inputs``) or another output: writing it could destroy the input."""
+    named = lambda flags: [(f, getattr(args, f.lstrip("-").replace("-", "_"), None))
+                           for f in flags]
+    outs = [(f, Path(v).expanduser().resolve()) for f, v in named(outputs) if v is not None]
+    ins = [(f, p) for f, v in named(inputs) if (p := _local_path(v)) is not None]
+    for i, (out_flag, out) in enumerate(outs):
+        for in_flag, path in ins + outs[i + 1:]:
+            if _overlaps(out, path):
+                how = ("is" if out == path else "contains" if out in path.parents
+                       else "lies inside")
+                raise CliError(
+                    f"{out_flag} {out} {how} {in_flag} {path}; writing there could destroy "
+                    f"it: pass another {out_flag}"
+                )
 
 
 def _check_out_dir(out: Path) -> None:
@@ -222,6 +357,7 @@ def _check_out_dir(out: Path) -> None:
 
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out} is a file; pass a directory")
+    _check_writable(out, "--out")
     if not out.is_dir() or (out / TRAJECTORY_DIR).is_dir() or (out / RUN_FILE).is_file():
         return
     other = sorted(p.name for p in out.iterdir()
@@ -246,8 +382,47 @@ def _check_numbers(args: argparse.Namespace) -> None:
     if fraction is not None and not 0 <= fraction <= 1:
         raise CliError(f"--random-fraction={fraction} must be in [0, 1]")
     lr = getattr(args, "lr", None)
-    if lr is not None and not lr > 0:
-        raise CliError(f"--lr={lr} must be > 0")
+    if lr is not None and not (lr > 0 and math.isfinite(lr)):
+        raise CliError(f"--lr={lr} must be > 0 and finite")
+
+
+def _check_device(spec: str | None) -> None:
+    """``--device`` names a device torch can use here (tried with an empty tensor)."""
+    if spec is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(spec)
+    except RuntimeError as e:
+        raise CliError(f"--device {spec}: unknown device; pass e.g. cpu, cuda or cuda:0") from e
+    try:
+        torch.empty(0, device=device)
+    except Exception as e:  # CUDA on a CPU-only build or without a GPU, a missing index, ...
+        raise CliError(
+            f"--device {spec} is not usable here ({_one_line(e)}); pass e.g. cpu or cuda:0"
+        ) from e
+
+
+def _check_pool_size(args: argparse.Namespace, rows: int, what: str = "the pool's") -> None:
+    """Selection options that must fit the pool's ``rows`` (after loading it); the default
+    ``--bins`` becomes at most ``rows``."""
+    from tov_datasets.select import random_count
+
+    if args.bins is None:
+        args.bins = min(DEFAULT_BINS, rows)
+    elif args.bins > rows:
+        raise CliError(f"--bins={args.bins} exceeds {what} {rows} rows; use at most {rows}")
+    if args.n > rows:
+        raise CliError(f"--n={args.n} exceeds {what} {rows} rows; use at most {rows}")
+    base_size = min(getattr(args, "base_size", rows), rows)
+    n_random = random_count(args.n, args.random_fraction)
+    if n_random > base_size:
+        raise CliError(
+            f"the random part ({n_random} of --n={args.n}) is drawn from the base set of "
+            f"{base_size} rows (--base-size); raise --base-size or lower --n or "
+            "--random-fraction"
+        )
 
 
 def progress_factory(quiet: bool) -> Callable[..., Any] | None:
@@ -270,14 +445,79 @@ def _lora(model: Any, rank: int | None) -> Any:
     return None if rank is None else default_lora_config(infer_task(model), rank, model=model)
 
 
-def _scores_table(result: Any) -> Any:
-    """result.scores with the base-set membership column (what select-only needs)."""
+def _lora_rank(model: Any, rank: int | None) -> int:
+    """The LoRA rank a run uses: ``--lora-rank``, else `training.default_lora_rank`."""
+    from tov_datasets.training import default_lora_rank
+
+    return rank if rank is not None else default_lora_rank(model)
+
+
+def _with_pool_digest(table: Any, digest: str) -> Any:
+    """A scores table carrying the content digest of the pool it scores (schema metadata)."""
+    return table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                          POOL_DIGEST_KEY: digest.encode()})
+
+
+def _scores_table(result: Any, pool_digest: str) -> Any:
+    """result.scores with the base-set membership column (what select-only needs) and the
+    pool's digest."""
     import pyarrow as pa
 
     table = _table(result.scores)
     in_base = np.zeros(table.num_rows, dtype=bool)
     in_base[result.base_indices] = True
-    return table.append_column(IN_BASE, pa.array(in_base))
+    return _with_pool_digest(table.append_column(IN_BASE, pa.array(in_base)), pool_digest)
+
+
+def _trajectory(args: argparse.Namespace, flag: str, shown: Path, state_dir: Path | None,
+                model: Any, tokenizer: Any, pool: Any, val: Any, **selection: Any) -> Any:
+    """`tov_select` with the trajectory options of ``args``, resuming from ``state_dir``; a
+    state directory of another run is reported in CLI terms (``flag`` ``shown``)."""
+    from tov_datasets.storage import ManifestMismatchError, describe_changes
+    from tov_datasets.trajectory import tov_select
+
+    try:
+        return tov_select(
+            model, tokenizer, pool, val, base_size=min(args.base_size, len(pool)),
+            epochs=args.epochs, lr=args.lr, variant=args.variant,
+            val_optimizer=args.val_optimizer,
+            lora=_lora(model, args.lora_rank), transform=args.transform,
+            batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
+            output_dir=state_dir, progress=progress_factory(args.quiet), **selection,
+        )
+    except ManifestMismatchError as e:
+        if not e.changes:
+            raise CliError(f"{flag} {shown}: {_one_line(e).replace('output_dir', flag)}") from e
+        raise CliError(
+            f"{flag} {shown} holds a run made with other options "
+            f"({describe_changes(e.changes, OPTION_NAMES)}); rerun with the same options to "
+            f"resume, or pass another {flag}"
+        ) from e
+
+
+def _preview_text(row: Mapping[str, Any], data_format: str) -> str:
+    """What a person reads of one pool row in the report."""
+    if data_format == "text":
+        return str(row["text"])
+    if data_format == "prompt_completion":
+        return f"{row['prompt']} -> {row['completion']}"
+    if data_format == "messages":
+        return " | ".join(f"{m.get('role')}: {m.get('content')}" for m in row["messages"])
+    if data_format == "ner":
+        return " ".join(map(str, row["tokens"]))
+    return f"{len(row['input_ids'])} token ids"
+
+
+def _inputs_record(args: argparse.Namespace, names: Sequence[str], **digests: str
+                   ) -> dict[str, str]:
+    """{option: resolved path (or hub name)} of the inputs, plus content digests."""
+    record = {}
+    for name in names:
+        spec = getattr(args, name)
+        if spec is not None:
+            path = _local_path(spec)
+            record[name] = str(path) if path is not None else spec
+    return {**record, **digests}
 
 
 def cmd_select(args: argparse.Namespace) -> None:
@@ -286,13 +526,16 @@ def cmd_select(args: argparse.Namespace) -> None:
     from tov_datasets.storage import locked, remove_temp_files
 
     out = Path(args.out).expanduser()
+    _check_outputs_apart(args, ["--out"], ["--pool", "--val", "--model"])
     _check_out_dir(out)
+    _check_device(args.device)
     stages = Stages()
     with stages("load data"):
         pool, val = load_data(args.pool, "pool"), load_data(args.val, "val")
         group = [args.group_column] if args.group_column else []
-        _check_columns(pool, "pool", group)
-        _check_columns(val, "val")
+        pool_format = _check_columns(pool, "pool", group)
+        _check_same_format(pool_format, _check_columns(val, "val"))
+        _check_pool_size(args, len(pool))
     with stages("load model"):
         model, tokenizer = load_model(
             args.model, data=(pool, val), trust_remote_code=args.trust_remote_code,
@@ -300,55 +543,80 @@ def cmd_select(args: argparse.Namespace) -> None:
         )
     with locked(out):  # one tov select per directory; so temp files here are a killed run's
         remove_temp_files(out, recursive=False)
-        _select(args, out, pool, val, model, tokenizer, stages)
+        _select(args, out, pool, pool_format, val, model, tokenizer, stages)
 
 
-def _select(args: argparse.Namespace, out: Path, pool: Any, val: Any, model: Any,
-            tokenizer: Any, stages: Any) -> None:
+def _has_finished_steps(state_dir: Path) -> bool:
+    """Whether a trajectory directory records finished steps (a rerun resumes from them)."""
+    from tov_datasets.storage import MANIFEST_NAME
+
+    try:
+        return bool(json.loads((state_dir / MANIFEST_NAME).read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _select(args: argparse.Namespace, out: Path, pool: Any, pool_format: str, val: Any,
+            model: Any, tokenizer: Any, stages: Any) -> None:
     """The trajectory (resumed from ``out``), then the outputs, ``run.json`` last."""
     from tov_datasets.report import (
         TRAJECTORY_STAGES,
         device_name,
+        example_rows,
+        markdown_table,
         report_data,
         write_report,
         write_run_json,
     )
-    from tov_datasets.storage import directory_bytes, sha256_file, write_parquet
-    from tov_datasets.trajectory import ROW, tov_select
+    from tov_datasets.select import FROM_SCORE_COLUMN
+    from tov_datasets.storage import dataset_digest, directory_bytes, sha256_file, write_parquet
+    from tov_datasets.trajectory import ROW
 
-    resumed = (out / TRAJECTORY_DIR / "manifest.json").is_file()
-    result = tov_select(
-        model, tokenizer, pool, val, n=args.n, base_size=min(args.base_size, len(pool)),
-        epochs=args.epochs, lr=args.lr, variant=args.variant, lora=_lora(model, args.lora_rank),
-        val_optimizer=args.val_optimizer,
-        transform=args.transform, num_bins=args.bins, random_fraction=args.random_fraction,
-        batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
-        output_dir=out / TRAJECTORY_DIR, progress=progress_factory(args.quiet),
-    )
+    resumed = _has_finished_steps(out / TRAJECTORY_DIR)
+    result = _trajectory(args, "--out", out, out / TRAJECTORY_DIR, model, tokenizer, pool, val,
+                         n=args.n, num_bins=args.bins, random_fraction=args.random_fraction)
     stages.add(result.timings, TRAJECTORY_STAGES)
     (out / RUN_FILE).unlink(missing_ok=True)  # from here on the directory is unfinished
+    inputs = _inputs_record(args, ("model", "pool", "val"), pool_sha256=dataset_digest(pool),
+                            val_sha256=dataset_digest(val))
     with stages("write outputs"):
-        scores = _scores_table(result)
-        write_parquet(out / SELECTED_FILE, _table(result.selected))
+        scores = _scores_table(result, inputs["pool_sha256"])
+        selected_table = _table(result.selected)
+        write_parquet(out / SELECTED_FILE, selected_table)
         write_parquet(out / SCORES_FILE, scores)
-    selected = _table(result.selected).column(ROW).to_numpy()
+    selected = selected_table.column(ROW).to_numpy()
+    from_score = selected_table.column(FROM_SCORE_COLUMN).to_numpy(zero_copy_only=False)
     counts = {
         "pool rows": len(pool), "validation rows": len(val), "base set rows": len(
-            result.base_indices), "epochs": len(result.history), "selected (n)": len(selected),
+            result.base_indices), "epochs": len(result.history),
+        "LoRA rank": _lora_rank(model, args.lora_rank), "selected (n)": len(selected),
+        "selected by score": int(from_score.sum()),
+        "selected at random": int((~from_score).sum()),
         "random fraction": args.random_fraction, "length bins": args.bins,
         "resumed": "yes" if resumed else "no",
     }
     with stages("report"):
         groups = np.asarray(pool[args.group_column]) if args.group_column else None
+        examples = example_rows(
+            scores.column("tov_score").to_numpy(), scores.column("tov_num_tokens").to_numpy(),
+            lambda row: _preview_text(pool[row], pool_format), selected, from_score,
+        )
+        sections = {
+            "Inputs": markdown_table(["input", "path or name", "rows"], [
+                ["--model", inputs["model"], "-"], ["--pool", inputs["pool"], len(pool)],
+                ["--val", inputs["val"], len(val)]]),
+            "Top and bottom of the ranking": markdown_table(
+                ["rank", "tov_row", "tov_score", "tokens", "selected", "text"], examples),
+        }
         write_report(out, report_data(
             f"ToV selection: {len(selected)} of {len(pool)} rows", scores, {"ToV": selected},
             num_bins=args.bins, groups=groups, group_column=args.group_column, counts=counts,
-            timings=stages.seconds,
+            timings=stages.seconds, sections=sections,
         ))
     write_run_json(
-        out / RUN_FILE, command="select", arguments=_arguments(args), timings=stages.seconds,
-        trajectory_timings=result.timings, history=result.history, resumed=resumed,
-        counts=counts, device=device_name(model),
+        out / RUN_FILE, command="select", arguments=_arguments(args), inputs=inputs,
+        timings=stages.seconds, trajectory_timings=result.timings, history=result.history,
+        resumed=resumed, counts=counts, device=device_name(model),
         disk_bytes={"trajectory": result.disk_bytes, "total": directory_bytes(out)},
         sha256={name: sha256_file(out / name) for name in (SELECTED_FILE, SCORES_FILE)},
     )
@@ -362,14 +630,19 @@ def _adapter_scorer(args: argparse.Namespace, model: Any, tokenizer: Any) -> Any
     from safetensors import SafetensorError
 
     from tov_datasets.scorer import ToVScorer
-    from tov_datasets.storage import ADAPTER_WEIGHTS
+    from tov_datasets.storage import ADAPTER_WEIGHTS, sha256_file
 
-    for adapter in (args.base_adapter, args.val_adapter):
-        if not (Path(adapter) / ADAPTER_WEIGHTS).is_file():
+    weights = [Path(adapter) / ADAPTER_WEIGHTS for adapter in (args.base_adapter,
+                                                                args.val_adapter)]
+    for adapter, path in zip((args.base_adapter, args.val_adapter), weights, strict=True):
+        if not path.is_file():
             raise CliError(
                 f"adapter {adapter} has no {ADAPTER_WEIGHTS}; tov loads adapters only as "
                 "safetensors (peft: save_pretrained(..., safe_serialization=True))"
             )
+    if sha256_file(weights[0]) == sha256_file(weights[1]):
+        log.warning("--base-adapter and --val-adapter hold the same weights: every score "
+                    "will be 0 (pass the adapter trained on the validation set as --val-adapter)")
     try:
         return ToVScorer(
             model, tokenizer, base_adapter=args.base_adapter, val_adapter=args.val_adapter,
@@ -387,23 +660,32 @@ def cmd_score(args: argparse.Namespace) -> None:
     """Scores only: with two saved adapters (ToVScorer), or along the ToV trajectory (--val)."""
     import pyarrow as pa
 
-    from tov_datasets.storage import write_parquet
+    from tov_datasets.storage import dataset_digest, write_parquet
 
     out = _parquet_out(args.out)
+    _check_outputs_apart(args, ["--out", "--state-dir"],
+                         ["--pool", "--val", "--model", "--base-adapter", "--val-adapter"])
     adapters = (args.base_adapter, args.val_adapter)
     if (args.val is None) == (None in adapters):
         raise CliError("pass either --base-adapter and --val-adapter, or --val (not both)")
+    if args.state_dir is not None and args.val is None:
+        raise CliError("--state-dir goes with --val (the trajectory's resumable state)")
+    _check_device(args.device)
     pool = load_data(args.pool, "pool")
-    _check_columns(pool, "pool")
+    pool_format = _check_columns(pool, "pool")
     val = load_data(args.val, "val") if args.val else None
-    model, tokenizer = load_model(
-        args.model, data=(pool,), trust_remote_code=args.trust_remote_code, dtype=args.dtype,
-        device=args.device,
-    )
     if val is None:
         for adapter in adapters:
             if not Path(adapter).is_dir():
                 raise CliError(f"adapter {adapter}: no such directory")
+    else:
+        _check_same_format(pool_format, _check_columns(val, "val"))
+    model, tokenizer = load_model(
+        args.model, data=(pool,), trust_remote_code=args.trust_remote_code, dtype=args.dtype,
+        device=args.device,
+    )
+    digest = dataset_digest(pool)
+    if val is None:
         from tov_datasets.scorer import NUM_TOKENS, SCORE
         from tov_datasets.trajectory import ROW
 
@@ -411,33 +693,63 @@ def cmd_score(args: argparse.Namespace) -> None:
         scored = pool.map(scorer, batched=True, desc="score", keep_in_memory=True)
         table = _table(scored.select_columns([SCORE, NUM_TOKENS]))
         table = table.add_column(0, ROW, pa.array(np.arange(len(pool), dtype=np.int64)))
+        table = _with_pool_digest(table, digest)
     else:
-        from tov_datasets.trajectory import tov_select
-
-        _check_columns(val, "val")
-        result = tov_select(  # the selection (n=1, no random part) is discarded
-            model, tokenizer, pool, val, n=1, base_size=min(args.base_size, len(pool)),
-            epochs=args.epochs, lr=args.lr, variant=args.variant,
-            val_optimizer=args.val_optimizer,
-            lora=_lora(model, args.lora_rank), transform=args.transform, random_fraction=0.0,
-            batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
-            output_dir=args.state_dir, progress=progress_factory(args.quiet),
+        state = Path(args.state_dir).expanduser() if args.state_dir else None
+        result = _trajectory(  # the selection (n=1, no random part) is discarded
+            args, "--state-dir", state, state, model, tokenizer, pool, val, n=1,
+            random_fraction=0.0,
         )
-        table = _scores_table(result)
+        table = _scores_table(result, digest)
     write_parquet(out, table)
     log.info("scored %d rows -> %s", len(pool), out)
 
 
 # ------------------------------------------------------------------------ tov select-only
+def _recorded_pool_digest(path: Path, scores: Any) -> str | None:
+    """The digest of the pool a scores file scored: its metadata, else the run.json beside
+    it (a `tov select` output directory); None if neither records one."""
+    recorded = (scores.schema.metadata or {}).get(POOL_DIGEST_KEY)
+    if recorded is not None:
+        return recorded.decode()
+    run = path.parent / RUN_FILE
+    try:
+        return json.loads(run.read_text())["inputs"]["pool_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_scored_pool(args: argparse.Namespace, path: Path, scores: Any, pool: Any) -> None:
+    """``--pool`` is the pool the scores file scored: same content digest (when recorded),
+    else at least the same number of rows."""
+    from tov_datasets.storage import dataset_digest
+
+    if len(pool) != scores.num_rows:
+        raise CliError(
+            f"--pool {args.pool} has {len(pool)} rows but {args.scores} scores "
+            f"{scores.num_rows}; pass the pool that was scored"
+        )
+    recorded = _recorded_pool_digest(path, scores)
+    if recorded is None:
+        log.warning("%s records no pool digest; only the row count of --pool was checked",
+                    args.scores)
+    elif recorded != dataset_digest(pool):
+        raise CliError(
+            f"--pool {args.pool} is not the pool {args.scores} scored (same row count, other "
+            "content); pass the pool that was scored"
+        )
+
+
 def cmd_select_only(args: argparse.Namespace) -> None:
     """Re-select from a scores file: the score rows, or with --pool the pool rows."""
     import datasets
 
-    from tov_datasets.select import select_by_score
+    from tov_datasets.select import random_count, select_by_score
     from tov_datasets.storage import read_parquet, write_parquet
     from tov_datasets.trajectory import ROW
 
     out = _parquet_out(args.out)
+    _check_outputs_apart(args, ["--out"], ["--scores", "--pool"])
     path = Path(args.scores).expanduser()
     if not path.is_file():
         raise CliError(f"scores {args.scores}: no such file")
@@ -445,20 +757,30 @@ def cmd_select_only(args: argparse.Namespace) -> None:
         scores = read_parquet(path)
     except Exception as e:
         raise CliError(f"cannot read scores {args.scores}: {_one_line(e)}") from e
+    _check_pool_size(args, scores.num_rows, f"{args.scores}'s")
+    pool = None
+    if args.pool:
+        pool = load_data(args.pool, "pool")
+        _check_scored_pool(args, path, scores, pool)
     random_pool = None
     if IN_BASE in scores.column_names and not args.random_from_all:
         random_pool = np.flatnonzero(scores.column(IN_BASE).to_numpy())
-    chosen = _table(select_by_score(
-        datasets.Dataset(scores), args.n, num_bins=args.bins,
-        random_fraction=args.random_fraction, random_pool=random_pool, seed=args.seed,
-    ))
-    if args.pool:
-        pool = load_data(args.pool, "pool")
-        if len(pool) != scores.num_rows:
-            raise CliError(
-                f"pool has {len(pool)} rows but {args.scores} scores {scores.num_rows}; pass "
-                "the pool that was scored"
-            )
+    try:
+        chosen = _table(select_by_score(
+            datasets.Dataset(scores), args.n, num_bins=args.bins,
+            random_fraction=args.random_fraction, random_pool=random_pool, seed=args.seed,
+            mark_from_score=True,
+        ))
+    except ValueError as e:
+        if random_pool is None or "random_pool" not in str(e):
+            raise
+        raise CliError(
+            f"the random part ({random_count(args.n, args.random_fraction)} rows) is drawn "
+            f"from the {random_pool.size} base-set rows ({IN_BASE}) not chosen by score, and "
+            "too few of them have tokens; pass --random-from-all, or a smaller --n or "
+            "--random-fraction"
+        ) from e
+    if pool is not None:
         rows = _table(pool.select(chosen.column(ROW).to_numpy()))
         for name in chosen.column_names:
             if name not in rows.column_names:
@@ -497,11 +819,15 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 def _add_trajectory_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-size", type=int, default=4096,
                    help="rows of the random base set U; at most the pool's rows")
-    p.add_argument("--epochs", type=int, help="trajectory epochs L (default: 16384/base-size)")
+    p.add_argument("--epochs", type=int, help=(
+        "trajectory epochs L (default: round(16384 / base set rows), clamped to [1, 8]: the "
+        "paper's trajectories are a few epochs; more on a small pool average the scores over "
+        "near-identical adapters at the cost of one training + scoring pass each)"))
     p.add_argument("--variant", choices=("interleaved", "parallel"), default="interleaved",
                    help="each epoch the base continues from the val adapter, or from itself")
-    p.add_argument("--lora-rank", type=int,
-                   help="LoRA rank (default: 256 causal LM, 1 token classification)")
+    p.add_argument("--lora-rank", type=int, help=(
+        "LoRA rank (default: scales with the model: the largest power of two <= hidden size "
+        "/ 16, clamped to [8, 256]; e.g. 4096 -> 256, 576 -> 32, 384 -> 16)"))
     p.add_argument("--lr", type=float, default=2e-4, help="base learning rate (val: lr/10)")
     p.add_argument("--val-optimizer", choices=("fresh", "continue", "sgd"), default="fresh",
                    help="the val update: fresh = a new AdamW each epoch (steps ~ lr*sign(g)); "
@@ -512,13 +838,15 @@ def _add_trajectory_options(p: argparse.ArgumentParser) -> None:
 
 def _add_selection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, required=True, help="rows to select")
-    p.add_argument("--bins", type=int, default=10, help="equal-count length bins")
+    p.add_argument("--bins", type=int, help=(
+        f"equal-count length bins (default: {DEFAULT_BINS}, or the pool's rows if fewer)"))
     p.add_argument("--random-fraction", type=float, default=0.5,
                    help="share of n drawn uniformly at random")
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """Appends an option's default to its help where it has one."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Appends an option's default to its help where it has one; the description and
+    epilog are shown as written."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -527,20 +855,45 @@ class _HelpFormatter(argparse.HelpFormatter):
         return text
 
 
+SELECT_FILES = f"""files written in --out:
+  {SELECTED_FILE}  the n selected pool rows, with tov_row (row in the pool), tov_score,
+                    tov_num_tokens, tov_score_epoch_K and tov_from_score (True: chosen
+                    by score, False: by the random part)
+  {SCORES_FILE}    every pool row: tov_row, tov_score (mean over epochs; higher is
+                    better), tov_num_tokens, tov_score_epoch_K, {IN_BASE}
+  report.md         inputs, summary, scores per length bin, agreement between epochs,
+                    top and bottom of the ranking, time per stage; with the plots
+                    score_by_length_bin.png, epoch_agreement.png (and composition.png
+                    with --group-column)
+  {RUN_FILE}          options, inputs (resolved paths, content digests), versions,
+                    timings, disk use; written last: without it the run is unfinished
+  {TRAJECTORY_DIR}/       the resumable state (adapters and score shards of each epoch)"""
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("tov")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tov`` command."""
     parser = argparse.ArgumentParser(
         prog="tov", description="Train-on-Validation data selection with forward passes.",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add = lambda name, text: commands.add_parser(
-        name, help=text, description=text,
+    add = lambda name, text, epilog=None: commands.add_parser(
+        name, help=text, description=text, epilog=epilog,
         formatter_class=_HelpFormatter,
     )
     data_help = "JSONL, Parquet, Arrow file, save_to_disk directory or hub NAME[:SPLIT]"
 
-    p = add("select", "score a pool with ToV and select n rows")
+    p = add("select", "score a pool with ToV and select n rows", SELECT_FILES)
     _add_model_options(p)
     p.add_argument("--pool", required=True, help=f"candidate samples: {data_help}")
     p.add_argument("--val", required=True, help=f"validation samples: {data_help}")
@@ -550,7 +903,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection_options(p)
     p.set_defaults(func=cmd_select)
 
-    p = add("score", "ToV scores only (no selection)")
+    p = add("score", "ToV scores only (no selection)",
+            f"writes --out: {SCORES_FILE}'s columns (tov_row, tov_score, tov_num_tokens; with "
+            f"--val also\nthe per-epoch scores and {IN_BASE}; the pool's content digest in "
+            "its metadata);\n--state-dir: the trajectory (as in tov select).")
     _add_model_options(p)
     p.add_argument("--pool", required=True, help=f"samples to score: {data_help}")
     p.add_argument("--out", required=True, help="output .parquet file")
@@ -605,7 +961,8 @@ def _configure_logging(quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``tov`` command; returns the exit code (2: bad input)."""
+    """Run the ``tov`` command; returns the exit code (2: bad input or any other failure,
+    130: interrupted)."""
     from tov_datasets.storage import ManifestMismatchError, OutputInUseError
 
     args = build_parser().parse_args(argv)
@@ -613,10 +970,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _check_numbers(args)
         args.func(args)
+    except KeyboardInterrupt:
+        resumable = args.command in ("select", "demo") or getattr(args, "state_dir", None)
+        hint = "; rerun the same command to resume" if resumable else ""
+        start = "" if args.quiet else "\n"  # after a progress bar's unfinished line
+        print(f"{start}tov {args.command}: interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (CliError, ManifestMismatchError, OutputInUseError, FileNotFoundError,
             ValueError) as e:
         print(f"tov {args.command}: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except Exception as e:  # anything else, still one line (TOV_DEBUG=1: the traceback)
+        if os.environ.get("TOV_DEBUG"):
+            raise
+        print(f"tov {args.command}: error: {type(e).__name__}: {_one_line(e)[:500]} (set "
+              "TOV_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 0
 
 

@@ -75,7 +75,8 @@ def prepare_data(config: DemoConfig) -> DemoData:
     wiki = assets.wiki_summaries()
     topics = np.asarray(wiki[GROUP])
     if config.topic not in set(topics):
-        raise ValueError(f"unknown topic {config.topic!r}; choose one of {sorted(set(topics))}")
+        names = ", ".join(sorted(set(topics.tolist())))  # plain str, not np.str_('Arts')
+        raise ValueError(f"unknown topic {config.topic!r}; choose one of {names}")
     rng = np.random.default_rng(config.seed)
     target = rng.permutation(np.flatnonzero(topics == config.topic))
     held_out = config.val_size + config.test_size

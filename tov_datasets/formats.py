@@ -66,13 +66,17 @@ def detect_format(columns: Sequence[str], column_map: Mapping[str, str] | None =
     for name, needed in FORMATS.items():
         if present.issuperset(needed):
             return name
-    accepted = "; ".join("+".join(cols) for cols in reversed(FORMATS.values()))
     mapped = f" (after column_map={dict(column_map)})" if column_map else ""
     raise ValueError(
         f"cannot tell the input format from columns {sorted(present)}{mapped}; accepted "
-        f"formats need columns: {accepted}. Rename yours with column_map="
+        f"formats need columns: {accepted_columns()}. Rename yours with column_map="
         "{'your_column': 'text'}"
     )
+
+
+def accepted_columns() -> str:
+    """The column sets of the accepted formats, for messages: "text; tokens+ner_tags; ..."."""
+    return "; ".join("+".join(cols) for cols in reversed(FORMATS.values()))
 
 
 def _to_py(value: Any) -> Any:

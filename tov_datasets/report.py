@@ -1,8 +1,10 @@
 """report.md and PNG plots of a ToV selection, for people (used by ``tov select`` and ``tov demo``).
 
-The report holds tables of counts, score statistics per length bin, the composition of each
-selection against the pool (by a group column), the agreement of the per-epoch scores
-(Spearman) and the time per stage, plus three plots. Plots use matplotlib's Agg canvas
+The report holds tables of counts, which direction of the score is better, score statistics
+per length bin, the composition of each selection against the pool (by a group column), the
+agreement of each epoch's scores with their mean and with the epoch before (Spearman; one
+row per epoch, so it grows linearly with the epochs) and the time per stage, plus up to three
+plots. Plots use matplotlib's Agg canvas
 directly (no pyplot state); every file is written atomically through ``storage.atomic_write``.
 """
 
@@ -31,13 +33,15 @@ __all__ = [
     "ReportData",
     "Stages",
     "TRAJECTORY_STAGES",
+    "SCORE_DIRECTION",
     "bin_rows",
     "composition_rows",
     "device_name",
+    "epoch_agreement_rows",
+    "example_rows",
     "length_bins",
     "markdown_table",
     "report_data",
-    "spearman_matrix",
     "write_report",
     "write_run_json",
 ]
@@ -55,6 +59,15 @@ OTHER_GROUPS = "(other)"
 _DPI = 110
 _VERSIONED = ("tov", "torch", "transformers", "peft", "datasets", "pyarrow", "numpy", "numba")
 SCORE, NUM_TOKENS = "tov_score", "tov_num_tokens"
+SCORE_DIRECTION = (
+    "Higher `tov_score` is better: it is loss(base, x) - loss(val, x), how much one pass of "
+    "training on the validation set raised the model's likelihood of the row, so high scores "
+    "resemble the validation set. The score part of the selection takes the highest scores "
+    "of each length bin; the random part is drawn uniformly (`tov_from_score` tells them "
+    "apart in selected.parquet)."
+)
+EXAMPLES = 5  # rows shown from the top and from the bottom of the ranking
+_PREVIEW_CHARS = 160
 # tov_select's timings {key: seconds}, as reports name them.
 TRAJECTORY_STAGES = {
     "setup": "ToV setup", "train_base": "ToV base training", "train_val": "ToV val training",
@@ -188,17 +201,58 @@ def composition_rows(data: ReportData) -> list[list[Any]]:
     return rows
 
 
-def spearman_matrix(columns: Mapping[str, np.ndarray], lengths: np.ndarray) -> np.ndarray:
-    """Spearman rank correlations between score columns over the rows with tokens."""
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank), as Spearman's correlation needs."""
     import pandas as pd
 
-    eligible = np.asarray(lengths) > 0
-    frame = pd.DataFrame({name: np.asarray(v)[eligible] for name, v in columns.items()})
-    return frame.corr(method="spearman").to_numpy()
+    return pd.Series(values).rank(method="average").to_numpy()
 
 
-def _agreement_columns(data: ReportData) -> dict[str, np.ndarray]:
-    return {**data.epoch_scores, "mean": data.scores}
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def epoch_agreement_rows(data: ReportData) -> list[list[Any]]:
+    """Per epoch k (over the rows with tokens): Spearman of its scores with the mean score,
+    and with epoch k-1's (nan for the first). One row per epoch: O(L) correlations."""
+    eligible = np.asarray(data.lengths) > 0
+    mean = _ranks(np.asarray(data.scores)[eligible])
+    rows, previous = [], None
+    for name, values in data.epoch_scores.items():
+        ranks = _ranks(np.asarray(values)[eligible])
+        rows.append([name, _correlation(ranks, mean),
+                     float("nan") if previous is None else _correlation(ranks, previous)])
+        previous = ranks
+    return rows
+
+
+def _preview(text: str) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= _PREVIEW_CHARS else line[: _PREVIEW_CHARS - 3] + "..."
+
+
+def example_rows(
+    scores: np.ndarray,
+    lengths: np.ndarray,
+    text_of: Any,
+    selected: np.ndarray,
+    from_score: np.ndarray,
+    count: int = EXAMPLES,
+) -> list[list[Any]]:
+    """The ``count`` highest- and lowest-scored rows with tokens: rank, row, score, tokens,
+    how it was selected ("score", "random" or "-") and a one-line preview ``text_of(row)``.
+    selected: (n,) selected row indices; from_score: (n,) bool, True if picked by score."""
+    eligible = np.flatnonzero(np.asarray(lengths) > 0)
+    order = eligible[np.argsort(-np.asarray(scores, np.float64)[eligible], kind="stable")]
+    picked = dict(zip(np.asarray(selected).tolist(),
+                      np.where(np.asarray(from_score), "score", "random").tolist(), strict=True))
+    ranks = list(range(min(count, order.size)))
+    ranks += [r for r in range(max(order.size - count, 0), order.size) if r >= count]
+    return [[rank + 1, int(order[rank]), float(scores[order[rank]]),
+             int(lengths[order[rank]]), picked.get(int(order[rank]), "-"),
+             _preview(text_of(int(order[rank])))] for rank in ranks]
 
 
 def _figure(width: float, height: float) -> Any:
@@ -268,28 +322,26 @@ def _percent() -> Any:
 
 
 def plot_agreement(data: ReportData, path: Path) -> Path:
-    """Heat map of the Spearman correlations between per-epoch scores and their mean."""
-    columns = _agreement_columns(data)
-    matrix = spearman_matrix(columns, data.lengths)
-    names = list(columns)
-    size = 2.5 + 0.7 * len(names)
-    fig = _figure(size + 1.0, size)
+    """Spearman of each epoch's scores with the mean and with the epoch before, by epoch (a
+    fixed-size figure, whatever the number of epochs)."""
+    rows = epoch_agreement_rows(data)
+    epochs = np.arange(1, len(rows) + 1)
+    fig = _figure(6.0, 3.6)
     ax = fig.add_subplot()
-    image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
-    for (i, j), value in np.ndenumerate(matrix):
-        text = "nan" if np.isnan(value) else f"{value:.2f}"
-        color = "white" if abs(value) > 0.6 else "black"
-        ax.text(j, i, text, ha="center", va="center", fontsize="small", color=color)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_title("Per-epoch score agreement (Spearman)")
-    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.plot(epochs, [r[1] for r in rows], marker="o", label="vs mean score")
+    ax.plot(epochs, [r[2] for r in rows], marker="s", label="vs previous epoch")
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("Spearman")
+    ax.set_title("Per-epoch score agreement")
+    ax.legend(loc="lower right", fontsize="small")
     return _save(fig, path)
 
 
 def _markdown(data: ReportData, plots: Mapping[str, Path]) -> str:
     parts = [f"# {data.title}", "## Summary",
-             markdown_table(["", "value"], [[k, v] for k, v in data.counts.items()])]
+             markdown_table(["", "value"], [[k, v] for k, v in data.counts.items()]),
+             SCORE_DIRECTION]
     for heading, body in data.sections.items():
         parts += [f"## {heading}", body]
     names = list(data.selections)
@@ -306,11 +358,10 @@ def _markdown(data: ReportData, plots: Mapping[str, Path]) -> str:
         markdown_table(["bin", "tokens", "rows", "mean", "std", "min", "median", "max", *names],
                        bin_rows(data)),
     ]
-    columns = _agreement_columns(data)
-    matrix = spearman_matrix(columns, data.lengths)
-    parts += ["## Agreement between epochs (Spearman)",
-              markdown_table(["", *columns], [[n, *row] for n, row in
-                                               zip(columns, matrix, strict=True)])]
+    if data.epoch_scores:
+        parts += ["## Agreement between epochs (Spearman)",
+                  markdown_table(["epoch", "vs mean score", "vs previous epoch"],
+                                 epoch_agreement_rows(data))]
     if data.timings:
         total = sum(data.timings.values())
         rows = [[stage, f"{seconds:.1f}", f"{seconds / total:.0%}" if total else "-"]
@@ -338,13 +389,19 @@ def report_data(
 def write_report(out_dir: str | Path, data: ReportData) -> dict[str, Path]:
     """Write report.md and the plots into ``out_dir``; returns {name: path} of each file.
 
-    The composition plot is drawn only when ``data.groups`` is given.
+    The composition plot is drawn only when ``data.groups`` is given, the agreement plot
+    only with per-epoch scores; a plot not drawn is removed (an earlier report's would be
+    stale).
     """
     out_dir = Path(out_dir)
     plots = {"bins": plot_bins(data, out_dir / PLOTS["bins"])}
     if data.groups is not None:
         plots["composition"] = plot_composition(data, out_dir / PLOTS["composition"])
-    plots["agreement"] = plot_agreement(data, out_dir / PLOTS["agreement"])
+    if data.epoch_scores:
+        plots["agreement"] = plot_agreement(data, out_dir / PLOTS["agreement"])
+    for key, name in PLOTS.items():
+        if key not in plots:
+            (out_dir / name).unlink(missing_ok=True)
     text = _markdown(data, plots)
     report = atomic_write(out_dir / REPORT_NAME, lambda tmp: tmp.write_text(text))
     return {"report": report, **plots}

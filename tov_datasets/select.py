@@ -34,10 +34,12 @@ import numpy as np
 
 if TYPE_CHECKING:
     import datasets
+    import pyarrow as pa
 
-__all__ = ["select_indices", "select_by_score"]
+__all__ = ["random_count", "select_indices", "select_by_score"]
 
 SELECTED_COLUMN = "tov_selected"
+FROM_SCORE_COLUMN = "tov_from_score"  # True: chosen by score; False: by the random part
 
 # Length values up to this bound are binned with a direct histogram over the values; larger
 # ones are first replaced by their dense rank (one numpy sort of the eligible lengths).
@@ -147,6 +149,11 @@ def _pool_mask(random_pool: object, num_rows: int) -> np.ndarray:
     return counts.astype(bool)
 
 
+def random_count(n: int, random_fraction: float) -> int:
+    """Rows of the random part of a selection of ``n``: floor(random_fraction * n + 0.5)."""
+    return int(np.floor(float(random_fraction) * n + 0.5))
+
+
 def select_indices(
     scores: np.ndarray,
     lengths: np.ndarray,
@@ -211,7 +218,7 @@ def select_indices(
         )
     pool = None if random_pool is None else _pool_mask(random_pool, num_rows)
 
-    n_random = int(np.floor(float(random_fraction) * n + 0.5))
+    n_random = random_count(n, random_fraction)
     n_scored = n - n_random
     mask = np.zeros(num_rows, dtype=bool)
     if n_scored:
@@ -244,6 +251,16 @@ def select_indices(
     return np.flatnonzero(mask).astype(np.int64, copy=False)
 
 
+def _put_column(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
+    """``table`` with the bool column ``name`` set to ``values`` (replaced or appended)."""
+    import pyarrow as pa
+
+    column = pa.array(values, type=pa.bool_())
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, column)
+    return table.append_column(name, column)
+
+
 def _column(dataset: datasets.Dataset, name: str, row_map: np.ndarray | None) -> np.ndarray:
     column = dataset.data.column(name)
     if column.null_count:
@@ -263,16 +280,18 @@ def select_by_score(
     random_pool: np.ndarray | None = None,
     seed: int = 0,
     keep_all: bool = False,
+    mark_from_score: bool = False,
 ) -> datasets.Dataset:
     """Select `n` rows of `dataset` with :func:`select_indices` on two of its columns.
 
     Returns a new flat in-memory dataset (no indices mapping, all columns, rows in ascending
     order); with ``keep_all=True`` all rows plus a bool column ``tov_selected`` (replaced if
-    present). `random_pool` holds row indices of `dataset` as seen by the user. The input
-    dataset is not modified.
+    present); with ``mark_from_score=True`` (and not ``keep_all``) a bool column
+    ``tov_from_score``: True for the rows chosen by score, False for the random part
+    (replaced if present). `random_pool` holds row indices of `dataset` as seen by the user.
+    The input dataset is not modified.
     """
     import datasets
-    import pyarrow as pa
     import xxhash
 
     missing = [c for c in (score_column, length_column) if c not in dataset.column_names]
@@ -283,15 +302,10 @@ def select_by_score(
         )
     indices_table = dataset._indices
     row_map = None if indices_table is None else indices_table.column(0).to_numpy()
-    idx = select_indices(
-        _column(dataset, score_column, row_map),
-        _column(dataset, length_column, row_map),
-        n,
-        num_bins=num_bins,
-        random_fraction=random_fraction,
-        random_pool=random_pool,
-        seed=seed,
-    )
+    scores = _column(dataset, score_column, row_map)
+    lengths = _column(dataset, length_column, row_map)
+    idx = select_indices(scores, lengths, n, num_bins=num_bins, random_fraction=random_fraction,
+                         random_pool=random_pool, seed=seed)
     table = dataset.data.table
     info = dataset.info.copy()
     if keep_all:
@@ -299,16 +313,19 @@ def select_by_score(
             table = table.take(row_map)
         selected = np.zeros(len(dataset), dtype=bool)
         selected[idx] = True
-        column = pa.array(selected, type=pa.bool_())
-        if SELECTED_COLUMN in table.column_names:
-            table = table.set_column(
-                table.column_names.index(SELECTED_COLUMN), SELECTED_COLUMN, column
-            )
-        else:
-            table = table.append_column(SELECTED_COLUMN, column)
+        table = _put_column(table, SELECTED_COLUMN, selected)
         info.features[SELECTED_COLUMN] = datasets.Value("bool")
     else:
         table = table.take(idx if row_map is None else row_map[idx])
-    digest = xxhash.xxh64(f"{dataset._fingerprint}:{keep_all}".encode())  # xxhash: a datasets dep
+        if mark_from_score:
+            n_scored = n - random_count(n, random_fraction)
+            by_score = (  # the scored part alone: the same bins, quotas and thresholds
+                select_indices(scores, lengths, n_scored, num_bins=num_bins, random_fraction=0)
+                if n_scored else np.empty(0, np.int64)
+            )
+            table = _put_column(table, FROM_SCORE_COLUMN, np.isin(idx, by_score))
+            info.features[FROM_SCORE_COLUMN] = datasets.Value("bool")
+    # xxhash: a datasets dependency
+    digest = xxhash.xxh64(f"{dataset._fingerprint}:{keep_all}:{mark_from_score}".encode())
     digest.update(idx.tobytes())  # deterministic, and no hashing of the whole table
     return datasets.Dataset(table, info=info, split=dataset.split, fingerprint=digest.hexdigest())

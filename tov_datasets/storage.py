@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ __all__ = [
     "atomic_write_dir",
     "canonical_hash",
     "dataset_digest",
+    "describe_changes",
     "directory_bytes",
     "is_temp_name",
     "load_adapter",
@@ -50,6 +52,8 @@ __all__ = [
     "write_parquet",
 ]
 
+log = logging.getLogger("tov")
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "tov-manifest/1"
 LOCK_NAME = ".lock"
@@ -59,7 +63,14 @@ _TMP_MARK = ".tmp-"
 
 class ManifestMismatchError(ValueError):
     """An output directory holds a run made with different arguments (or no readable
-    manifest)."""
+    manifest). ``directory``: the run's directory; ``changes``: {argument: (stored value,
+    new value)} (empty for an unreadable manifest)."""
+
+    def __init__(self, message: str, directory: Path,
+                 changes: Mapping[str, tuple[Any, Any]] | None = None):
+        super().__init__(message)
+        self.directory = directory
+        self.changes = dict(changes or {})
 
 
 class OutputInUseError(RuntimeError):
@@ -101,14 +112,29 @@ def remove_temp_files(directory: str | os.PathLike[str], recursive: bool = True)
             stale.unlink(missing_ok=True)
 
 
+def _umask() -> int:
+    """The process's umask: from /proc on Linux, else by setting it and putting it back
+    (a short window in which other threads would create files with 0o022)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Create the file ``path`` with ``write(tmp_path)``, atomically (temp name, fsync, rename)."""
+    """Create the file ``path`` with ``write(tmp_path)``, atomically (temp name, fsync, rename),
+    with the permissions of a plainly created file (0o666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_tmp_name(path), dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0o600
         _fsync_file(Path(tmp))
         os.replace(tmp, path)
     finally:
@@ -123,13 +149,15 @@ def atomic_write_dir(path: str | os.PathLike[str], build: Callable[[Path], Path 
 
     ``build`` fills ``tmp_dir`` or returns a directory inside it to use instead. An existing
     ``path`` is removed first (directories cannot be replaced in one rename); the manifest,
-    not the directory's presence, says whether a step finished.
+    not the directory's presence, says whether a step finished. The directory gets the
+    permissions of a plainly created one (0o777 less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_name(path), dir=path.parent))
     try:
         built = build(tmp) or tmp
+        os.chmod(built, 0o777 & ~_umask())  # mkdtemp creates 0o700
         for f in built.rglob("*"):
             if f.is_file():
                 _fsync_file(f)
@@ -279,21 +307,49 @@ def locked(directory: str | os.PathLike[str]) -> Iterator[None]:
         yield
 
 
-def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [
-        f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
-        for k in keys
-        if canonical_hash(old.get(k)) != canonical_hash(new.get(k))
-    ]
+_ABSENT = "<absent>"
+_SHOWN_CHARS = 40  # longer values (configs, digests) are summarised in change lists
+
+
+def _changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (old value, new value)} of the keys whose values differ."""
+    return {
+        k: (old.get(k, _ABSENT), new.get(k, _ABSENT))
+        for k in sorted(set(old) | set(new))
+        if canonical_hash(old.get(k, _ABSENT)) != canonical_hash(new.get(k, _ABSENT))
+    }
+
+
+def describe_changes(changes: Mapping[str, tuple[Any, Any]],
+                     names: Mapping[str, str] | None = None) -> str:
+    """One short line: "name: old -> new" per change (short values), "name: changed (keys
+    a, b)" for dicts, "name: changed" for other long values; ``names`` renames keys (several
+    keys may share a name: listed once; an empty name leaves the key out)."""
+    parts: dict[str, str] = {}
+    for key, (old, new) in changes.items():
+        name = (names or {}).get(key, key)
+        if not name:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            inner = sorted(_changes(old, new))
+            shown = ", ".join(inner[:4]) + (", ..." if len(inner) > 4 else "")
+            text = f"{name}: changed ({shown})"
+        elif max(len(repr(old)), len(repr(new))) <= _SHOWN_CHARS:
+            text = f"{name}: {old!r} -> {new!r}"
+        else:
+            text = f"{name}: changed"
+        parts.setdefault(name, text)
+    return "; ".join(parts.values())
 
 
 class Manifest:
     """The record of a run in ``directory``: its arguments and its finished steps.
 
     Opening a directory that holds a manifest with other arguments, or an unreadable one,
-    raises :class:`ManifestMismatchError`. Use as a context manager: it holds an exclusive
-    lock on the directory (`locked`) and removes temporary files left by killed runs.
+    raises :class:`ManifestMismatchError`, unless that run finished no step: then it held
+    nothing worth keeping and is replaced (a warning on the "tov" logger says so). Use as a
+    context manager: it holds an exclusive lock on the directory (`locked`) and removes
+    temporary files left by killed runs.
     """
 
     def __init__(self, directory: str | os.PathLike[str], args: Mapping[str, Any]):
@@ -329,17 +385,24 @@ class Manifest:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ManifestMismatchError(
                 f"{path} is not valid JSON ({e}); it was damaged or is not a tov manifest: "
-                "pass another output_dir, or delete this one to start over"
+                "pass another output_dir, or delete this one to start over", self.directory,
             ) from None
         if not isinstance(stored, dict) or stored.get("format") != MANIFEST_FORMAT:
             raise ManifestMismatchError(
-                f"{path} is not a {MANIFEST_FORMAT} manifest; pass another output_dir"
+                f"{path} is not a {MANIFEST_FORMAT} manifest; pass another output_dir",
+                self.directory,
             )
         if stored["args_hash"] != self.args_hash:
-            changes = "; ".join(_diff(stored["args"], self.args))
+            changes = _changes(stored["args"], self.args)
+            if not stored["steps"]:
+                log.warning("%s held an earlier run with other arguments that finished no "
+                            "step; this run replaces it", self.directory)
+                self._save()
+                return
             raise ManifestMismatchError(
-                f"{self.directory} holds a run made with different arguments ({changes}); "
-                "rerun with the same arguments to resume, or pass a new output_dir"
+                f"{self.directory} holds a run made with different arguments "
+                f"({describe_changes(changes)}); rerun with the same arguments to resume, or "
+                "pass a new output_dir", self.directory, changes,
             )
         self.steps = stored["steps"]
 

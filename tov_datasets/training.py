@@ -30,6 +30,7 @@ __all__ = [
     "copy_adapter",
     "copy_optimizer",
     "default_lora_config",
+    "default_lora_rank",
     "encode_dataset",
     "evaluate_loss",
     "finetune",
@@ -49,7 +50,10 @@ __all__ = [
 SCHEDULES = ("linear", "constant")
 LORA_ALPHA = 32
 LORA_DROPOUT = 0.2
-DEFAULT_RANK = {"causal_lm": 256, "token_classification": 1}
+# default_lora_rank: the largest power of two <= hidden_size / RANK_HIDDEN_RATIO, clamped to
+# RANK_BOUNDS (hidden 4096 -> 256 as in the paper's 8B models; 576 -> 32; 384 -> 16).
+RANK_HIDDEN_RATIO = 16
+RANK_BOUNDS = (8, 256)
 # Leaf names of the attention and MLP projections (Llama/Mistral/Qwen/Gemma, Phi-3,
 # GPT-NeoX, GPT-2 and BERT-like encoders; "dense" is BERT's attention-output and MLP layers).
 PROJECTION_NAMES = frozenset({
@@ -80,6 +84,31 @@ def infer_task(model: nn.Module) -> str:
     )
 
 
+def _hidden_size(model: nn.Module) -> int:
+    """The model's hidden size: its config's ``hidden_size`` (``n_embd`` / ``d_model``), else
+    the width of its input embeddings."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(inner, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for name in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return int(inner.get_input_embeddings().embedding_dim)
+
+
+def default_lora_rank(model: nn.Module) -> int:
+    """The LoRA rank used when none is given: the largest power of two <= hidden_size / 16,
+    clamped to [8, 256] (hidden 4096 -> 256 as in the paper for 8B models, SmolLM2-135M's
+    576 -> 32, MiniLM's 384 -> 16): the adapter grows with the model instead of rank 256
+    giving a small model as many LoRA parameters as weights."""
+    low, high = RANK_BOUNDS
+    ratio = _hidden_size(model) // RANK_HIDDEN_RATIO
+    rank = 1 << (ratio.bit_length() - 1) if ratio >= 1 else 1
+    return min(max(rank, low), high)
+
+
 def default_lora_config(
     task: str,
     rank: int | None = None,
@@ -87,8 +116,9 @@ def default_lora_config(
     model: nn.Module | None = None,
     target_modules: Sequence[str] | str | None = None,
 ) -> Any:
-    """The default LoRA config: alpha 32, dropout 0.2, rank 256 (causal LM) or 1 (token
-    classification), on the attention and MLP projections.
+    """The default LoRA config: alpha 32, dropout 0.2, rank ``rank`` (None:
+    `default_lora_rank` of ``model``, which is then required), on the attention and MLP
+    projections.
 
     Targets: ``target_modules`` if given; else the projections of ``model`` found by name
     (``PROJECTION_NAMES``); else peft's ``"all-linear"``. Token classifiers also train their
@@ -98,6 +128,8 @@ def default_lora_config(
 
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not supported; expected one of {TASKS}")
+    if rank is None and model is None:
+        raise ValueError("pass rank= or model= (the default rank scales with the model)")
     if target_modules is None and model is not None:
         names = {
             name.rsplit(".", 1)[-1]
@@ -106,7 +138,7 @@ def default_lora_config(
         }
         target_modules = sorted(names & PROJECTION_NAMES) or None
     return LoraConfig(
-        r=rank or DEFAULT_RANK[task],
+        r=rank if rank is not None else default_lora_rank(model),
         lora_alpha=LORA_ALPHA,
         lora_dropout=LORA_DROPOUT,
         target_modules=list(target_modules) if target_modules is not None else "all-linear",

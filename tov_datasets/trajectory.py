@@ -43,7 +43,7 @@ from torch import nn
 
 from tov_datasets import storage, training
 from tov_datasets.scorer import NUM_TOKENS, SCORE, ToVScorer
-from tov_datasets.select import select_by_score
+from tov_datasets.select import random_count, select_by_score
 
 __all__ = ["ToVResult", "epoch_lrs", "num_epochs", "tov_select"]
 
@@ -54,7 +54,12 @@ BASE_ADAPTER = "tov_base"
 VAL_ADAPTER = "tov_val"
 ROW = "tov_row"
 SHARD_ROWS = 2048  # rows per score shard: the unit of resumption of a scoring pass
-TRAJECTORY_SAMPLES = 16 * 1024  # epochs=None: L = max(1, round(TRAJECTORY_SAMPLES / base_size))
+# epochs=None: L = clamp(round(TRAJECTORY_SAMPLES / base_size), 1, MAX_DEFAULT_EPOCHS).
+TRAJECTORY_SAMPLES = 16 * 1024
+# The paper's trajectories are a few epochs; more on a small base set average the scores
+# over near-identical adapters, at the cost of one training + scoring pass (and one saved
+# epoch) each: 273 epochs on a 60-row pool before this bound.
+MAX_DEFAULT_EPOCHS = 8
 
 
 def epoch_column(k: int) -> str:
@@ -66,7 +71,8 @@ class ToVResult:
     """What `tov_select` returns.
 
     selected: the n chosen pool rows (all pool columns, plus ``tov_row`` = row index in the
-    pool, ``tov_score``, ``tov_num_tokens`` and the per-epoch scores), ascending ``tov_row``.
+    pool, ``tov_score``, ``tov_num_tokens``, the per-epoch scores and ``tov_from_score``: True
+    if chosen by score, False if by the random part), ascending ``tov_row``.
     scores: one row per pool row: ``tov_row``, ``tov_score`` (mean over epochs),
     ``tov_num_tokens`` and ``tov_score_epoch_1..L``.
     base_indices: the pool rows of the base set U, ascending.
@@ -84,8 +90,11 @@ class ToVResult:
 
 
 def num_epochs(base_size: int, epochs: int | None = None) -> int:
-    """``epochs``, or max(1, round(16384 / base_size)) when None."""
-    return epochs if epochs is not None else max(1, round(TRAJECTORY_SAMPLES / base_size))
+    """``epochs``, or clamp(round(16384 / base_size), 1, 8) when None (``MAX_DEFAULT_EPOCHS``
+    says why 8)."""
+    if epochs is not None:
+        return epochs
+    return min(max(1, round(TRAJECTORY_SAMPLES / base_size)), MAX_DEFAULT_EPOCHS)
 
 
 def epoch_lrs(lr: float, num_epochs: int) -> list[float]:
@@ -145,7 +154,7 @@ def _check_arguments(
         raise ValueError(
             f"lr={lr}, val_lr_ratio={val_lr_ratio} and batch_size={batch_size} must be positive"
         )
-    n_random = int(np.floor(float(random_fraction) * n + 0.5))
+    n_random = random_count(n, random_fraction)
     if n_random > base_size:
         raise ValueError(
             f"the random part ({n_random} of n={n}) is drawn from the base set of "
@@ -240,20 +249,62 @@ def _adapter_digest(model: nn.Module, adapter: str) -> str:
     return h.hexdigest()
 
 
-def _identity(model: nn.Module, tokenizer: Any, pool: Any, val: Any) -> dict[str, Any]:
-    """What identifies the inputs in the manifest. The frozen base weights are not hashed
-    (too slow for large models): the model is known by class, config, name and starting
-    adapter weights."""
-    from datasets.fingerprint import Hasher
+_WEIGHT_SAMPLES = 64  # values per frozen weight tensor in the model's identity
 
+
+def _weights_sample_digest(model: nn.Module) -> str:
+    """sha256 of the frozen weights' names, shapes, dtypes and up to 64 evenly spaced values
+    of each: identifies a model by content at the cost of a few reads (hashing every weight
+    of a large model would take minutes). The trajectory's adapters are left out."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if BASE_ADAPTER in name or VAL_ADAPTER in name:
+            continue
+        flat = p.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // _WEIGHT_SAMPLES)][:_WEIGHT_SAMPLES]
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+        h.update(sample.float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _tokenizer_digest(tokenizer: Any) -> str:
+    """sha256 of what a tokenizer does: its vocabulary and rules (the serialised fast
+    tokenizer, else the vocabulary), special tokens, padding/truncation sides, chat template
+    and maximum length; not where it was loaded from."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    rules = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
+    return storage.canonical_hash({
+        "rules": rules,
+        "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
+        "sides": [tokenizer.padding_side, tokenizer.truncation_side],
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "model_max_length": tokenizer.model_max_length,
+    })
+
+
+# Identity entries that name where something was loaded from, not what it is.
+_LOCATION_KEYS = ("_name_or_path", "base_model_name_or_path")
+
+
+def _identity(model: nn.Module, tokenizer: Any, pool: Any, val: Any) -> dict[str, Any]:
+    """What identifies the inputs in the manifest, by content, never by path: the model's
+    class, config, a sample of its frozen weights and the starting adapter weights; the
+    tokenizer's rules; the pool's and validation set's rows."""
     inner = model.get_base_model()
+    config = inner.config.to_dict()
+    lora = model.peft_config[BASE_ADAPTER].to_dict()
+    for settings in (config, lora):
+        for key in _LOCATION_KEYS:
+            settings.pop(key, None)
     return {
         "model_class": type(inner).__name__,
-        "model_config": inner.config.to_dict(),
-        "model_name": getattr(inner, "name_or_path", None),
-        "lora": model.peft_config[BASE_ADAPTER].to_dict(),
+        "model_config": config,
+        "model_weights": _weights_sample_digest(model),
+        "lora": lora,
         "start_adapter": _adapter_digest(model, BASE_ADAPTER),
-        "tokenizer": Hasher.hash(tokenizer),
+        "tokenizer": _tokenizer_digest(tokenizer),
         "pool": storage.dataset_digest(pool),
         "val": storage.dataset_digest(val),
     }
@@ -276,8 +327,16 @@ class _Run:
         self.base_samples = training.encode_dataset(pool.select(base_indices), tokenizer,
                                                     **encode)
         self.val_samples = training.encode_dataset(val, tokenizer, **encode)
+        if not any(training.num_scored(s, task) for s in self.base_samples):
+            raise ValueError(
+                "the base set (drawn from the pool) has no scored tokens: every sample is "
+                "empty after tokenization and truncation"
+            )
         if not any(training.num_scored(s, task) for s in self.val_samples):
-            raise ValueError("the validation set has no scored tokens (every label is -100)")
+            raise ValueError(
+                "the validation set has no scored tokens: every sample is empty after "
+                "tokenization and truncation"
+            )
         self.pad_token_id = training.pad_token_id(tokenizer)
         self.lrs = epoch_lrs(options["lr"], options["epochs"])
         self.optimizer = training.adamw(
@@ -514,8 +573,8 @@ def tov_select(
     only in ``output_dir``.
     pool, val: ``datasets.Dataset`` in any format of `tov_datasets.formats`.
     base_size: rows of U, drawn from the pool with ``seed``. epochs: L (None: 16384 /
-    base_size rounded, at least 1). lr: the base lr of epoch 1 (see ``epoch_lrs``).
-    max_length: truncation for training and scoring (default: the model's
+    base_size rounded, clamped to [1, 8]: `num_epochs`). lr: the base lr of epoch 1 (see
+    ``epoch_lrs``). max_length: truncation for training and scoring (default: the model's
     max_position_embeddings). batch_size: micro-batch size for training and scoring.
     val_mode: the val update of each epoch is one epoch of mini-batches (``"epoch"``) or one
     step on the gradient of the whole validation set (``"step"``), by the rule
@@ -563,7 +622,7 @@ def tov_select(
         scores = _scores_dataset(per_epoch, counts)
         selected = select_by_score(
             _with_columns(pool, scores), n, num_bins=num_bins, random_fraction=random_fraction,
-            random_pool=base_indices, seed=seed,
+            random_pool=base_indices, seed=seed, mark_from_score=True,
         )
     import datasets
 

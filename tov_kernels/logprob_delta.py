@@ -24,8 +24,10 @@ def _apply_transform(delta, TRANSFORM: tl.constexpr):
 @triton.jit
 def _row_logsumexp(ptr, V, stride_v, n_blocks, BLOCK_V: tl.constexpr):
     """Online log-sum-exp of one row of V logits (any float dtype), in float32; 0.0 when
-    n_blocks is 0 (an ignored row, nothing read)."""
-    m = float("-inf")
+    n_blocks is 0 (an ignored row, nothing read). The running max starts at the lowest
+    finite float32, not -inf: a block of only -inf logits (a masked part of the vocabulary)
+    then leaves it finite instead of computing exp(-inf - -inf) = NaN."""
+    m = -3.4028234663852886e38
     s = 0.0
     for i in range(0, n_blocks):
         cols = i * BLOCK_V + tl.arange(0, BLOCK_V)
