@@ -472,9 +472,14 @@ def run(config: Config, size: str, seeds: list[int], methods: list[str], force: 
     print(f"budget: {cal['epochs']} epochs at lr {cal['lr']} (oracle val-loss plateau "
           f"{cal['plateau']:.4f}, bound {cal['bound']:.4f}, zero-shot {cal['zero_shot']:.4f})",
           flush=True)
-    for seed in seeds:
+    for seed in method_seeds if method_seeds is not None else seeds:
         for m in CONTROLS:
             runner.evaluate(seed, m)
+            if m == "random":
+                runner.zero_shot(seed)
+    if any(progress.get(f"{seed}/{m}") is None for seed in seeds for m in CONTROLS):
+        raise SystemExit("the gate needs the controls of every seed: merge the progress "
+                         "files of the other --method-seeds runs, then --summarise-only")
     zs = [runner.zero_shot(seed) for seed in seeds]
     controls = {m: [progress.get(f"{seed}/{m}")["test_loss"] for seed in seeds]
                 for m in CONTROLS}
@@ -553,9 +558,10 @@ def main(argv: list[str] | None = None) -> Path:
                     help="compute nothing new: write the result from the progress file "
                     "(each method over the seeds it has finished, paired with the controls)")
     ap.add_argument("--method-seeds", default=None,
-                    help="comma list: run the methods on these seeds only (the gate uses "
-                    "all); to share seeds between processes, give each its own --out-dir "
-                    "holding a copy of the progress file, then merge the files' entries")
+                    help="comma list: run the controls and methods on these seeds only (the "
+                    "gate needs every seed's controls); to share seeds between processes, "
+                    "give each its own --out-dir holding a copy of the progress file, then "
+                    "merge the files' entries")
     ap.add_argument("--tag", default="", help="file name suffix: quality_<config>_<tag>.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-dir", type=Path, default=None, help="default benchmarks/results")

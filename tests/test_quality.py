@@ -96,19 +96,29 @@ def test_quality_tiny_end_to_end(config, extra, tmp_path, monkeypatch):
     assert json.loads(again.read_text())["details"]["stats"] == stats
 
 
-def test_summarise_only_pairs_each_method_with_its_finished_seeds(tmp_path, monkeypatch):
-    quality.main(["--config", "lm_tweets", "--tiny", "--threads", "1", "--force",
-                  "--methods", "length", "--method-seeds", "0", "--out-dir", str(tmp_path)])
-    progress = tmp_path / ".quality_lm_tweets_tiny.progress.json"
-    saved = json.loads(progress.read_text())
-    assert "0/length" in saved["done"] and "1/length" not in saved["done"]
-    assert {"0/random", "1/random", "0/oracle", "1/oracle"} <= set(saved["done"])
-
+def test_seeds_split_over_processes_then_summarised(tmp_path, monkeypatch):
+    """Two processes run the controls of one seed each (--method-seeds, own copies of the
+    progress file); the gate waits for every seed's controls; once the files are merged, the
+    methods run on some seeds and --summarise-only pairs each method with the controls over
+    the seeds it finished."""
+    args = ["--config", "lm_tweets", "--tiny", "--threads", "1", "--force", "--methods",
+            "length"]
+    files = {}
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}"
+        with pytest.raises(SystemExit, match="controls of every seed"):
+            quality.main([*args, "--method-seeds", str(seed), "--out-dir", str(out)])
+        files[seed] = out / ".quality_lm_tweets_tiny.progress.json"
+    merged = json.loads(files[0].read_text())
+    assert {"0/random", "0/oracle"} <= set(merged["done"]) and "1/random" not in merged["done"]
+    merged["done"].update(json.loads(files[1].read_text())["done"])
+    files[0].write_text(json.dumps(merged))
+    out = str(tmp_path / "seed0")
+    quality.main([*args, "--method-seeds", "0", "--out-dir", out])  # seed 1: no baseline yet
     monkeypatch.setattr(quality, "run_selector", _refuse)
-    path = quality.main(["--config", "lm_tweets", "--tiny", "--threads", "1", "--force",
-                         "--methods", "length", "--summarise-only", "--out-dir",
-                         str(tmp_path)])
+    path = quality.main([*args, "--summarise-only", "--out-dir", out])
     stats = json.loads(path.read_text())["details"]["stats"]
     assert stats["length"]["seeds"] == [0] and stats["random"]["seeds"] == [0, 1]
-    r, m = saved["done"]["0/random"]["test_loss"], saved["done"]["0/length"]["test_loss"]
+    done = json.loads(files[0].read_text())["done"]
+    r, m = done["0/random"]["test_loss"], done["0/length"]["test_loss"]
     assert stats["length"]["improvement_pct"] == pytest.approx(100 * (r - m) / r)
