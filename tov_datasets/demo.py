@@ -61,6 +61,8 @@ GATE_NAME = "gate.json"
 GATE_GAIN_PCT = 3.0
 GATE_T = 4.0
 PLATEAU_TOLERANCE = 0.02
+GATE_SEEDS = (0, 1, 2)
+GATE_EPOCHS = (1, 2, 3, 4, 6, 8)  # fine-tune budgets the gate tests
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def prepare_data(config: DemoConfig) -> DemoData:
     topics = _topics(wiki)
     names = sorted(set(topics.tolist()))
     if config.topic not in names:
-        raise ValueError(f"unknown topic {config.topic!r}; choose one of {names}")
+        raise ValueError(f"unknown topic {config.topic!r}; choose one of {', '.join(names)}")
     if config.pool_targets < 2 * config.n:
         raise ValueError(
             f"the pool holds {config.pool_targets} target rows (pool_size * target_share); "
@@ -183,7 +185,7 @@ def _labelled(progress: Callable[..., Any] | None, label: str) -> Callable[..., 
     return lambda *, total, desc: progress(total=total, desc=label)
 
 
-def test_losses(model: Any, samples: Sequence[Any], pad_token_id: int,
+def row_losses(model: Any, samples: Sequence[Any], pad_token_id: int,
                 progress: Callable[..., Any] | None = None, label: str = "test") -> np.ndarray:
     """(T,) float64: each test row's token-mean loss under the model as it is (active
     adapter, eval mode). The demo's "target test loss" is their mean: every test summary
@@ -218,7 +220,7 @@ def finetune_curve(
 ) -> dict[int, np.ndarray]:
     """Fine-tune a fresh LoRA adapter (drawn from ``seed``, so every selection starts alike)
     on the pool ``rows`` at constant ``finetune_lr`` for max(eval_at) epochs, testing after
-    each epoch in ``eval_at``: {epoch: `test_losses`}. The model is given back without it."""
+    each epoch in ``eval_at``: {epoch: `row_losses`}. The model is given back without it."""
     from peft import get_peft_model
 
     lora = training.default_lora_config(TASK, config.lora_rank, model=model)
@@ -239,20 +241,19 @@ def finetune_curve(
                 optimizer=optimizer, progress=_labelled(progress, f"fine-tune {label}"),
             )
             if epoch in eval_at:
-                curve[epoch] = test_losses(peft_model, encoded.test, encoded.pad_token_id,
+                curve[epoch] = row_losses(peft_model, encoded.test, encoded.pad_token_id,
                                            progress, f"test {label}")
     finally:
         peft_model.unload()
-        for key in ("peft_config",):  # what get_peft_model attached to the plain model
-            with contextlib.suppress(AttributeError):
-                delattr(model, key)
+        with contextlib.suppress(AttributeError):  # get_peft_model set it on the plain model
+            del model.peft_config
     return curve
 
 
 # ------------------------------------------------------------------ the premise gate
 def premise_gate(
-    config: DemoConfig, seeds: Sequence[int] = (0, 1, 2),
-    eval_at: Sequence[int] = (1, 2, 3, 4, 6, 8), progress: Callable[..., Any] | None = None,
+    config: DemoConfig, seeds: Sequence[int] = GATE_SEEDS,
+    eval_at: Sequence[int] = GATE_EPOCHS, progress: Callable[..., Any] | None = None,
     model_and_tokenizer: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Does the right data measurably help in this configuration? Oracle vs random over
@@ -267,7 +268,7 @@ def premise_gate(
     data = prepare_data(config)
     model, tokenizer = model_and_tokenizer or assets.load_demo_model()
     encoded = encode(tokenizer, data, config)
-    base = test_losses(model, encoded.test, encoded.pad_token_id, progress, "test base")
+    base = row_losses(model, encoded.test, encoded.pad_token_id, progress, "test base")
     curves: dict[str, dict[int, list[float]]] = {
         name: {e: [] for e in eval_at} for name in ("oracle", "random")
     }
@@ -668,7 +669,7 @@ def _run(config: DemoConfig, out_dir: Path, progress: Callable[..., Any] | None,
     selections["oracle"] = draw_oracle(data, config.n, config.seed)
     losses = {}
     with stages("test loss, base model"):
-        losses[BASE_MODEL] = test_losses(model, encoded.test, encoded.pad_token_id, progress,
+        losses[BASE_MODEL] = row_losses(model, encoded.test, encoded.pad_token_id, progress,
                                          "test base")
     for name, rows in selections.items():
         with stages(f"fine-tune + test, {name}"):
@@ -715,10 +716,6 @@ def write_gate(gate: dict[str, Any], path: Path) -> Path:
 
     text = json.dumps(gate, indent=1, sort_keys=True, default=str) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-GATE_SEEDS = (0, 1, 2)
-GATE_EPOCHS = (1, 2, 3, 4, 6, 8)
 
 
 def run_gate(config: DemoConfig, out_dir: str | Path,
