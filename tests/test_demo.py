@@ -73,8 +73,13 @@ def test_gate_decision_picks_the_budget_on_the_oracle_plateau():
     assert chosen["se_pct"] == pytest.approx(np.std(gains, ddof=1) / np.sqrt(3))
     assert decision["passed"] == (np.mean(gains) >= 3 and chosen["t"] >= 4)
     assert decision["passed"]
+    assert decision["oracle_curve"][2] == pytest.approx(2.5)
     same = demo.gate_decision({"oracle": oracle, "random": oracle})
     assert not same["passed"]
+    partial = demo.gate_decision({"oracle": oracle, "random": {3: random[3]}})
+    assert set(partial["by_budget"]) == {3} and partial["passed"]
+    with pytest.raises(ValueError, match="not tested at the chosen budget of 3"):
+        demo.gate_decision({"oracle": oracle, "random": {1: random[1]}})
 
 
 def _fake_result(scores, lengths, n, base, seed=0):

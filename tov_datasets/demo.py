@@ -84,7 +84,7 @@ class DemoConfig:
     epochs: int = 2  # ToV trajectory epochs L
     lr: float = 2e-4  # ToV base lr (val: lr / 10)
     lora_rank: int = 16
-    finetune_epochs: int = 4
+    finetune_epochs: int = 2  # the premise gate's budget (benchmarks/results/demo_gate.json)
     finetune_lr: float = 1e-3
     finetune_batch_size: int = 5
     max_length: int = 96  # tokens of a summary used (median length ~95)
@@ -297,22 +297,26 @@ def premise_gate(
 
 
 def gate_decision(curves: dict[str, dict[int, list[float]]]) -> dict[str, Any]:
-    """The gate's reading of {"oracle"|"random": {epochs: [mean test loss per seed]}}:
-    per budget the oracle's paired gain over random (``by_budget``), the chosen budget
-    (smallest epochs whose mean oracle loss is within PLATEAU_TOLERANCE of the lowest) and
-    whether the oracle's gain there passes (>= GATE_GAIN_PCT % with t >= GATE_T)."""
-    oracle_mean = {e: float(np.mean(v)) for e, v in curves["oracle"].items()}
-    plateau = min(oracle_mean.values())
-    budget = min(e for e, v in oracle_mean.items() if v <= plateau * (1 + PLATEAU_TOLERANCE))
+    """The gate's reading of {"oracle"|"random": {epochs: [mean test loss per seed]}}: the
+    oracle's mean learning curve (``oracle_curve``), the chosen budget (the smallest epochs
+    whose mean oracle loss is within PLATEAU_TOLERANCE of the lowest), per budget that random
+    was tested at the oracle's paired gain over random (``by_budget``), and whether the
+    gain at the chosen budget passes (>= GATE_GAIN_PCT % with t >= GATE_T)."""
+    oracle_curve = {e: float(np.mean(v)) for e, v in curves["oracle"].items()}
+    lowest = min(oracle_curve.values())
+    budget = min(e for e, v in oracle_curve.items() if v <= lowest * (1 + PLATEAU_TOLERANCE))
+    if budget not in curves["random"]:
+        raise ValueError(f"random was not tested at the chosen budget of {budget} epochs")
     by_budget = {}
-    for epoch, oracle in curves["oracle"].items():
-        gain = evaluation.paired_gain(oracle, curves["random"][epoch])
+    for epoch, random in curves["random"].items():
+        gain = evaluation.paired_gain(curves["oracle"][epoch], random)
         by_budget[epoch] = {"oracle_gain_pct": gain.mean_pct, "se_pct": gain.se_pct,
-                            "t": gain.t, "oracle_mean": oracle_mean[epoch],
-                            "random_mean": float(np.mean(curves["random"][epoch]))}
+                            "t": gain.t, "oracle_mean": oracle_curve[epoch],
+                            "random_mean": float(np.mean(random))}
     chosen = by_budget[budget]
     passed = chosen["oracle_gain_pct"] >= GATE_GAIN_PCT and chosen["t"] >= GATE_T
-    return {"by_budget": by_budget, "budget_epochs": budget, "passed": bool(passed)}
+    return {"oracle_curve": oracle_curve, "by_budget": by_budget, "budget_epochs": budget,
+            "passed": bool(passed)}
 
 
 def gate_table(gate: dict[str, Any]) -> str:
@@ -322,8 +326,10 @@ def gate_table(gate: dict[str, Any]) -> str:
         mark = " (chosen)" if int(epoch) == gate["budget_epochs"] else ""
         rows.append([f"{epoch}{mark}", r["oracle_mean"], r["random_mean"],
                      f"{r['oracle_gain_pct']:+.2f} +- {r['se_pct']:.2f}", f"{r['t']:.1f}"])
-    return report.markdown_table(
+    table = report.markdown_table(
         ["fine-tune epochs", "oracle loss", "random loss", "oracle gain % (s.e.)", "t"], rows)
+    curve = ", ".join(f"{e}: {v:.4f}" for e, v in gate["oracle_curve"].items())
+    return f"{table}\n\noracle learning curve (epochs: mean loss): {curve}"
 
 
 # ------------------------------------------------------------------ the demo
