@@ -6,7 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from tov_datasets.evaluation import oracle_capture, paired_gain, precision_at_k, roc_auc
+from tov_datasets.evaluation import (
+    counted_forward_passes,
+    oracle_capture,
+    paired_gain,
+    precision_at_k,
+    roc_auc,
+    roc_curve,
+)
 
 
 def brute_auc(s, y):
@@ -65,3 +72,31 @@ def test_oracle_capture_point_and_interval():
     assert low <= point <= high and 0.3 < low and high < 0.7
     # an oracle that does not beat random gives no capture
     assert all(math.isnan(x) for x in oracle_capture(r, m, r + 0.1))
+
+
+@pytest.mark.parametrize("n,ties", [(9, False), (50, True)])
+def test_roc_curve_points_match_thresholds_and_area_matches_auc(n, ties):
+    rng = np.random.default_rng(100 + n)
+    s = rng.normal(size=n)
+    if ties:
+        s = np.round(s, 0)
+    y = rng.random(n) < 0.4
+    y[0], y[1] = True, False
+    fpr, tpr = roc_curve(s, y)
+    # reference: one point per distinct threshold t, "score >= t" predicted positive
+    thresholds = np.sort(np.unique(s))[::-1]
+    ref_fpr = [0.0] + [float(((s >= t) & ~y).sum() / (~y).sum()) for t in thresholds]
+    ref_tpr = [0.0] + [float(((s >= t) & y).sum() / y.sum()) for t in thresholds]
+    np.testing.assert_allclose(fpr, ref_fpr, atol=1e-12)
+    np.testing.assert_allclose(tpr, ref_tpr, atol=1e-12)
+    area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    assert area == pytest.approx(roc_auc(s, y), abs=1e-12)
+    assert np.isnan(roc_curve([1.0, 2.0], [True, True])[0]).all()
+
+
+def test_counted_forward_passes_sums_each_stage():
+    pool, val, base, epochs = 250, 24, 40, 2
+    per_epoch_tov = 3 * base + 3 * val + 2 * pool  # train U, train val, paired forward
+    per_epoch_less = 3 * base + 3 * pool + 3 * val  # warm-up step, per-sample gradients
+    assert counted_forward_passes(pool, val, base, epochs) == {
+        "tov": epochs * per_epoch_tov, "less": epochs * per_epoch_less}

@@ -798,7 +798,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     config = (demo.SMALL if args.small else demo.DEFAULT).replace(topic=args.topic,
                                                                    seed=args.seed)
     out = Path(args.out or ("tov-demo-small" if args.small else "tov-demo")).expanduser()
-    demo.run(config, out, progress=progress_factory(args.quiet))
+    if args.gate:
+        demo.run_gate(config, out, progress=progress_factory(args.quiet))
+    else:
+        demo.run(config, out, progress=progress_factory(args.quiet))
 
 
 # ------------------------------------------------------------------------ parser
@@ -932,6 +935,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--small", action="store_true", help="a small, fast version (for CI)")
     p.add_argument("--out", help="output directory (default: ./tov-demo or ./tov-demo-small)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--gate", action="store_true",
+                   help="instead of the demo, its premise gate: oracle vs random over 3 seeds "
+                        "and fine-tune budgets (--out/gate.json)")
     p.set_defaults(func=cmd_demo)
     for sub in commands.choices.values():
         sub.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PairedGain", "oracle_capture", "paired_gain", "precision_at_k", "roc_auc"]
+__all__ = [
+    "PairedGain",
+    "counted_forward_passes",
+    "oracle_capture",
+    "paired_gain",
+    "precision_at_k",
+    "roc_auc",
+    "roc_curve",
+]
 
 
 def _scores_and_labels(scores: Sequence[float], positive: Sequence[bool]
@@ -116,3 +124,30 @@ def oracle_capture(
     tail = 50.0 * (1.0 - level)
     low, high = np.percentile(draws, [tail, 100.0 - tail])
     return point, float(low), float(high)
+
+
+def roc_curve(scores: Sequence[float], positive: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) of ``scores`` for the ``positive`` rows at every distinct threshold, from
+    (0, 0) to (1, 1); tied scores form one step. Both (K + 1,) float64, K distinct scores;
+    their trapezoid area equals `roc_auc`. NaN arrays when a class is empty."""
+    s, y = _scores_and_labels(scores, positive)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return np.full(2, np.nan), np.full(2, np.nan)
+    order = np.argsort(-s, kind="mergesort")
+    sorted_s, sorted_y = s[order], y[order]
+    last_of_run = np.r_[np.flatnonzero(np.diff(sorted_s)), s.size - 1]
+    tp = np.cumsum(sorted_y)[last_of_run]
+    fp = (last_of_run + 1) - tp
+    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos]
+
+
+def counted_forward_passes(pool: int, val: int, base: int, epochs: int) -> dict[str, int]:
+    """Work of a ToV selection and of LESS's per-sample gradients at the same checkpoints,
+    counted in forward-pass equivalents (one sample's forward = 1, a training step or a
+    per-sample gradient = 3; LESS's projection and storage not counted), for ``pool`` rows,
+    ``val`` validation rows, a base (warm-up) set of ``base`` rows and ``epochs``
+    checkpoints: {"tov": epochs * (3 base + 3 val + 2 pool), "less": 3 epochs base +
+    epochs * (3 pool + 3 val)}. Counted, not measured."""
+    return {"tov": epochs * (3 * base + 3 * val + 2 * pool),
+            "less": 3 * epochs * base + epochs * (3 * pool + 3 * val)}

@@ -41,6 +41,9 @@ __all__ = [
     "example_rows",
     "length_bins",
     "markdown_table",
+    "plot_loss_gains",
+    "plot_roc",
+    "plot_target_share",
     "report_data",
     "write_report",
     "write_run_json",
@@ -334,6 +337,82 @@ def plot_agreement(data: ReportData, path: Path) -> Path:
     ax.set_xlabel("epoch")
     ax.set_ylabel("Spearman")
     ax.set_title("Per-epoch score agreement")
+    ax.legend(loc="lower right", fontsize="small")
+    return _save(fig, path)
+
+
+def plot_target_share(shares: Mapping[str, Mapping[str, float]], pool_share: float,
+                      topic: str, path: Path) -> Path:
+    """Target share of the pool and of each selection as bars, each bar stacked from its
+    parts ({selection: {part: share of the selection's rows}}, e.g. ToV's scored half and
+    random half), with lines at the pool's share and at 3x it."""
+    fig = _figure(6.4, 3.8)
+    ax = fig.add_subplot()
+    names = list(shares)
+    colours = {}
+    for i, name in enumerate(names):
+        bottom = 0.0
+        for part, share in shares[name].items():
+            label = part or "target rows"
+            colour = colours.setdefault(label, f"C{len(colours)}")
+            ax.bar(i, share, bottom=bottom, color=colour)
+            bottom += share
+        ax.text(i, bottom, f"{bottom:.0%}", ha="center", va="bottom", fontsize="small")
+    handles = [_patch(c, label) for label, c in colours.items()]
+    for level, style in ((pool_share, ":"), (3 * pool_share, "--")):
+        ax.axhline(level, color="grey", linestyle=style, linewidth=1)
+    ax.set_xticks(range(len(names)), names)
+    ax.yaxis.set_major_formatter(_percent())
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel(f"share of {topic} rows")
+    ax.set_title(f"Target share ({topic}); dotted: pool, dashed: 3x pool")
+    ax.legend(handles=handles, loc="upper left", fontsize="small")
+    return _save(fig, path)
+
+
+def _patch(colour: str, label: str) -> Any:
+    from matplotlib.patches import Patch
+
+    return Patch(color=colour, label=label)
+
+
+def plot_loss_gains(losses: Mapping[str, float], gains: Mapping[str, tuple[float, float]],
+                    reference: str, path: Path) -> Path:
+    """Left: target test loss per model. Right: each model's gain over ``reference`` in %
+    ({name: (mean, standard error)}) with +-2 s.e. error bars."""
+    fig = _figure(9.0, 3.6)
+    left, right = fig.subplots(1, 2)
+    names = list(losses)
+    values = [losses[k] for k in names]
+    left.bar(range(len(names)), values, color=[f"C{i}" for i in range(len(names))])
+    for i, v in enumerate(values):
+        left.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize="small")
+    low = min(values)
+    left.set_ylim(low - 0.15 * (max(values) - low + 1e-9) - 0.05, max(values) * 1.02)
+    left.set_xticks(range(len(names)), names)
+    left.set_ylabel("target test loss (mean over test rows)")
+    left.set_title("Target test loss")
+    gain_names = list(gains)
+    means = [gains[k][0] for k in gain_names]
+    errors = [2 * gains[k][1] for k in gain_names]
+    right.bar(range(len(gain_names)), means, yerr=errors, capsize=6,
+              color=[f"C{names.index(k)}" if k in names else "grey" for k in gain_names])
+    right.axhline(0, color="black", linewidth=0.8)
+    right.set_xticks(range(len(gain_names)), gain_names)
+    right.set_ylabel(f"loss lowered vs {reference} (%, paired over test rows)")
+    right.set_title(f"Gain over {reference} (+-2 s.e.)")
+    return _save(fig, path)
+
+
+def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, label: str, path: Path) -> Path:
+    """ROC curve of a score for the positive rows, with the chance diagonal."""
+    fig = _figure(4.4, 4.2)
+    ax = fig.add_subplot()
+    ax.plot(fpr, tpr, drawstyle="default", label=f"{label} (AUC {auc:.2f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance (AUC 0.50)")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("Ranking quality of the raw score")
     ax.legend(loc="lower right", fontsize="small")
     return _save(fig, path)
 
