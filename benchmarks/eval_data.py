@@ -344,20 +344,22 @@ def ner_data(
             "test": Dataset.from_list(test), "meta": meta}
 
 
-def load_ner_model(seed: int = 0):
-    """all-MiniLM-L6-v2 with a fresh token-classification head (seeded) for WNUT_LABELS."""
+def load_ner_model(seed: int = 0, labels: list[str] | None = None):
+    """all-MiniLM-L6-v2 with a fresh token-classification head (seeded) for ``labels``
+    (default WNUT_LABELS)."""
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     from tov_datasets.assets import minilm_dir
 
+    labels = labels or WNUT_LABELS
     d = minilm_dir()
     tok = AutoTokenizer.from_pretrained(d, local_files_only=True)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = AutoModelForTokenClassification.from_pretrained(
-            d, num_labels=len(WNUT_LABELS), id2label=dict(enumerate(WNUT_LABELS)),
-            label2id={k: i for i, k in enumerate(WNUT_LABELS)}, local_files_only=True)
+            d, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={k: i for i, k in enumerate(labels)}, local_files_only=True)
     return model.eval(), tok
 
 
