@@ -10,50 +10,100 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent(
+BUILD = textwrap.dedent(
     """
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from tov_kernels.linear_logprob_delta import _merge_partials_kernel as merge
-    from tov_kernels.linear_logprob_delta import _paired_linear_partials_kernel as linear
-    from tov_kernels.logprob_delta import _paired_logprob_delta_kernel as plain
 
     target = GPUTarget("cuda", 90, 32)
-    PARTIALS = ("mb", "sb", "zb", "mv", "sv", "zv")
 
-    def build(fn, types, constexprs, **options):
+    def build(fn, types, constexprs, aligned=(), **options):
+        # aligned: arguments the launcher specialises as divisible by 16 (pointers, ints)
         sig = {name: types.get(name, "i32") for name in fn.arg_names}
         sig.update({name: "constexpr" for name in constexprs})
-        kernel = triton.compile(ASTSource(fn, sig, constexprs), target=target, options=options)
-        assert "ld.global" in kernel.asm["ptx"]
+        attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]]
+                 for name in aligned if name in fn.arg_names}
+        kernel = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=target,
+                                options=options)
+        assert "ld.global" in kernel.asm["ptx"] or "cp.async" in kernel.asm["ptx"]
+        return kernel
+    """
+)
+
+PLAIN = textwrap.dedent(
+    """
+    from tov_kernels.logprob_delta import _paired_logprob_delta_kernel as plain
 
     for dtype in ("fp32", "bf16", "fp16"):
         for code in (0, 1, 2) if dtype == "fp32" else (1,):
             build(plain, {"base_ptr": "*" + dtype, "val_ptr": "*" + dtype, "labels_ptr": "*i64",
                           "out_ptr": "*fp32"}, {"TRANSFORM": code, "BLOCK_V": 4096}, num_warps=8)
-        ptrs = {p: "*" + dtype for p in ("hb_ptr", "hv_ptr", "w_ptr", "bias_ptr")}
-        ptrs.update(labels_ptr="*i64", **{f"{k}_ptr": "*fp32" for k in PARTIALS})
-        for has_bias in (False, True) if dtype == "bf16" else (True,):
-            build(linear, ptrs, {"HAS_BIAS": has_bias, "IEEE": dtype == "fp32",
-                                 "UPCAST": False, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64},
-                  num_warps=4, num_stages=2)
-    for code in (0, 1, 2):
-        build(merge, {"labels_ptr": "*i64", "out_ptr": "*fp32",
-                      **{f"{k}_ptr": "*fp32" for k in PARTIALS}},
-              {"TRANSFORM": code, "BLOCK": 256}, num_warps=4)
-        # an integer argument equal to 1 is specialised into a constant: one split
-        build(merge, {"labels_ptr": "*i64", "out_ptr": "*fp32", "num_splits": "constexpr",
-                      **{f"{k}_ptr": "*fp32" for k in PARTIALS}},
-              {"TRANSFORM": code, "BLOCK": 256, "num_splits": 1}, num_warps=4)
-    print("compiled")
+    """
+)
+
+# The fused head: every config of the table (bf16, specialised as the launcher does for a
+# contiguous model: unit hidden-dimension strides, 16-aligned pointers, H, V, N and row
+# strides; with and without bias; an uneven K tail for the first config), fp32 (IEEE dots)
+# and fp16 once each, and the finish kernel for each transform. bf16 tiles must run on
+# Hopper tensor cores (wgmma) fed by an asynchronous copy pipeline (cp.async).
+LINEAR = textwrap.dedent(
+    """
+    from tov_kernels import linear_logprob_delta as lld
+
+    UNIT = ("s_hb_h", "s_hv_h", "s_w_h")
+    ALIGNED = ("hb_ptr", "hv_ptr", "w_ptr", "bias_ptr", "max_ptr", "sum_ptr", "N", "V", "H",
+               "s_hb_n", "s_hv_n", "s_w_v")
+    tiles = [c for c in lld.table_configs() if c != lld.CUBLAS_CHUNKED]
+    assert tiles and lld.INTERPRETER_CONFIG not in tiles
+
+    def tile_kernel(config, dtype, has_bias=False, even_k=True):
+        types = {p: "*" + dtype for p in ("hb_ptr", "hv_ptr", "w_ptr", "bias_ptr")}
+        types.update(max_ptr="*fp32", sum_ptr="*fp32")
+        constexprs = {"HAS_BIAS": has_bias, "IEEE": dtype == "fp32", "UPCAST": False,
+                      "EVEN_K": even_k, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
+                      "BLOCK_K": config.block_k, "GROUP_M": config.group_m,
+                      **{s: 1 for s in UNIT}}
+        kernel = build(lld._lse_tiles_kernel, types, constexprs, ALIGNED,
+                       num_warps=config.num_warps, num_stages=config.num_stages)
+        if dtype != "fp32":
+            ptx = kernel.asm["ptx"]
+            assert "wgmma.mma_async" in ptx and "cp.async" in ptx, (config, dtype)
+
+    for i, config in enumerate(tiles):
+        for has_bias in (False, True):
+            tile_kernel(config, "bf16", has_bias)
+        if i == 0:
+            tile_kernel(config, "bf16", even_k=False)
+            tile_kernel(config, "fp16", True)
+            tile_kernel(config, "fp32", True)
+    for dtype in ("bf16", "fp32"):
+        for code in (0, 1, 2):
+            for has_bias in (False, True) if code == 0 else (False,):
+                types = {p: "*" + dtype for p in ("hb_ptr", "hv_ptr", "w_ptr", "bias_ptr")}
+                types.update(labels_ptr="*i64", max_ptr="*fp32", sum_ptr="*fp32",
+                             out_ptr="*fp32")
+                build(lld._finish_kernel, types,
+                      {"HAS_BIAS": has_bias, "TRANSFORM": code, "BLOCK_R": lld.FINISH_ROWS,
+                       "BLOCK_T": lld.FINISH_TILES, "BLOCK_H": lld.FINISH_HIDDEN,
+                       **{s: 1 for s in UNIT}}, ALIGNED + ("labels_ptr", "out_ptr"),
+                      num_warps=lld.FINISH_WARPS)
     """
 )
 
 
-def test_kernels_compile_for_sm90():
+def _compile(*parts: str) -> None:
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+    script = "\n".join((BUILD, *parts, 'print("compiled")'))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip().endswith("compiled")
+
+
+def test_logits_kernel_compiles_for_sm90():
+    _compile(PLAIN)
+
+
+def test_fused_head_compiles_for_sm90():
+    _compile(LINEAR)

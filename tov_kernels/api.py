@@ -78,6 +78,9 @@ def paired_linear_logprob_delta(
     hidden_base, hidden_val: (B, T, H) float; weight: (V, H) float (the output projection,
     tied embeddings included); bias: (V,) or None; labels: (B, T) int64.
     Returns float32 (B,) or (B, T) as in `paired_logprob_delta`.
+    With Triton, hidden states of another dtype than the weight are cast to the weight's
+    dtype (e.g. fp16 hidden states with a bf16 head are rounded to bf16); the weight is
+    never converted. The torch backend computes in float32 from the inputs as given.
     """
     code = _checks.check_options(transform, reduction, backend)
     _checks.check_float("hidden_base", hidden_base, 3, "(B, T, H)")
@@ -102,11 +105,6 @@ def paired_linear_logprob_delta(
     with torch.no_grad():
         if _use_triton(backend, hidden_base.device):
             from tov_kernels.linear_logprob_delta import linear_logprob_delta_tokens
-
-            if hidden_base.dtype != weight.dtype or hidden_val.dtype != weight.dtype:
-                dtype = torch.promote_types(hidden_base.dtype, weight.dtype)
-                hidden_base, hidden_val = hidden_base.to(dtype), hidden_val.to(dtype)
-                weight = weight.to(dtype)
         else:
             linear_logprob_delta_tokens = torch_path.linear_logprob_delta_tokens
         per_token = linear_logprob_delta_tokens(

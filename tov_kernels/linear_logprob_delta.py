@@ -1,15 +1,32 @@
 """Triton kernels: paired log-prob delta from final hidden states and the output projection.
 
-The vocabulary is cut into S contiguous splits. Program (i, j) owns BLOCK_M tokens and split
-j: it walks the split in BLOCK_N tiles, loads every weight tile once, multiplies it with both
-the base and the val hidden states and keeps, per row, an online log-sum-exp (max, sum) and
-the logit of the label if the label falls in the split. A second kernel merges the S partial
-results of each row into the delta. The splits give the GPU enough programs when there are
-few tokens per row block (one split per row block leaves most of an H100/H200 idle); no
-(B, T, V) tensor exists, and no atomics: partials take 6 * S * N floats.
+The base and the val hidden states form one (2N, H) operand: row tiles 0..P-1 read base rows
+and P..2P-1 val rows (P = cdiv(N, BLOCK_M)) through two 64-bit tile base pointers, so the two
+tensors are never copied into one. A matmul-shaped grid walks (row tile x vocabulary tile) in
+grouped order (GROUP_M row tiles share each weight tile while it is in L2); each program
+computes one (BLOCK_M, BLOCK_N) logits tile over the whole hidden dimension and its epilogue
+writes, per row, the tile's max and sum of exp2((logit - max) * log2(e)) into a partials
+buffer of 2 x (2N, num_vocab_tiles) floats. No logits tensor exists, no label compare/select
+runs in the tile loop and nothing is atomic. A finish kernel then merges the tiles of each
+row in a fixed order, computes the label logit as a small indexed dot over H and writes
+delta = (z_val - z_base) - (lse_val - lse_base), F applied.
+
+Determinism: the partials layout depends only on (N, V) and the tile config, never on the
+number of SMs, so repeated calls are bitwise equal; and each row's arithmetic does not
+depend on where the row sits in the batch, so the same rows scored inside another batch of
+the same token bucket (same config) give bitwise the same per-token values.
+
+For very large H, where Triton's K loop lags cuBLAS, the config table may name
+CUBLAS_CHUNKED: vocabulary chunks through torch.mm into a bounded float32 buffer, the same
+partials, the same finish kernel (cuBLAS picks its algorithm by shape, so that path is only
+repeatable, not batch-invariant).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -17,165 +34,327 @@ import triton.language as tl
 
 from tov_kernels.logprob_delta import _apply_transform
 
-BLOCK_N = 64
-# Programs to aim for per streaming multiprocessor when choosing the number of splits.
-PROGRAMS_PER_SM = 8
-# Splits under the CPU interpreter: more than one, so the tests exercise the merge.
-INTERPRETER_SPLITS = 3
+LOG2E = math.log2(math.e)
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One launch config of the tile kernel: (BLOCK_M, BLOCK_N, BLOCK_K) tile, GROUP_M row
+    tiles per L2 group, num_warps and num_stages of the software pipeline."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    num_warps: int
+    num_stages: int
+
+    @property
+    def name(self) -> str:
+        return (f"tile_{self.block_m}x{self.block_n}x{self.block_k}_g{self.group_m}"
+                f"_w{self.num_warps}_s{self.num_stages}")
+
+
+CUBLAS_CHUNKED = "cublas_chunked"
+Config = TileConfig | str  # a TileConfig or CUBLAS_CHUNKED
+
+TILE_128x128 = TileConfig(128, 128, 64, group_m=8, num_warps=8, num_stages=3)
+TILE_128x256 = TileConfig(128, 256, 64, group_m=8, num_warps=8, num_stages=3)
+
+# Bucket upper bounds (inclusive) of hidden size H, vocabulary V and tokens N = B*T per
+# adapter; None: anything larger. CONFIG_TABLE maps (H bound, V bound, N bound) to the config
+# for that bucket. GUESSES until measured on an H200 (benchmarks/kernel_bench.py times every
+# config of the table for a shape through `benchmark_variants`): edit the entries, not code.
+# Configs may differ between token buckets of one (H, V); the result is batch-invariant
+# inside a token bucket only.
+HIDDEN_BUCKETS = (1024, 4096, None)
+VOCAB_BUCKETS = (65536, None)
+TOKEN_BUCKETS = (2048, None)
+CONFIG_TABLE: dict[tuple[int | None, int | None, int | None], Config] = {
+    (1024, 65536, 2048): TILE_128x128,
+    (1024, 65536, None): TILE_128x128,
+    (1024, None, 2048): TILE_128x128,
+    (1024, None, None): TILE_128x256,
+    (4096, 65536, 2048): TILE_128x128,
+    (4096, 65536, None): TILE_128x128,
+    (4096, None, 2048): TILE_128x128,
+    (4096, None, None): TILE_128x256,
+    (None, 65536, 2048): CUBLAS_CHUNKED,
+    (None, 65536, None): CUBLAS_CHUNKED,
+    (None, None, 2048): CUBLAS_CHUNKED,
+    (None, None, None): CUBLAS_CHUNKED,
+}
+# Off CUDA (the CPU interpreter, tests): small tiles, the same code.
+INTERPRETER_CONFIG = TileConfig(16, 32, 16, group_m=2, num_warps=1, num_stages=1)
+
+# Finish kernel: rows per program, vocabulary tiles and hidden columns per step. Fixed, so
+# that each row's reduction order never depends on the shape.
+FINISH_ROWS, FINISH_TILES, FINISH_HIDDEN, FINISH_WARPS = 16, 64, 64, 4
+# float32 elements of one adapter's logits chunk in the cuBLAS-chunked path (256 MiB).
+CUBLAS_CHUNK_ELEMENTS = 1 << 26
+# Column multiple of a cuBLAS chunk.
+CUBLAS_CHUNK_ALIGN = 128
+
+
+def _bucket(value: int, bounds: tuple[int | None, ...]) -> int | None:
+    return next(b for b in bounds if b is None or value <= b)
+
+
+def config_for(hidden: int, vocab: int, tokens: int, device: torch.device) -> Config:
+    """The table's config for (H, V, N) on CUDA; INTERPRETER_CONFIG elsewhere."""
+    if device.type != "cuda":
+        return INTERPRETER_CONFIG
+    key = (_bucket(hidden, HIDDEN_BUCKETS), _bucket(vocab, VOCAB_BUCKETS),
+           _bucket(tokens, TOKEN_BUCKETS))
+    return CONFIG_TABLE[key]
 
 
 @triton.jit
-def _empty_state(BLOCK: tl.constexpr):
-    """Running (max, sum, label logit) of the base rows, then of the val rows: -inf, 0, 0."""
-    m = tl.full([BLOCK], float("-inf"), tl.float32)
-    zero = tl.zeros([BLOCK], tl.float32)
-    return m, zero, zero, m, zero, zero
+def _lse_tiles_kernel(
+    hb_ptr, hv_ptr, w_ptr, bias_ptr, max_ptr, sum_ptr,
+    N, V, H, row_tiles, vocab_tiles,
+    s_hb_n, s_hb_h, s_hv_n, s_hv_h, s_w_v, s_w_h,
+    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """Program p -> (row tile, vocabulary tile) in grouped order; writes the tile's per-row
+    max and sum of exp2 at [row * vocab_tiles + vocabulary tile] of max_ptr / sum_ptr, rows
+    0..N-1 base and N..2N-1 val. row_tiles = cdiv(N, BLOCK_M) per adapter."""
+    pid = tl.program_id(0)
+    per_group = GROUP_M * vocab_tiles
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(2 * row_tiles - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+    side = pid_m // row_tiles  # 0: base rows, 1: val rows
+    row0 = (pid_m - side * row_tiles) * BLOCK_M
+    col0 = pid_n * BLOCK_N
+    # 64-bit tile base pointers; 32-bit offsets inside the tile. Rows and columns past the
+    # end are clamped to the last one (loads stay unmasked); the epilogue drops them.
+    if side == 0:
+        h_tile = hb_ptr + row0.to(tl.int64) * s_hb_n
+        s_n = s_hb_n
+        s_h = s_hb_h
+    else:
+        h_tile = hv_ptr + row0.to(tl.int64) * s_hv_n
+        s_n = s_hv_n
+        s_h = s_hv_h
+    w_tile = w_ptr + col0.to(tl.int64) * s_w_v
+    r = tl.arange(0, BLOCK_M)
+    c = tl.arange(0, BLOCK_N)
+    k = tl.arange(0, BLOCK_K)
+    r_in = tl.minimum(r, N - 1 - row0)
+    c_in = tl.minimum(c, V - 1 - col0)
+    h_offs = r_in[:, None] * s_n + k[None, :] * s_h
+    w_offs = k[:, None] * s_w_h + c_in[None, :] * s_w_v
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        if EVEN_K:
+            h = tl.load(h_tile + h_offs)
+            w = tl.load(w_tile + w_offs)
+        else:
+            k_ok = k < H - k0
+            h = tl.load(h_tile + h_offs, mask=k_ok[None, :], other=0.0)
+            w = tl.load(w_tile + w_offs, mask=k_ok[:, None], other=0.0)
+        if UPCAST:
+            h, w = h.to(tl.float32), w.to(tl.float32)
+        if IEEE:
+            acc = tl.dot(h, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(h, w, acc)
+        h_tile += BLOCK_K * s_h
+        w_tile += BLOCK_K * s_w_h
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + col0 + c_in).to(tl.float32)[None, :]
+    acc = tl.where((c < V - col0)[None, :], acc, float("-inf"))  # >= 1 column is real
+    m = tl.max(acc, axis=1)
+    s = tl.sum(tl.exp2((acc - m[:, None]) * 1.4426950408889634), axis=1)
+    at = (side * N + row0 + r).to(tl.int64) * vocab_tiles + pid_n
+    row_ok = r < N - row0
+    tl.store(max_ptr + at, m, mask=row_ok)
+    tl.store(sum_ptr + at, s, mask=row_ok)
 
 
 @triton.jit
-def _online_update(m, s, z, logits, cols, labels):
-    """Fold a float32 (BLOCK_M, BLOCK_N) logits tile into running max, sum and label logit."""
-    m_new = tl.maximum(m, tl.max(logits, axis=1))
-    s = s * tl.exp(m - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), axis=1)
-    z += tl.sum(tl.where(cols[None, :] == labels[:, None], logits, 0.0), axis=1)
-    return m_new, s, z
+def _merge_side(max_ptr, sum_ptr, rows, row_ok, vocab_tiles,
+                BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):
+    """(max, sum of exp2 relative to it) over all vocabulary tiles of `rows`, tiles folded
+    in index order, BLOCK_T at a time. Rows where row_ok is False read nothing: (0, 1)."""
+    m = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_R], tl.float32)
+    t = tl.arange(0, BLOCK_T)
+    base = rows[:, None] * vocab_tiles
+    for t0 in range(0, vocab_tiles, BLOCK_T):
+        ok = row_ok[:, None] & (t0 + t < vocab_tiles)[None, :]
+        m_t = tl.load(max_ptr + base + t0 + t[None, :], mask=ok, other=float("-inf"))
+        s_t = tl.load(sum_ptr + base + t0 + t[None, :], mask=ok, other=0.0)
+        m_new = tl.maximum(m, tl.max(m_t, axis=1))
+        # rows not read hold -inf everywhere: keep their scale finite (they are dropped)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        s = s * tl.exp2((m - m_safe) * 1.4426950408889634) + tl.sum(
+            s_t * tl.exp2((m_t - m_safe[:, None]) * 1.4426950408889634), axis=1)
+        m = m_new
+    return tl.where(row_ok, m, 0.0), tl.where(row_ok, s, 1.0)
 
 
 @triton.jit
-def _paired_linear_partials_kernel(
-    hb_ptr, hv_ptr, w_ptr, bias_ptr, labels_ptr,
-    mb_ptr, sb_ptr, zb_ptr, mv_ptr, sv_ptr, zv_ptr,
-    N, V, H, cols_per_split,
+def _finish_kernel(
+    hb_ptr, hv_ptr, w_ptr, bias_ptr, labels_ptr, max_ptr, sum_ptr, out_ptr,
+    N, H, vocab_tiles,
     s_hb_n, s_hb_h, s_hv_n, s_hv_h, s_w_v, s_w_h,
     ignore_index,
-    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, TRANSFORM: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    """Writes, at [split * N + row] of each (S, N) output: max, sum and label logit of the
-    base rows (mb, sb, zb), then of the val rows (mv, sv, zv)."""
-    pid = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1).to(tl.int64)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < N
-    labels = tl.load(labels_ptr + rows, mask=row_ok, other=ignore_index)
-    v_start = split * cols_per_split
-    v_stop = tl.minimum(V, v_start + cols_per_split)
-    m_b, s_b, z_b, m_v, s_v, z_v = _empty_state(BLOCK_M)
-    for v0 in range(v_start, v_stop, BLOCK_N):
-        cols = v0 + tl.arange(0, BLOCK_N)
-        col_ok = cols < v_stop
-        acc_b = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        acc_v = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for k0 in range(0, H, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < H
-            hmask = row_ok[:, None] & k_ok[None, :]
-            hb = tl.load(hb_ptr + rows[:, None] * s_hb_n + ks[None, :] * s_hb_h, mask=hmask,
-                         other=0.0)
-            hv = tl.load(hv_ptr + rows[:, None] * s_hv_n + ks[None, :] * s_hv_h, mask=hmask,
-                         other=0.0)
-            w = tl.load(w_ptr + cols[None, :] * s_w_v + ks[:, None] * s_w_h,
-                        mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-            if UPCAST:
-                hb, hv, w = hb.to(tl.float32), hv.to(tl.float32), w.to(tl.float32)
-            if IEEE:
-                acc_b = tl.dot(hb, w, acc_b, input_precision="ieee")
-                acc_v = tl.dot(hv, w, acc_v, input_precision="ieee")
-            else:
-                acc_b = tl.dot(hb, w, acc_b)
-                acc_v = tl.dot(hv, w, acc_v)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-            acc_b += bias[None, :]
-            acc_v += bias[None, :]
-        acc_b = tl.where(col_ok[None, :], acc_b, float("-inf"))
-        acc_v = tl.where(col_ok[None, :], acc_v, float("-inf"))
-        m_b, s_b, z_b = _online_update(m_b, s_b, z_b, acc_b, cols, labels)
-        m_v, s_v, z_v = _online_update(m_v, s_v, z_v, acc_v, cols, labels)
-    at = split * N + rows
-    tl.store(mb_ptr + at, m_b, mask=row_ok)
-    tl.store(sb_ptr + at, s_b, mask=row_ok)
-    tl.store(zb_ptr + at, z_b, mask=row_ok)
-    tl.store(mv_ptr + at, m_v, mask=row_ok)
-    tl.store(sv_ptr + at, s_v, mask=row_ok)
-    tl.store(zv_ptr + at, z_v, mask=row_ok)
-
-
-@triton.jit
-def _merge(m, s, m_at, s_at):
-    """Fold one split's (max, sum), read at the pointers m_at / s_at, into the running pair."""
-    m_j = tl.load(m_at)
-    s_j = tl.load(s_at)
-    m_new = tl.maximum(m, m_j)
-    return m_new, s * tl.exp(m - m_new) + s_j * tl.exp(m_j - m_new)
-
-
-@triton.jit
-def _merge_partials_kernel(mb_ptr, sb_ptr, zb_ptr, mv_ptr, sv_ptr, zv_ptr, labels_ptr, out_ptr,
-                           N, num_splits, ignore_index,
-                           TRANSFORM: tl.constexpr, BLOCK: tl.constexpr):
-    """out[row] = F(log p_val(label) - log p_base(label)) from the splits' partials; 0.0 for
-    ignored rows. Every split holds at least one column, so its max is finite."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    """out[row] = F((z_val - z_base) - (lse_val - lse_base)) for BLOCK_R token rows; 0.0 for
+    ignored rows. z: float32 dot of the hidden row with the label's weight row (+ bias)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < N
     labels = tl.load(labels_ptr + rows, mask=row_ok, other=ignore_index)
     active = row_ok & (labels != ignore_index)
-    rows = tl.where(row_ok, rows, 0)
-    m_b, s_b, z_b, m_v, s_v, z_v = _empty_state(BLOCK)
-    at = rows  # split j's partials are j * N further on
-    for _ in range(num_splits):
-        m_b, s_b = _merge(m_b, s_b, mb_ptr + at, sb_ptr + at)
-        m_v, s_v = _merge(m_v, s_v, mv_ptr + at, sv_ptr + at)
-        z_b += tl.load(zb_ptr + at)
-        z_v += tl.load(zv_ptr + at)
-        at += N
-    delta = (z_v - (m_v + tl.log(s_v))) - (z_b - (m_b + tl.log(s_b)))
-    delta = _apply_transform(delta, TRANSFORM)
+    y = tl.where(active, labels, 0).to(tl.int64)
+    kk = tl.arange(0, BLOCK_H)
+    acc_b = tl.zeros([BLOCK_R, BLOCK_H], tl.float32)
+    acc_v = tl.zeros([BLOCK_R, BLOCK_H], tl.float32)
+    for k0 in range(0, H, BLOCK_H):
+        ks = k0 + kk
+        ok = active[:, None] & (ks < H)[None, :]
+        w = tl.load(w_ptr + y[:, None] * s_w_v + ks[None, :] * s_w_h, mask=ok, other=0.0)
+        hb = tl.load(hb_ptr + rows[:, None] * s_hb_n + ks[None, :] * s_hb_h, mask=ok,
+                     other=0.0)
+        hv = tl.load(hv_ptr + rows[:, None] * s_hv_n + ks[None, :] * s_hv_h, mask=ok,
+                     other=0.0)
+        w = w.to(tl.float32)
+        acc_b += hb.to(tl.float32) * w
+        acc_v += hv.to(tl.float32) * w
+    z_b = tl.sum(acc_b, axis=1)
+    z_v = tl.sum(acc_v, axis=1)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + y, mask=active, other=0.0).to(tl.float32)
+        z_b += bias
+        z_v += bias
+    m_b, s_b = _merge_side(max_ptr, sum_ptr, rows, active, vocab_tiles, BLOCK_R, BLOCK_T)
+    m_v, s_v = _merge_side(max_ptr, sum_ptr, rows + N, active, vocab_tiles, BLOCK_R, BLOCK_T)
+    d_lse = (m_v - m_b) + (tl.log(s_v) - tl.log(s_b))
+    delta = _apply_transform((z_v - z_b) - d_lse, TRANSFORM)
     tl.store(out_ptr + rows, tl.where(active, delta, 0.0), mask=row_ok)
 
 
-def num_splits(num_rows: int, vocab: int, block_m: int, device: torch.device) -> int:
-    """Splits of the vocabulary: about PROGRAMS_PER_SM programs per multiprocessor on CUDA
-    (no more splits than BLOCK_N tiles), INTERPRETER_SPLITS elsewhere."""
-    tiles = triton.cdiv(vocab, BLOCK_N)
-    if device.type != "cuda":
-        return min(INTERPRETER_SPLITS, tiles)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(tiles, triton.cdiv(PROGRAMS_PER_SM * sms, triton.cdiv(num_rows, block_m))))
+def _cublas_chunked_partials(hb: torch.Tensor, hv: torch.Tensor, weight: torch.Tensor,
+                             bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vocabulary chunks of float32 logits via torch.mm (one chunk of N x width floats per
+    adapter at a time, width <= CUBLAS_CHUNK_ELEMENTS / N) -> the partials (max, sum of exp2)
+    of the tile kernel, shaped (2N, chunks) each. hb, hv: (N, H); weight: (V, H)."""
+    N, V = hb.shape[0], weight.shape[0]
+    width = max(CUBLAS_CHUNK_ALIGN,
+                CUBLAS_CHUNK_ELEMENTS // N // CUBLAS_CHUNK_ALIGN * CUBLAS_CHUNK_ALIGN)
+    chunks = triton.cdiv(V, width)
+    row_max = torch.empty(2, N, chunks, dtype=torch.float32, device=hb.device)
+    row_sum = torch.empty_like(row_max)
+    for j, v0 in enumerate(range(0, V, width)):
+        w_chunk = weight[v0:v0 + width]
+        for side, h in enumerate((hb, hv)):
+            if h.is_cuda and h.dtype != torch.float32:
+                logits = torch.mm(h, w_chunk.T, out_dtype=torch.float32)
+            else:
+                logits = torch.mm(h.float(), w_chunk.T.float())
+            if bias is not None:
+                logits += bias[v0:v0 + width].float()
+            m = logits.amax(dim=1)
+            row_max[side, :, j] = m
+            row_sum[side, :, j] = logits.sub_(m[:, None]).mul_(LOG2E).exp2_().sum(dim=1)
+    return row_max.view(2 * N, chunks), row_sum.view(2 * N, chunks)
+
+
+def _max_tile_offset(rows: int, cols: int, strides: tuple[int, int]) -> int:
+    return (rows - 1) * abs(strides[0]) + (cols - 1) * abs(strides[1])
 
 
 def linear_logprob_delta_tokens(hidden_base: torch.Tensor, hidden_val: torch.Tensor,
                                 weight: torch.Tensor, bias: torch.Tensor | None,
-                                labels: torch.Tensor, code: int,
-                                ignore_index: int, splits: int | None = None) -> torch.Tensor:
+                                labels: torch.Tensor, code: int, ignore_index: int,
+                                config: Config | None = None) -> torch.Tensor:
     """hidden_*: (B, T, H); weight: (V, H); bias: (V,) or None -> float32 (B, T).
 
-    Hidden states and weight must share a dtype (the caller casts); fp32 uses exact IEEE dots.
-    Triton's CPU interpreter computes bf16 dots wrongly, so there the tiles are upcast first.
-    splits: vocabulary splits (default `num_splits`).
+    Hidden states of another dtype than the weight are cast to the weight's dtype (the small
+    operand; the weight is never copied). fp32 uses exact IEEE dots. Triton's CPU interpreter
+    computes bf16 dots wrongly, so there the tiles are upcast first.
+    config: a TileConfig or CUBLAS_CHUNKED; default `config_for` the shape and device.
     """
     B, T, H = hidden_base.shape
     V = weight.shape[0]
     N = B * T
-    out = torch.empty(N, dtype=torch.float32, device=hidden_base.device)
+    device = hidden_base.device
+    out = torch.empty(N, dtype=torch.float32, device=device)
     if N == 0:
         return out.view(B, T)
-    hb, hv = hidden_base.reshape(N, H), hidden_val.reshape(N, H)
+    hb = hidden_base.reshape(N, H).to(weight.dtype)
+    hv = hidden_val.reshape(N, H).to(weight.dtype)
     flat_labels = labels.reshape(N).contiguous()
-    block_m = 64 if N >= 64 else 16
-    block_k = min(64, max(16, triton.next_power_of_2(H)))
-    wanted = splits or num_splits(N, V, block_m, hidden_base.device)
-    cols_per_split = triton.cdiv(triton.cdiv(V, wanted), BLOCK_N) * BLOCK_N
-    S = triton.cdiv(V, cols_per_split)  # every split non-empty
-    partials = torch.empty(6, S, N, dtype=torch.float32, device=hidden_base.device)
-    _paired_linear_partials_kernel[(triton.cdiv(N, block_m), S)](
-        hb, hv, weight, bias if bias is not None else weight, flat_labels, *partials,
-        N, V, H, cols_per_split, *hb.stride(), *hv.stride(), *weight.stride(), ignore_index,
-        HAS_BIAS=bias is not None, IEEE=weight.dtype == torch.float32,
-        UPCAST=weight.dtype == torch.bfloat16 and hidden_base.device.type == "cpu",
-        BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=block_k, num_warps=4, num_stages=2,
-    )
-    _merge_partials_kernel[(triton.cdiv(N, 256),)](
-        *partials, flat_labels, out, N, S, ignore_index, TRANSFORM=code, BLOCK=256,
+    if config is None:
+        config = config_for(H, V, N, device)
+    if config == CUBLAS_CHUNKED:
+        row_max, row_sum = _cublas_chunked_partials(hb, hv, weight, bias)
+    else:
+        row_max, row_sum = _tile_partials(hb, hv, weight, bias, config)
+    vocab_tiles = row_max.shape[1]
+    _finish_kernel[(triton.cdiv(N, FINISH_ROWS),)](
+        hb, hv, weight, bias if bias is not None else weight, flat_labels, row_max, row_sum,
+        out, N, H, vocab_tiles, *hb.stride(), *hv.stride(), *weight.stride(), ignore_index,
+        HAS_BIAS=bias is not None, TRANSFORM=code, BLOCK_R=FINISH_ROWS,
+        BLOCK_T=FINISH_TILES, BLOCK_H=FINISH_HIDDEN, num_warps=FINISH_WARPS,
     )
     return out.view(B, T)
+
+
+def _tile_partials(hb: torch.Tensor, hv: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor | None,
+                   config: TileConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the tile kernel -> (max, sum of exp2) partials, float32 (2N, vocab tiles) each.
+    hb, hv: (N, H) in the weight's dtype; weight: (V, H)."""
+    (N, H), V = hb.shape, weight.shape[0]
+    # 32-bit offsets inside a tile: fall back to contiguous operands if they could overflow
+    limit = 2**31 - 1
+    if _max_tile_offset(config.block_m, config.block_k, hb.stride()) > limit:
+        hb = hb.contiguous()
+    if _max_tile_offset(config.block_m, config.block_k, hv.stride()) > limit:
+        hv = hv.contiguous()
+    if _max_tile_offset(config.block_n, config.block_k, weight.stride()) > limit:
+        weight = weight.contiguous()
+    row_tiles = triton.cdiv(N, config.block_m)
+    vocab_tiles = triton.cdiv(V, config.block_n)
+    row_max = torch.empty(2 * N, vocab_tiles, dtype=torch.float32, device=hb.device)
+    row_sum = torch.empty_like(row_max)
+    _lse_tiles_kernel[(2 * row_tiles * vocab_tiles,)](
+        hb, hv, weight, bias if bias is not None else weight, row_max, row_sum,
+        N, V, H, row_tiles, vocab_tiles, *hb.stride(), *hv.stride(), *weight.stride(),
+        HAS_BIAS=bias is not None, IEEE=weight.dtype == torch.float32,
+        UPCAST=weight.dtype == torch.bfloat16 and hb.device.type == "cpu",
+        EVEN_K=H % config.block_k == 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k, GROUP_M=config.group_m, num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    return row_max, row_sum
+
+
+def table_configs() -> list[Config]:
+    """The distinct configs of CONFIG_TABLE, in table order."""
+    return list(dict.fromkeys(CONFIG_TABLE.values()))
+
+
+def benchmark_variants(hidden_base: torch.Tensor, hidden_val: torch.Tensor,
+                       weight: torch.Tensor, labels: torch.Tensor,
+                       ignore_index: int = -100) -> dict[str, Callable[[], torch.Tensor]]:
+    """One zero-argument callable per distinct config of CONFIG_TABLE (and CUBLAS_CHUNKED),
+    by config name, each computing the per-token identity delta (no bias) of these inputs:
+    what benchmarks/kernel_bench.py times to fill the table."""
+    configs = table_configs()
+    if CUBLAS_CHUNKED not in configs:
+        configs.append(CUBLAS_CHUNKED)
+
+    def variant(config: Config) -> Callable[[], torch.Tensor]:
+        return lambda: linear_logprob_delta_tokens(hidden_base, hidden_val, weight, None,
+                                                   labels, 0, ignore_index, config=config)
+
+    return {getattr(c, "name", c): variant(c) for c in configs}
