@@ -45,7 +45,8 @@ PLAIN = textwrap.dedent(
 # The fused head: every config of the table (bf16, specialised as the launcher does for a
 # contiguous model: unit hidden-dimension strides, 16-aligned pointers, H, V, N and row
 # strides; with and without bias; an uneven K tail for the first config), fp32 (IEEE dots)
-# and fp16 once each, and the finish kernel for each transform. bf16 tiles must run on
+# and fp16 once each, the cuBLAS-chunked path's reduction kernel, and the finish kernel
+# for each transform. bf16 tiles must run on
 # Hopper tensor cores (wgmma) fed by an asynchronous copy pipeline (cp.async).
 LINEAR = textwrap.dedent(
     """
@@ -77,6 +78,9 @@ LINEAR = textwrap.dedent(
             tile_kernel(config, "bf16", even_k=False)
             tile_kernel(config, "fp16", True)
             tile_kernel(config, "fp32", True)
+    build(lld._chunk_lse_kernel, {"logits_ptr": "*fp32", "max_ptr": "*fp32",
+                                  "sum_ptr": "*fp32"}, {"BLOCK_V": lld.CHUNK_LSE_BLOCK},
+          ("logits_ptr", "max_ptr", "sum_ptr", "width"), num_warps=4)
     for dtype in ("bf16", "fp32"):
         for code in (0, 1, 2):
             for has_bias in (False, True) if code == 0 else (False,):

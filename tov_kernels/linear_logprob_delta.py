@@ -89,11 +89,12 @@ INTERPRETER_CONFIG = TileConfig(16, 32, 16, group_m=2, num_warps=1, num_stages=1
 
 # Finish kernel: rows per program, vocabulary tiles and hidden columns per step. Fixed, so
 # that each row's reduction order never depends on the shape.
-FINISH_ROWS, FINISH_TILES, FINISH_HIDDEN, FINISH_WARPS = 16, 64, 64, 4
-# float32 elements of one adapter's logits chunk in the cuBLAS-chunked path (256 MiB).
+FINISH_ROWS, FINISH_TILES, FINISH_HIDDEN, FINISH_WARPS = 8, 64, 64, 4
+# cuBLAS-chunked path: float32 elements of the logits buffer of both adapters (256 MiB),
+# the column multiple of a chunk, and columns per step of its reduction kernel.
 CUBLAS_CHUNK_ELEMENTS = 1 << 26
-# Column multiple of a cuBLAS chunk.
 CUBLAS_CHUNK_ALIGN = 128
+CHUNK_LSE_BLOCK = 1024
 
 
 def _bucket(value: int, bounds: tuple[int | None, ...]) -> int | None:
@@ -241,30 +242,61 @@ def _finish_kernel(
     tl.store(out_ptr + rows, tl.where(active, delta, 0.0), mask=row_ok)
 
 
+@triton.jit
+def _chunk_lse_kernel(logits_ptr, max_ptr, sum_ptr, width, chunk, chunks,
+                      BLOCK_V: tl.constexpr):
+    """One float32 logits row of a cuBLAS chunk (row-major, `width` columns) -> its max and
+    sum of exp2 at [row * chunks + chunk]: one pass with per-lane running (max, sum), no
+    barrier inside the loop, one combine at the end."""
+    row = tl.program_id(0).to(tl.int64)
+    x_row = logits_ptr + row * width
+    cols = tl.arange(0, BLOCK_V)
+    m = tl.full([BLOCK_V], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_V], tl.float32)
+    for v0 in range(0, width, BLOCK_V):
+        x = tl.load(x_row + v0 + cols, mask=v0 + cols < width, other=float("-inf"))
+        m_new = tl.maximum(m, x)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # lanes with nothing yet
+        s = s * tl.exp2((m - m_safe) * 1.4426950408889634) + tl.exp2(
+            (x - m_safe) * 1.4426950408889634)
+        m = m_new
+    row_max = tl.max(m, axis=0)
+    row_sum = tl.sum(s * tl.exp2((m - row_max) * 1.4426950408889634), axis=0)
+    tl.store(max_ptr + row * chunks + chunk, row_max)
+    tl.store(sum_ptr + row * chunks + chunk, row_sum)
+
+
 def _cublas_chunked_partials(hb: torch.Tensor, hv: torch.Tensor, weight: torch.Tensor,
                              bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Vocabulary chunks of float32 logits via torch.mm (one chunk of N x width floats per
-    adapter at a time, width <= CUBLAS_CHUNK_ELEMENTS / N) -> the partials (max, sum of exp2)
-    of the tile kernel, shaped (2N, chunks) each. hb, hv: (N, H); weight: (V, H)."""
+    """Vocabulary chunks of float32 logits of both adapters via torch.mm (cuBLAS on CUDA)
+    into one reused buffer of at most CUBLAS_CHUNK_ELEMENTS floats, each chunk reduced by
+    `_chunk_lse_kernel` -> the tile kernel's partials (max, sum of exp2), float32
+    (2N, chunks) each. hb, hv: (N, H) in the weight's dtype; weight: (V, H)."""
     N, V = hb.shape[0], weight.shape[0]
     width = max(CUBLAS_CHUNK_ALIGN,
-                CUBLAS_CHUNK_ELEMENTS // N // CUBLAS_CHUNK_ALIGN * CUBLAS_CHUNK_ALIGN)
+                CUBLAS_CHUNK_ELEMENTS // (2 * N) // CUBLAS_CHUNK_ALIGN * CUBLAS_CHUNK_ALIGN)
+    width = min(width, V)
     chunks = triton.cdiv(V, width)
-    row_max = torch.empty(2, N, chunks, dtype=torch.float32, device=hb.device)
+    row_max = torch.empty(2 * N, chunks, dtype=torch.float32, device=hb.device)
     row_sum = torch.empty_like(row_max)
+    buffer = torch.empty(2 * N * width, dtype=torch.float32, device=hb.device)
+    # cuBLAS writes float32 straight from half inputs; elsewhere (CPU tests) upcast first
+    direct = hb.is_cuda and hb.dtype != torch.float32
+    hidden = (hb, hv) if direct else (hb.float(), hv.float())
     for j, v0 in enumerate(range(0, V, width)):
         w_chunk = weight[v0:v0 + width]
-        for side, h in enumerate((hb, hv)):
-            if h.is_cuda and h.dtype != torch.float32:
-                logits = torch.mm(h, w_chunk.T, out_dtype=torch.float32)
+        cols = w_chunk.shape[0]
+        logits = buffer[:2 * N * cols].view(2, N, cols)
+        for side, h in enumerate(hidden):
+            if direct:
+                torch.mm(h, w_chunk.T, out_dtype=torch.float32, out=logits[side])
             else:
-                logits = torch.mm(h.float(), w_chunk.T.float())
-            if bias is not None:
-                logits += bias[v0:v0 + width].float()
-            m = logits.amax(dim=1)
-            row_max[side, :, j] = m
-            row_sum[side, :, j] = logits.sub_(m[:, None]).mul_(LOG2E).exp2_().sum(dim=1)
-    return row_max.view(2 * N, chunks), row_sum.view(2 * N, chunks)
+                torch.mm(h, w_chunk.T.float(), out=logits[side])
+        if bias is not None:
+            logits += bias[v0:v0 + cols].float()
+        _chunk_lse_kernel[(2 * N,)](logits, row_max, row_sum, cols, j, chunks,
+                                    BLOCK_V=CHUNK_LSE_BLOCK, num_warps=4)
+    return row_max, row_sum
 
 
 def _max_tile_offset(rows: int, cols: int, strides: tuple[int, int]) -> int:
