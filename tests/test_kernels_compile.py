@@ -42,19 +42,19 @@ PLAIN = textwrap.dedent(
     """
 )
 
-# The fused head: every config of the table (bf16, specialised as the launcher does for a
-# contiguous model: unit hidden-dimension strides, 16-aligned pointers, H, V, N and row
-# strides; with and without bias; an uneven K tail for the first config), fp32 (IEEE dots)
-# and fp16 once each, the cuBLAS-chunked path's reduction kernel, and the finish kernel
-# for each transform. bf16 tiles must run on
-# Hopper tensor cores (wgmma) fed by an asynchronous copy pipeline (cp.async).
+# The fused head: every config of the table in bf16, specialised as the launcher does for
+# a model with H a multiple of 16 (unit hidden-dimension strides; 16-aligned pointers, H, V,
+# N, sample and token strides), with and without bias; for the first config also an uneven
+# K tail, fp16 and fp32 (IEEE dots). Then the cuBLAS-chunked path's reduction kernel and the
+# finish kernel for each transform. bf16 tiles must run on Hopper tensor cores (wgmma) fed
+# by an asynchronous copy pipeline (cp.async).
 LINEAR = textwrap.dedent(
     """
     from tov_kernels import linear_logprob_delta as lld
 
     UNIT = ("s_hb_h", "s_hv_h", "s_w_h")
     ALIGNED = ("hb_ptr", "hv_ptr", "w_ptr", "bias_ptr", "max_ptr", "sum_ptr", "N", "V", "H",
-               "s_hb_n", "s_hv_n", "s_w_v")
+               "s_hb_b", "s_hb_t", "s_hv_b", "s_hv_t", "s_w_v")
     tiles = [c for c in lld.table_configs() if c != lld.CUBLAS_CHUNKED]
     assert tiles and lld.INTERPRETER_CONFIG not in tiles
 

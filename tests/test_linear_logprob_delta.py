@@ -147,15 +147,19 @@ def test_mixed_dtypes_round_hidden_states_to_weight_dtype():
 
 
 def test_strided_and_shared_buffer_inputs():
-    """Hidden states as the two halves of one (2B, T, H) buffer, as column slices of a wider
+    """Hidden states as the two halves of one (2B, T + 1, H) forward output without its last
+    position (as the scorer passes them: not viewable as (N, H)), as column slices of a wider
     buffer, int32 labels and a column-major (tied) weight: all equal to the reference."""
-    B, T, V, H = 2, 5, 200, 32
+    B, T, V, H = 3, 5, 200, 32
     hb, hv, w, _, labels = make_inputs(B, T, V, H, seed=13)
     ref = reference(hb, hv, w, labels)
-    both = torch.cat([hb, hv])  # one forward's output over 2B rows
-    out = paired_linear_logprob_delta(both[:B], both[B:], w, labels.int(), reduction="none",
-                                      backend="triton")
-    assert rel_err(out, ref) <= 1e-5
+    both = torch.cat([torch.cat([hb, hv]), torch.randn(2 * B, 1, H).to(DEVICE)], dim=1)
+    hidden = both[:, :-1]
+    assert hidden[:B].stride() == ((T + 1) * H, H, 1)
+    for config in (None, ODD_TILE, CUBLAS_CHUNKED):
+        out = linear_logprob_delta_tokens(hidden[:B], hidden[B:], w, None, labels.int(), 0,
+                                          IGNORE, config=config)
+        assert rel_err(out, ref) <= 1e-5
     wide = torch.zeros(2, B, T, H + 8, device=DEVICE)
     wide[0, ..., 3:3 + H], wide[1, ..., 3:3 + H] = hb, hv
     column_major = w.T.contiguous().T
@@ -237,3 +241,13 @@ def test_benchmark_variants_each_config():
     ref = reference(hb, hv, w, labels)
     for name, run in variants.items():
         assert rel_err(run(), ref) <= 1e-5, name
+
+
+def test_offsets_past_32_bits_copy_the_operand():
+    """A hidden-state tensor whose in-tile offsets would overflow 32 bits is flagged (the
+    launcher then copies it to a contiguous tensor)."""
+    ok = torch.empty_strided((4, 8, 64), (8 * 64, 64, 1), device="meta")
+    assert lld._fits_int32(ok, 128, 64)
+    huge = torch.empty_strided((4, 8, 64), (2**30, 64, 1), device="meta")
+    assert lld._fits_int32(huge, 8, 64)  # 8 rows touch at most 2 samples: 2**30 + ...
+    assert not lld._fits_int32(huge, 16, 64)  # 16 rows may touch 3: 2**31 + ...

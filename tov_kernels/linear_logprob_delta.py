@@ -113,15 +113,16 @@ def config_for(hidden: int, vocab: int, tokens: int, device: torch.device) -> Co
 @triton.jit
 def _lse_tiles_kernel(
     hb_ptr, hv_ptr, w_ptr, bias_ptr, max_ptr, sum_ptr,
-    N, V, H, row_tiles, vocab_tiles,
-    s_hb_n, s_hb_h, s_hv_n, s_hv_h, s_w_v, s_w_h,
+    N, T, V, H, row_tiles, vocab_tiles,
+    s_hb_b, s_hb_t, s_hb_h, s_hv_b, s_hv_t, s_hv_h, s_w_v, s_w_h,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
     """Program p -> (row tile, vocabulary tile) in grouped order; writes the tile's per-row
     max and sum of exp2 at [row * vocab_tiles + vocabulary tile] of max_ptr / sum_ptr, rows
-    0..N-1 base and N..2N-1 val. row_tiles = cdiv(N, BLOCK_M) per adapter."""
+    0..N-1 base and N..2N-1 val. Token row n is hidden[n // T, n % T] (any strides).
+    row_tiles = cdiv(N, BLOCK_M) per adapter."""
     pid = tl.program_id(0)
     per_group = GROUP_M * vocab_tiles
     first_m = (pid // per_group) * GROUP_M
@@ -134,20 +135,25 @@ def _lse_tiles_kernel(
     # 64-bit tile base pointers; 32-bit offsets inside the tile. Rows and columns past the
     # end are clamped to the last one (loads stay unmasked); the epilogue drops them.
     if side == 0:
-        h_tile = hb_ptr + row0.to(tl.int64) * s_hb_n
-        s_n = s_hb_n
+        h_ptr = hb_ptr
+        s_b = s_hb_b
+        s_t = s_hb_t
         s_h = s_hb_h
     else:
-        h_tile = hv_ptr + row0.to(tl.int64) * s_hv_n
-        s_n = s_hv_n
+        h_ptr = hv_ptr
+        s_b = s_hv_b
+        s_t = s_hv_t
         s_h = s_hv_h
-    w_tile = w_ptr + col0.to(tl.int64) * s_w_v
     r = tl.arange(0, BLOCK_M)
     c = tl.arange(0, BLOCK_N)
     k = tl.arange(0, BLOCK_K)
-    r_in = tl.minimum(r, N - 1 - row0)
+    rows = row0 + tl.minimum(r, N - 1 - row0)
+    row_offs = (rows // T).to(tl.int64) * s_b + (rows % T).to(tl.int64) * s_t
+    tile_off = (row0 // T).to(tl.int64) * s_b + (row0 % T).to(tl.int64) * s_t
+    h_tile = h_ptr + tile_off
+    w_tile = w_ptr + col0.to(tl.int64) * s_w_v
     c_in = tl.minimum(c, V - 1 - col0)
-    h_offs = r_in[:, None] * s_n + k[None, :] * s_h
+    h_offs = (row_offs - tile_off).to(tl.int32)[:, None] + k[None, :] * s_h
     w_offs = k[:, None] * s_w_h + c_in[None, :] * s_w_v
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, H, BLOCK_K):
@@ -202,8 +208,8 @@ def _merge_side(max_ptr, sum_ptr, rows, row_ok, vocab_tiles,
 @triton.jit
 def _finish_kernel(
     hb_ptr, hv_ptr, w_ptr, bias_ptr, labels_ptr, max_ptr, sum_ptr, out_ptr,
-    N, H, vocab_tiles,
-    s_hb_n, s_hb_h, s_hv_n, s_hv_h, s_w_v, s_w_h,
+    N, T, H, vocab_tiles,
+    s_hb_b, s_hb_t, s_hb_h, s_hv_b, s_hv_t, s_hv_h, s_w_v, s_w_h,
     ignore_index,
     HAS_BIAS: tl.constexpr, TRANSFORM: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -215,6 +221,10 @@ def _finish_kernel(
     labels = tl.load(labels_ptr + rows, mask=row_ok, other=ignore_index)
     active = row_ok & (labels != ignore_index)
     y = tl.where(active, labels, 0).to(tl.int64)
+    b = rows // T
+    t = rows % T
+    hb_rows = hb_ptr + b * s_hb_b + t * s_hb_t
+    hv_rows = hv_ptr + b * s_hv_b + t * s_hv_t
     kk = tl.arange(0, BLOCK_H)
     acc_b = tl.zeros([BLOCK_R, BLOCK_H], tl.float32)
     acc_v = tl.zeros([BLOCK_R, BLOCK_H], tl.float32)
@@ -222,10 +232,8 @@ def _finish_kernel(
         ks = k0 + kk
         ok = active[:, None] & (ks < H)[None, :]
         w = tl.load(w_ptr + y[:, None] * s_w_v + ks[None, :] * s_w_h, mask=ok, other=0.0)
-        hb = tl.load(hb_ptr + rows[:, None] * s_hb_n + ks[None, :] * s_hb_h, mask=ok,
-                     other=0.0)
-        hv = tl.load(hv_ptr + rows[:, None] * s_hv_n + ks[None, :] * s_hv_h, mask=ok,
-                     other=0.0)
+        hb = tl.load(hb_rows[:, None] + ks[None, :] * s_hb_h, mask=ok, other=0.0)
+        hv = tl.load(hv_rows[:, None] + ks[None, :] * s_hv_h, mask=ok, other=0.0)
         w = w.to(tl.float32)
         acc_b += hb.to(tl.float32) * w
         acc_v += hv.to(tl.float32) * w
@@ -299,8 +307,13 @@ def _cublas_chunked_partials(hb: torch.Tensor, hv: torch.Tensor, weight: torch.T
     return row_max, row_sum
 
 
-def _max_tile_offset(rows: int, cols: int, strides: tuple[int, int]) -> int:
-    return (rows - 1) * abs(strides[0]) + (cols - 1) * abs(strides[1])
+def _fits_int32(hidden: torch.Tensor, rows: int, cols: int) -> bool:
+    """Whether every offset inside a (rows x cols) tile of hidden (B, T, H), taken from the
+    tile's first token row, fits in 32 bits."""
+    s_b, s_t, s_h = (abs(x) for x in hidden.stride())
+    T = hidden.shape[1]
+    span = (rows + T - 2) // T * s_b + (min(rows, T) - 1) * s_t + (cols - 1) * s_h
+    return span < 2**31
 
 
 def linear_logprob_delta_tokens(hidden_base: torch.Tensor, hidden_val: torch.Tensor,
@@ -321,19 +334,20 @@ def linear_logprob_delta_tokens(hidden_base: torch.Tensor, hidden_val: torch.Ten
     out = torch.empty(N, dtype=torch.float32, device=device)
     if N == 0:
         return out.view(B, T)
-    hb = hidden_base.reshape(N, H).to(weight.dtype)
-    hv = hidden_val.reshape(N, H).to(weight.dtype)
+    hb = hidden_base.to(weight.dtype)
+    hv = hidden_val.to(weight.dtype)
     flat_labels = labels.reshape(N).contiguous()
     if config is None:
         config = config_for(H, V, N, device)
     if config == CUBLAS_CHUNKED:
-        row_max, row_sum = _cublas_chunked_partials(hb, hv, weight, bias)
+        row_max, row_sum = _cublas_chunked_partials(hb.reshape(N, H), hv.reshape(N, H),
+                                                    weight, bias)
     else:
         row_max, row_sum = _tile_partials(hb, hv, weight, bias, config)
     vocab_tiles = row_max.shape[1]
     _finish_kernel[(triton.cdiv(N, FINISH_ROWS),)](
         hb, hv, weight, bias if bias is not None else weight, flat_labels, row_max, row_sum,
-        out, N, H, vocab_tiles, *hb.stride(), *hv.stride(), *weight.stride(), ignore_index,
+        out, N, T, H, vocab_tiles, *hb.stride(), *hv.stride(), *weight.stride(), ignore_index,
         HAS_BIAS=bias is not None, TRANSFORM=code, BLOCK_R=FINISH_ROWS,
         BLOCK_T=FINISH_TILES, BLOCK_H=FINISH_HIDDEN, num_warps=FINISH_WARPS,
     )
@@ -344,15 +358,14 @@ def _tile_partials(hb: torch.Tensor, hv: torch.Tensor, weight: torch.Tensor,
                    bias: torch.Tensor | None,
                    config: TileConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the tile kernel -> (max, sum of exp2) partials, float32 (2N, vocab tiles) each.
-    hb, hv: (N, H) in the weight's dtype; weight: (V, H)."""
-    (N, H), V = hb.shape, weight.shape[0]
-    # 32-bit offsets inside a tile: fall back to contiguous operands if they could overflow
-    limit = 2**31 - 1
-    if _max_tile_offset(config.block_m, config.block_k, hb.stride()) > limit:
-        hb = hb.contiguous()
-    if _max_tile_offset(config.block_m, config.block_k, hv.stride()) > limit:
-        hv = hv.contiguous()
-    if _max_tile_offset(config.block_n, config.block_k, weight.stride()) > limit:
+    hb, hv: (B, T, H) in the weight's dtype, any strides; weight: (V, H)."""
+    B, T, H = hb.shape
+    N, V = B * T, weight.shape[0]
+    # 32-bit offsets inside a tile: operands whose strides could overflow them are copied
+    hb, hv = (h if _fits_int32(h, config.block_m, config.block_k) else h.contiguous()
+              for h in (hb, hv))
+    if (config.block_n - 1) * abs(weight.stride(0)) + (
+            config.block_k - 1) * abs(weight.stride(1)) >= 2**31:
         weight = weight.contiguous()
     row_tiles = triton.cdiv(N, config.block_m)
     vocab_tiles = triton.cdiv(V, config.block_n)
@@ -360,7 +373,7 @@ def _tile_partials(hb: torch.Tensor, hv: torch.Tensor, weight: torch.Tensor,
     row_sum = torch.empty_like(row_max)
     _lse_tiles_kernel[(2 * row_tiles * vocab_tiles,)](
         hb, hv, weight, bias if bias is not None else weight, row_max, row_sum,
-        N, V, H, row_tiles, vocab_tiles, *hb.stride(), *hv.stride(), *weight.stride(),
+        N, T, V, H, row_tiles, vocab_tiles, *hb.stride(), *hv.stride(), *weight.stride(),
         HAS_BIAS=bias is not None, IEEE=weight.dtype == torch.float32,
         UPCAST=weight.dtype == torch.bfloat16 and hb.device.type == "cpu",
         EVEN_K=H % config.block_k == 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
