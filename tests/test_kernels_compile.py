@@ -42,7 +42,7 @@ PLAIN = textwrap.dedent(
     """
 )
 
-# The fused head: every config of the table in bf16, specialised as the launcher does for
+# The fused head: every config of the table and every candidate in bf16, specialised as the launcher does for
 # a model with H a multiple of 16 (unit hidden-dimension strides; 16-aligned pointers, H, V,
 # N, sample and token strides), with and without bias; for the first config also an uneven
 # K tail, fp16 and fp32 (IEEE dots). Then the cuBLAS-chunked path's reduction kernel and the
@@ -55,7 +55,7 @@ LINEAR = textwrap.dedent(
     UNIT = ("s_hb_h", "s_hv_h", "s_w_h")
     ALIGNED = ("hb_ptr", "hv_ptr", "w_ptr", "bias_ptr", "max_ptr", "sum_ptr", "N", "V", "H",
                "s_hb_b", "s_hb_t", "s_hv_b", "s_hv_t", "s_w_v")
-    tiles = [c for c in lld.table_configs() if c != lld.CUBLAS_CHUNKED]
+    tiles = [c for c in lld.measured_configs() if c != lld.CUBLAS_CHUNKED]
     assert tiles and lld.INTERPRETER_CONFIG not in tiles
 
     def tile_kernel(config, dtype, has_bias=False, even_k=True):

@@ -25,9 +25,9 @@ DEVICE = "cuda" if torch.cuda.is_available() and os.environ["TRITON_INTERPRET"] 
 TRANSFORMS = {"identity": lambda d: d, "abs": torch.abs, "relu": lambda d: d.clamp(min=0)}
 CODES = {"identity": 0, "abs": 1, "relu": 2}
 # Tile configs other than the default: tiles taller than wide, GROUP_M not dividing the row
-# tiles, an uneven K tail; and every distinct tile config of the table.
+# tiles, an uneven K tail; and every tile config of the table and the candidates.
 ODD_TILE = TileConfig(32, 16, 32, group_m=3, num_warps=2, num_stages=2)
-TABLE_TILES = [c for c in lld.table_configs() if c != CUBLAS_CHUNKED]
+MEASURED_TILES = [c for c in lld.measured_configs() if c != CUBLAS_CHUNKED]
 
 
 def reference(hidden_base, hidden_val, weight, labels, bias=None, transform="identity"):
@@ -93,7 +93,7 @@ def test_matches_reference(shape, with_bias):
             assert mean[0].item() == 0.0
 
 
-@pytest.mark.parametrize("config", [None, ODD_TILE, *TABLE_TILES, CUBLAS_CHUNKED],
+@pytest.mark.parametrize("config", [None, ODD_TILE, *MEASURED_TILES, CUBLAS_CHUNKED],
                          ids=lambda c: getattr(c, "name", str(c)))
 def test_label_at_every_vocabulary_position(config):
     """One token per vocabulary column: labels at the first and last column of every tile
@@ -232,12 +232,13 @@ def test_config_table_covers_every_bucket():
 
 
 def test_benchmark_variants_each_config():
-    """benchmark_variants: one callable per distinct table config and the cuBLAS path, by
+    """benchmark_variants: one callable per candidate, table config and the cuBLAS path, by
     name, each giving the reference."""
     hb, hv, w, _, labels = make_inputs(2, 5, 300, 32, seed=15)
     variants = lld.benchmark_variants(hb, hv, w, labels)
-    names = {getattr(c, "name", c) for c in lld.table_configs()} | {CUBLAS_CHUNKED}
-    assert set(variants) == names
+    configs = {*lld.CANDIDATES, *lld.table_configs(), CUBLAS_CHUNKED}
+    assert set(variants) == {getattr(c, "name", c) for c in configs}
+    assert len(variants) == len(configs)
     ref = reference(hb, hv, w, labels)
     for name, run in variants.items():
         assert rel_err(run(), ref) <= 1e-5, name
