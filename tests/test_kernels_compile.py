@@ -42,12 +42,12 @@ PLAIN = textwrap.dedent(
     """
 )
 
-# The fused head: every config of the table and every candidate in bf16, specialised as the launcher does for
-# a model with H a multiple of 16 (unit hidden-dimension strides; 16-aligned pointers, H, V,
-# N, sample and token strides), with and without bias; for the first config also an uneven
-# K tail, fp16 and fp32 (IEEE dots). Then the cuBLAS-chunked path's reduction kernel and the
-# finish kernel for each transform. bf16 tiles must run on Hopper tensor cores (wgmma) fed
-# by an asynchronous copy pipeline (cp.async).
+# The fused head: every config of the table and every candidate in bf16, specialised as
+# the launcher does for a model with H a multiple of 16 (unit hidden-dimension strides;
+# 16-aligned pointers, H, V, N, sample and token strides), with and without bias; for the
+# first config also an uneven K tail, fp16 and fp32 (IEEE dots). Then the cuBLAS-chunked
+# path's reduction kernel and the finish kernel for each transform. bf16 tiles must run on
+# Hopper tensor cores (wgmma) fed by an asynchronous copy pipeline (cp.async).
 LINEAR = textwrap.dedent(
     """
     from tov_kernels import linear_logprob_delta as lld

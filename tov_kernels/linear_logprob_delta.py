@@ -2,7 +2,8 @@
 
 The base and the val hidden states form one (2N, H) operand: row tiles 0..P-1 read base rows
 and P..2P-1 val rows (P = cdiv(N, BLOCK_M)) through two 64-bit tile base pointers, so the two
-tensors are never copied into one. A matmul-shaped grid walks (row tile x vocabulary tile) in
+(B, T, H) tensors (any strides, e.g. the halves of one forward's output without its last
+position) are never copied into one. A matmul-shaped grid walks (row tile x vocabulary tile) in
 grouped order (GROUP_M row tiles share each weight tile while it is in L2); each program
 computes one (BLOCK_M, BLOCK_N) logits tile over the whole hidden dimension and its epilogue
 writes, per row, the tile's max and sum of exp2((logit - max) * log2(e)) into a partials
@@ -35,6 +36,7 @@ import triton.language as tl
 from tov_kernels.logprob_delta import _apply_transform
 
 LOG2E = math.log2(math.e)
+_LOG2E = tl.constexpr(LOG2E)  # the same, inside kernels
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,8 @@ CANDIDATES: tuple[TileConfig, ...] = (
 
 # Bucket upper bounds (inclusive) of hidden size H, vocabulary V and tokens N = B*T per
 # adapter; None: anything larger. CONFIG_TABLE maps (H bound, V bound, N bound) to the config
-# for that bucket. GUESSES until measured on an H200 (benchmarks/kernel_bench.py times every
-# config of the table for a shape through `benchmark_variants`): edit the entries, not code.
+# for that bucket. GUESSES until measured on an H200 (benchmarks/kernel_bench.py times each
+# config of `measured_configs` for a shape through `benchmark_variants`): edit the entries.
 # Configs may differ between token buckets of one (H, V); the result is batch-invariant
 # inside a token bucket only.
 HIDDEN_BUCKETS = (1024, 4096, None)
@@ -185,7 +187,7 @@ def _lse_tiles_kernel(
         acc += tl.load(bias_ptr + col0 + c_in).to(tl.float32)[None, :]
     acc = tl.where((c < V - col0)[None, :], acc, float("-inf"))  # >= 1 column is real
     m = tl.max(acc, axis=1)
-    s = tl.sum(tl.exp2((acc - m[:, None]) * 1.4426950408889634), axis=1)
+    s = tl.sum(tl.exp2((acc - m[:, None]) * _LOG2E), axis=1)
     at = (side * N + row0 + r).to(tl.int64) * vocab_tiles + pid_n
     row_ok = r < N - row0
     tl.store(max_ptr + at, m, mask=row_ok)
@@ -208,8 +210,8 @@ def _merge_side(max_ptr, sum_ptr, rows, row_ok, vocab_tiles,
         m_new = tl.maximum(m, tl.max(m_t, axis=1))
         # rows not read hold -inf everywhere: keep their scale finite (they are dropped)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        s = s * tl.exp2((m - m_safe) * 1.4426950408889634) + tl.sum(
-            s_t * tl.exp2((m_t - m_safe[:, None]) * 1.4426950408889634), axis=1)
+        s = s * tl.exp2((m - m_safe) * _LOG2E) + tl.sum(
+            s_t * tl.exp2((m_t - m_safe[:, None]) * _LOG2E), axis=1)
         m = m_new
     return tl.where(row_ok, m, 0.0), tl.where(row_ok, s, 1.0)
 
@@ -274,11 +276,10 @@ def _chunk_lse_kernel(logits_ptr, max_ptr, sum_ptr, width, chunk, chunks,
         x = tl.load(x_row + v0 + cols, mask=v0 + cols < width, other=float("-inf"))
         m_new = tl.maximum(m, x)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # lanes with nothing yet
-        s = s * tl.exp2((m - m_safe) * 1.4426950408889634) + tl.exp2(
-            (x - m_safe) * 1.4426950408889634)
+        s = s * tl.exp2((m - m_safe) * _LOG2E) + tl.exp2((x - m_safe) * _LOG2E)
         m = m_new
     row_max = tl.max(m, axis=0)
-    row_sum = tl.sum(s * tl.exp2((m - row_max) * 1.4426950408889634), axis=0)
+    row_sum = tl.sum(s * tl.exp2((m - row_max) * _LOG2E), axis=0)
     tl.store(max_ptr + row * chunks + chunk, row_max)
     tl.store(sum_ptr + row * chunks + chunk, row_sum)
 
