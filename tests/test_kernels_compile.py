@@ -12,6 +12,11 @@ import textwrap
 
 BUILD = textwrap.dedent(
     """
+    import os
+    import re
+    import subprocess
+    import tempfile
+
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -19,7 +24,8 @@ BUILD = textwrap.dedent(
     target = GPUTarget("cuda", 90, 32)
 
     def build(fn, types, constexprs, aligned=(), **options):
-        # aligned: arguments the launcher specialises as divisible by 16 (pointers, ints)
+        # aligned: arguments a real launch finds divisible by 16 (pointers to 16-byte aligned
+        # memory, strides that are multiples of 16); names fn does not take are skipped
         sig = {name: types.get(name, "i32") for name in fn.arg_names}
         sig.update({name: "constexpr" for name in constexprs})
         attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]]
@@ -28,6 +34,17 @@ BUILD = textwrap.dedent(
                                 options=options)
         assert "ld.global" in kernel.asm["ptx"] or "cp.async" in kernel.asm["ptx"]
         return kernel
+
+    def resource_usage(kernel):
+        # {"REG": registers per thread, "STACK": stack bytes (register spills), ...}
+        cuobjdump = os.path.join(triton.__path__[0], "backends", "nvidia", "bin", "cuobjdump")
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(kernel.asm["cubin"])
+            f.flush()
+            usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], check=True,
+                                   capture_output=True, text=True).stdout
+        return {k: int(v) for k, v in re.findall(r"([A-Z]+):([0-9]+)",
+                                                 usage.split("Function", 1)[1])}
     """
 )
 
@@ -70,6 +87,8 @@ LINEAR = textwrap.dedent(
         if dtype != "fp32":
             ptx = kernel.asm["ptx"]
             assert "wgmma.mma_async" in ptx and "cp.async" in ptx, (config, dtype)
+            usage = resource_usage(kernel)
+            assert usage["STACK"] == usage["LOCAL"] == 0, (config.name, usage)  # no spills
 
     for i, config in enumerate(tiles):
         for has_bias in (False, True):
