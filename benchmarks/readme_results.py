@@ -102,7 +102,8 @@ def render() -> str:
     return "\n".join(lines)
 
 
-QUALITY_CONFIGS = ("ner_coarse", "ner_coarse_v2", "lm_tweets", "lm_tweets_v2", "chat_long")
+QUALITY_CONFIGS = ("ner_coarse", "ner_coarse_v2", "lm_tweets", "lm_tweets_v2", "lm_news",
+                   "chat_long")
 
 
 def _num(x: object, fmt: str) -> str:
