@@ -17,6 +17,7 @@ SCRIPT = textwrap.dedent(
     from triton.compiler import ASTSource
     from tov_kernels.linear_logprob_delta import _merge_partials_kernel as merge
     from tov_kernels.linear_logprob_delta import _paired_linear_partials_kernel as linear
+    from tov_kernels.logprob_delta import _finish_kernel as finish
     from tov_kernels.logprob_delta import _paired_logprob_delta_kernel as plain
 
     target = GPUTarget("cuda", 90, 32)
@@ -29,9 +30,6 @@ SCRIPT = textwrap.dedent(
         assert "ld.global" in kernel.asm["ptx"]
 
     for dtype in ("fp32", "bf16", "fp16"):
-        for code in (0, 1, 2) if dtype == "fp32" else (1,):
-            build(plain, {"base_ptr": "*" + dtype, "val_ptr": "*" + dtype, "labels_ptr": "*i64",
-                          "out_ptr": "*fp32"}, {"TRANSFORM": code, "BLOCK_V": 4096}, num_warps=8)
         ptrs = {p: "*" + dtype for p in ("hb_ptr", "hv_ptr", "w_ptr", "bias_ptr")}
         ptrs.update(labels_ptr="*i64", **{f"{k}_ptr": "*fp32" for k in PARTIALS})
         for has_bias in (False, True) if dtype == "bf16" else (True,):
@@ -46,6 +44,19 @@ SCRIPT = textwrap.dedent(
         build(merge, {"labels_ptr": "*i64", "out_ptr": "*fp32", "num_splits": "constexpr",
                       **{f"{k}_ptr": "*fp32" for k in PARTIALS}},
               {"TRANSFORM": code, "BLOCK": 256, "num_splits": 1}, num_warps=4)
+    # the logits kernel: every dtype and vector width, unit and general last stride; the
+    # finish kernel for each transform, with and without the label-error counts
+    for dtype, vec in (("fp32", 4), ("bf16", 8), ("fp16", 8), ("bf16", 4)):
+        for contiguous in (True, False):
+            build(plain, {"base_ptr": "*" + dtype, "val_ptr": "*" + dtype, "labels_ptr": "*i64",
+                          "lse_ptr": "*fp32", "z_ptr": "*fp32"},
+                  {"CONTIGUOUS": contiguous, "TILE_R": 512, "VEC": vec}, num_warps=8)
+    for code in (0, 1, 2):
+        for has_errors in (False, True):
+            build(finish, {"labels_ptr": "*i64", "lse_ptr": "*fp32", "z_ptr": "*fp32",
+                           "tokens_ptr": "*fp32", "mean_ptr": "*fp32",
+                           "errors_ptr": "*i32" if has_errors else "*fp32"},
+                  {"TRANSFORM": code, "HAS_ERRORS": has_errors, "BLOCK_T": 1024}, num_warps=4)
     print("compiled")
     """
 )
