@@ -165,7 +165,8 @@ def test_chunk_layout_depends_on_shape_only():
                 assert 1 <= n_chunks <= n_tiles
                 assert (n_chunks - 1) * per_chunk < n_tiles <= n_chunks * per_chunk  # none empty
     assert chunk_layout(8192, 49152, 4096) == (1, 12)  # many rows: one program per row
-    assert chunk_layout(1024, 49152, 4096) == (4, 3)
+    assert chunk_layout(1024, 49152, 4096) == (1, 12)
+    assert chunk_layout(100, 49152, 4096) == (6, 2)
     assert chunk_layout(2, 128256, 4096) == (16, 2)  # at least 2 tiles per chunk
     assert chunk_layout(2, 300, 32, chunks=10_000) == (10, 1)  # forced, clipped to the tiles
 
