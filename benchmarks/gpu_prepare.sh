@@ -49,7 +49,7 @@ if [ -n "$LM_CONFIGS" ]; then
     [ ${#lender[@]} -gt 0 ] || lender=(--share-weights-from ".gpu/quality_lm/$config/models/minilm")
   done
 fi
-du -sh .gpu/* .gpu/smollm2/*
+du -sh .gpu/* .gpu/smollm2/* 2>/dev/null || true
 tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null \
   | awk '{s += $1} END {print s + 0}')
 over=0
