@@ -15,7 +15,7 @@
 #                lm_tweets_v2 chat_long, full: the CPU size), one MiniLM copy in the first,
 #                lent to the others
 # What one device call carries (working tree + the paths it names) must stay under 64 MiB; the
-# sizes of each call are printed. gpu_check.sh: .gpu/wheels .gpu/ner .gpu/quality_<config>.
+# sizes of each call are printed. GPU_EXTRA=1 gpu_check.sh: .gpu/wheels .gpu/ner .gpu/quality_<c>.
 # The causal-LM configurations take three calls to one warm machine (it keeps what earlier
 # calls left): 1. .gpu/wheels .gpu/smollm2/part-a .gpu/smollm2/gguf.json (with any command, e.g.
 # the kernel check); 2. .gpu/smollm2/part-b with "SMOLLM2_ONLY=1 bash
@@ -65,7 +65,7 @@ call() {  # call NAME PATH...: the working tree and the existing PATHs must fit 
 }
 ner_bundles=()
 for config in $QUALITY_CONFIGS; do ner_bundles+=(".gpu/quality_$config"); done
-call gpu_check .gpu/wheels .gpu/ner "${ner_bundles[@]}"
+call "gpu_check (GPU_EXTRA=1)" .gpu/wheels .gpu/ner "${ner_bundles[@]}"
 call "lm 1/3" .gpu/wheels .gpu/smollm2/part-a .gpu/smollm2/gguf.json
 call "lm 2/3" .gpu/smollm2/part-b
 call "lm 3/3" .gpu/quality_lm

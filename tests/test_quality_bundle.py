@@ -166,6 +166,7 @@ def fake_gguf(tmp_path, monkeypatch):
     from tov_datasets.assets import SMOLLM2_GGUF
 
     monkeypatch.setenv("TOV_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TOV_SMOLLM2_DIR", "")  # unset; restored after the test (use_bundle sets it)
     src = tmp_path / "source" / SMOLLM2_GGUF
     src.parent.mkdir()
     src.write_bytes(np.random.default_rng(0).integers(0, 256, 1001, dtype=np.uint8).tobytes())
@@ -186,7 +187,6 @@ def test_gguf_split_and_joined(fake_gguf, tmp_path, monkeypatch):
     assert (parts / "part-b").read_bytes() == data[501:]
     assert record["parts"][1] == {"name": "part-b", "size": 500,
                                   "sha256": hashlib.sha256(data[501:]).hexdigest()}
-    monkeypatch.delenv("TOV_SMOLLM2_DIR", raising=False)
     joined = quality_bundle.use_gguf_parts(parts)
     assert (joined / fake_gguf.name).read_bytes() == data
     assert joined.is_relative_to(tmp_path / "cache")  # not next to the parts
@@ -239,7 +239,6 @@ TINY_LM_CONFIG = Config("tiny_lm", "causal_lm", tiny_chat_data, tiny_causal_lm,
 
 def test_causal_lm_bundle_round_trip_and_run(env, fake_gguf, tmp_path, monkeypatch):
     monkeypatch.setitem(CONFIGS, "tiny_lm", TINY_LM_CONFIG)
-    monkeypatch.delenv("TOV_SMOLLM2_DIR", raising=False)
     gpu = tmp_path / "gpu"
     record = quality_bundle.split_gguf(gpu / "smollm2", fake_gguf, max_part_bytes=600)
     first = quality_bundle.save("tiny_ner", "small", [0], gpu / "quality_lm" / "tiny_ner")
@@ -297,8 +296,8 @@ def test_demo_model_from_the_gguf_parts(tmp_path, monkeypatch):
 
     from tov_datasets import assets
 
+    monkeypatch.setenv("TOV_SMOLLM2_DIR", "")  # unset; restored after the test
     reference = assets.demo_model_dir()  # from the package (cached)
-    monkeypatch.delenv("TOV_SMOLLM2_DIR", raising=False)
     monkeypatch.setenv("TOV_CACHE_DIR", str(tmp_path / "cache"))
     quality_bundle.split_gguf(tmp_path / "smollm2")
     find_spec = importlib.util.find_spec
