@@ -2,10 +2,15 @@
 
 CPU: time and extra peak memory of the chunked torch path vs naive, at B*T = 2048 tokens and
 V = 49152 / 128256, median of repeats measured alternately in one run -> kernel_cpu.json.
-CUDA: achieved read bandwidth vs a device-to-device copy, speed-up over naive eager, and the
-fused-linear kernel's time vs the bare matmul of both hidden-state sets -> kernel_<gpu>.json.
+CUDA (bf16, triton.testing.do_bench): the logits kernel's bandwidth on the bytes it actually
+reads (rows with a scored label) against a device-to-device copy of as many bytes, measured
+side by side, with and without the host-side label check; and the fused hidden-states head
+against a bare matmul of the same (2N, H) x (H, V) shape (both adapters' rows stacked), at
+each hidden size, for the default path and every variant `fused_head_variants` finds
+-> kernel_<gpu>.json (8192 tokens) or kernel_<gpu>_<tokens>tokens.json.
 
     python benchmarks/kernel_bench.py [--repeats 5] [--vocab 49152 128256] [--tokens 2048]
+    python benchmarks/kernel_bench.py --device cuda --tokens 8192 [--hidden 576 4096]
 """
 
 from __future__ import annotations
@@ -76,23 +81,31 @@ def extra_peak_bytes_cuda(fn) -> int:
     return torch.cuda.max_memory_allocated() - before
 
 
-def inputs(tokens: int, vocab: int, hidden: int, dtype, device):
+def logits_inputs(tokens: int, vocab: int, dtype, device):
+    """Two (2, tokens/2, vocab) logits tensors and labels whose first eighth of each sample is
+    a prompt that is not scored (ignore_index)."""
     gen = torch.Generator(device=device).manual_seed(0)
-    B = 2
-    T = tokens // B
+    B, T = 2, tokens // 2
     lb = torch.randn(B, T, vocab, generator=gen, device=device, dtype=dtype) * 3
     lv = lb + torch.randn(B, T, vocab, generator=gen, device=device, dtype=dtype)
     labels = torch.randint(0, vocab, (B, T), generator=gen, device=device)
-    labels[:, : T // 8] = -100  # a prompt part that is not scored
-    hb = torch.randn(B, T, hidden, generator=gen, device=device, dtype=dtype)
-    hv = hb + 0.1 * torch.randn(B, T, hidden, generator=gen, device=device, dtype=dtype)
+    labels[:, : T // 8] = -100
+    return lb, lv, labels
+
+
+def hidden_inputs(tokens: int, vocab: int, hidden: int, dtype, device):
+    """Hidden states of both adapters (2, tokens/2, hidden) and an output projection (vocab,
+    hidden)."""
+    gen = torch.Generator(device=device).manual_seed(1)
+    hb = torch.randn(2, tokens // 2, hidden, generator=gen, device=device, dtype=dtype)
+    hv = hb + 0.1 * torch.randn(hb.shape, generator=gen, device=device, dtype=dtype)
     weight = torch.randn(vocab, hidden, generator=gen, device=device, dtype=dtype) / hidden**0.5
-    return lb, lv, labels, hb, hv, weight
+    return hb, hv, weight
 
 
 def cpu_case(args, vocab: int) -> tuple[dict, dict, dict]:
     """One vocabulary size on CPU -> (table row, summary entries, details)."""
-    lb, lv, labels, *_ = inputs(args.tokens, vocab, args.hidden, torch.float32, "cpu")
+    lb, lv, labels = logits_inputs(args.tokens, vocab, torch.float32, "cpu")
     fns = {
         "naive": lambda: naive_delta(lb, lv, labels),
         "torch_path": lambda: paired_logprob_delta(lb, lv, labels, backend="torch"),
@@ -131,83 +144,147 @@ def bench_cpu(args) -> None:
     print(f"wrote {path}")
 
 
-def cuda_case(args, vocab: int) -> tuple[dict, dict, dict]:
-    """One vocabulary size on CUDA (bf16) -> (table row, summary entries, details)."""
-    from triton.testing import do_bench
+def fused_head_variants(hb, hv, weight, labels) -> dict[str, object]:
+    """Callables computing the fused head, by name: "default" (the public function) and, when
+    `tov_kernels.linear_logprob_delta` provides `benchmark_variants(hb, hv, weight, labels)`
+    (one zero-argument callable per entry of its measured config table and its cuBLAS-chunked
+    fallback), each of those: the hook through which every config gets timed."""
+    from tov_kernels import linear_logprob_delta
 
-    from tov_kernels.linear_logprob_delta import linear_logprob_delta_tokens, num_splits
+    variants = {"default": lambda: paired_linear_logprob_delta(hb, hv, weight, labels)}
+    table = getattr(linear_logprob_delta, "benchmark_variants", None)
+    if table is not None:
+        variants.update(table(hb, hv, weight, labels))
+    return variants
 
-    lb, lv, labels, hb, hv, weight = inputs(args.tokens, vocab, args.hidden, torch.bfloat16,
-                                            "cuda")
-    read_bytes = 2 * lb.numel() * lb.element_size()
-    src = torch.empty(2 * lb.numel(), dtype=lb.dtype, device="cuda")
+
+def copy_seconds(n_bytes: int, bench) -> float:
+    """Time of a device-to-device copy of n_bytes."""
+    src = torch.empty(n_bytes, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    t_copy = do_bench(lambda: dst.copy_(src)) / 1e3
-    t_ours = do_bench(lambda: paired_logprob_delta(lb, lv, labels)) / 1e3
-    t_naive = do_bench(lambda: naive_delta(lb, lv, labels)) / 1e3
-    h2 = torch.cat([hb, hv]).reshape(-1, hb.shape[-1])
-    t_matmul = do_bench(lambda: h2 @ weight.T) / 1e3
-    t_linear = do_bench(lambda: paired_linear_logprob_delta(hb, hv, weight, labels)) / 1e3
-    t_one_split = do_bench(lambda: linear_logprob_delta_tokens(
-        hb, hv, weight, None, labels, 0, -100, splits=1)) / 1e3
+    return bench(lambda: dst.copy_(src))
+
+
+def logits_case(args, vocab: int, bench, bench_graph) -> tuple[dict, dict, dict]:
+    """The logits kernel at one vocabulary size -> (table row, summary entries, details)."""
+    lb, lv, labels = logits_inputs(args.tokens, vocab, torch.bfloat16, "cuda")
+    scored_rows = int((labels != -100).sum())
+    read_bytes = 2 * scored_rows * vocab * lb.element_size() + labels.numel() * 8
+    errors = torch.zeros(labels.shape[0], dtype=torch.int32, device="cuda")
+    t_copy = copy_seconds(read_bytes, bench)
+    t_ours = bench(lambda: paired_logprob_delta(lb, lv, labels, label_errors=errors))
+    t_graph = bench_graph(lambda: paired_logprob_delta(lb, lv, labels, label_errors=errors))
+    t_checked = bench(lambda: paired_logprob_delta(lb, lv, labels))
+    t_naive = bench(lambda: naive_delta(lb, lv, labels))
     copy_bw = 2 * read_bytes / t_copy  # a copy reads and writes each byte
     ours_bw = read_bytes / t_ours
-    mem_ours = extra_peak_bytes_cuda(lambda: paired_logprob_delta(lb, lv, labels))
+    graph_fraction = (read_bytes / t_graph) / copy_bw
+    mem_ours = extra_peak_bytes_cuda(
+        lambda: paired_logprob_delta(lb, lv, labels, label_errors=errors))
     mem_naive = extra_peak_bytes_cuda(lambda: naive_delta(lb, lv, labels))
     summary = {f"bandwidth_fraction_of_copy_v{vocab}": round(ours_bw / copy_bw, 4),
-               f"speedup_vs_naive_v{vocab}": round(t_naive / t_ours, 4),
-               f"fused_linear_time_ratio_vs_matmul_v{vocab}": round(t_linear / t_matmul, 4),
-               f"fused_linear_split_speedup_v{vocab}": round(t_one_split / t_linear, 4)}
-    details = {"copy_s": t_copy, "ours_s": t_ours, "naive_s": t_naive, "matmul_s": t_matmul,
-               "fused_linear_s": t_linear, "fused_linear_one_split_s": t_one_split,
-               "vocabulary_splits": num_splits(hb.shape[0] * hb.shape[1], vocab, 64, hb.device),
-               "copy_GBps": copy_bw / 1e9,
-               "ours_GBps": ours_bw / 1e9, "extra_bytes_ours": mem_ours,
-               "extra_bytes_naive": mem_naive}
-    row = {"vocab": vocab, "ours_ms": t_ours * 1e3, "naive_ms": t_naive * 1e3,
-           "GB/s": ours_bw / 1e9, "copy_GB/s": copy_bw / 1e9, "bw_frac": ours_bw / copy_bw,
-           "speedup": t_naive / t_ours, "linear_ms": t_linear * 1e3,
-           "matmul_ms": t_matmul * 1e3, "linear/matmul": t_linear / t_matmul,
-           "1split_ms": t_one_split * 1e3}
+               f"graph_bandwidth_fraction_of_copy_v{vocab}": round(graph_fraction, 4),
+               f"speedup_vs_naive_v{vocab}": round(t_naive / t_ours, 4)}
+    details = {"copy_s": t_copy, "ours_s": t_ours, "ours_with_label_check_s": t_checked,
+               "ours_graph_s": t_graph,
+               "naive_s": t_naive, "read_bytes": read_bytes, "scored_rows": scored_rows,
+               "copy_GBps": copy_bw / 1e9, "ours_GBps": ours_bw / 1e9,
+               "extra_bytes_ours": mem_ours, "extra_bytes_naive": mem_naive}
+    row = {"vocab": vocab, "ours_us": t_ours * 1e6, "checked_us": t_checked * 1e6,
+           "naive_us": t_naive * 1e6, "GB/s": ours_bw / 1e9, "copy_GB/s": copy_bw / 1e9,
+           "bw_frac": ours_bw / copy_bw, "graph_us": t_graph * 1e6,
+           "graph_bw_frac": graph_fraction, "speedup": t_naive / t_ours}
+    return row, summary, details
+
+
+def fused_case(args, vocab: int, hidden: int, bench) -> tuple[dict, dict, dict]:
+    """The fused head at one (vocab, hidden) against the bare matmul of both row sets."""
+    hb, hv, weight = hidden_inputs(args.tokens, vocab, hidden, torch.bfloat16, "cuda")
+    labels = torch.randint(0, vocab, hb.shape[:2], device="cuda")
+    labels[:, : hb.shape[1] // 8] = -100
+    stacked = torch.cat([hb, hv]).reshape(-1, hidden)  # (2N, H)
+    t_matmul = bench(lambda: stacked @ weight.T)
+    times = {name: bench(fn) for name, fn in fused_head_variants(hb, hv, weight,
+                                                                 labels).items()}
+    key = f"v{vocab}_h{hidden}"
+    summary = {f"fused_linear_time_ratio_vs_matmul_{key}": round(times["default"] / t_matmul, 4)}
+    details = {"matmul_s": t_matmul, **{f"fused_{k}_s": v for k, v in times.items()}}
+    row = {"vocab": vocab, "hidden": hidden, "matmul_us": t_matmul * 1e6,
+           **{f"{k}_us": v * 1e6 for k, v in times.items()},
+           "default/matmul": times["default"] / t_matmul}
     return row, summary, details
 
 
 def bench_cuda(args) -> None:
-    rows, summary, details = [], {}, {}
+    from triton.testing import do_bench, do_bench_cudagraph
+
+    def bench(fn) -> float:
+        """Median seconds of fn (L2 flushed between calls), host launch cost included."""
+        return do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median") / 1e3
+
+    def bench_graph(fn) -> float:
+        """Median seconds of fn replayed from a CUDA graph: device time, no host cost."""
+        return do_bench_cudagraph(fn, rep=args.rep_ms, return_mode="median") / 1e3
+
+    logit_rows, fused_rows, summary, details = [], [], {}, {}
     for vocab in args.vocab:
-        row, s, d = cuda_case(args, vocab)
-        rows.append(row)
+        row, s, d = logits_case(args, vocab, bench, bench_graph)
+        logit_rows.append(row)
         summary.update(s)
         details[f"v{vocab}"] = d
         torch.cuda.empty_cache()
-    for key in ("bandwidth_fraction_of_copy", "speedup_vs_naive"):
+        for hidden in args.hidden:
+            row, s, d = fused_case(args, vocab, hidden, bench)
+            fused_rows.append(row)
+            summary.update(s)
+            details[f"v{vocab}_h{hidden}"] = d
+            torch.cuda.empty_cache()
+    for key in ("bandwidth_fraction_of_copy", "graph_bandwidth_fraction_of_copy",
+                "speedup_vs_naive"):
         summary[key] = min(v for k, v in summary.items() if k.startswith(key + "_"))
     summary["fused_linear_time_ratio_vs_matmul"] = max(
         v for k, v in summary.items() if k.startswith("fused_linear_time_ratio_vs_matmul_"))
     gpu = gpu_slug()
     config = {"tokens": args.tokens, "vocab": args.vocab, "hidden": args.hidden,
-              "dtype": "bfloat16", "timer": "triton.testing.do_bench",
-              "matmul": "both hidden-state sets (2*tokens rows) @ weight.T"}
-    path = write_result("kernel_bench", config, summary, details,
-                        filename=args.output or f"kernel_{gpu}.json")
-    print_table(rows, f"{torch.cuda.get_device_name(0)}, {args.tokens} tokens, bf16")
+              "dtype": "bfloat16", "timer": "triton.testing.do_bench (median, L2 flushed)",
+              "read_bytes": "both logits rows of every scored token + the labels; ignored "
+                            "rows are not read",
+              "copy": "device-to-device copy of read_bytes (reads and writes each byte)",
+              "graph": "our call replayed from a CUDA graph (do_bench_cudagraph): the device's "
+                       "time without the host's launch cost, against the same copy bandwidth "
+                       "(a copy captured in a graph measured 1.5x slower on the H200)",
+              "ours": "paired_logprob_delta with label_errors (no host sync); "
+                      "ours_with_label_check: the default host-side label check",
+              "matmul": "both hidden-state sets stacked, (2*tokens, H) @ (H, V)"}
+    filename = args.output or (f"kernel_{gpu}.json" if args.tokens == 8192
+                               else f"kernel_{gpu}_{args.tokens}tokens.json")
+    path = write_result("kernel_bench", config, summary, details, filename=filename)
+    title = f"{torch.cuda.get_device_name(0)}, {args.tokens} tokens, bf16"
+    print_table(logit_rows, f"{title}: logits kernel")
+    print_table(fused_rows, f"{title}: fused head")
     print(f"wrote {path}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tokens", type=int, default=2048, help="B*T token positions")
+    p.add_argument("--tokens", type=int, default=None,
+                   help="B*T token positions (default 2048 on CPU, 8192 on CUDA)")
     p.add_argument("--vocab", type=int, nargs="+", default=[49152, 128256])
-    p.add_argument("--hidden", type=int, default=576)
+    p.add_argument("--hidden", type=int, nargs="+", default=[576, 4096],
+                   help="hidden sizes of the fused head (CUDA only)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup-ms", type=float, default=10, help="do_bench warm-up (CUDA)")
+    p.add_argument("--rep-ms", type=float, default=40, help="do_bench repetitions (CUDA)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--output", default=None, help="results file name (default per device)")
     args = p.parse_args()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda":
+        args.tokens = args.tokens or 8192
         bench_cuda(args)
     else:
+        args.tokens = args.tokens or 2048
         args.output = args.output or "kernel_cpu.json"
         bench_cpu(args)
 

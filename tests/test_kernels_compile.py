@@ -50,12 +50,30 @@ BUILD = textwrap.dedent(
 
 PLAIN = textwrap.dedent(
     """
+    from tov_kernels import logprob_delta
     from tov_kernels.logprob_delta import _paired_logprob_delta_kernel as plain
 
-    for dtype in ("fp32", "bf16", "fp16"):
-        for code in (0, 1, 2) if dtype == "fp32" else (1,):
-            build(plain, {"base_ptr": "*" + dtype, "val_ptr": "*" + dtype, "labels_ptr": "*i64",
-                          "out_ptr": "*fp32"}, {"TRANSFORM": code, "BLOCK_V": 4096}, num_warps=8)
+    # the logits kernel: every dtype and vector width, unit and general last stride, each
+    # transform, with and without the label-error counts
+    for dtype, vec in (("fp32", 4), ("bf16", 8), ("fp16", 8), ("bf16", 4)):
+        for contiguous in (True, False):
+            for code in (0, 1, 2) if (dtype, contiguous) == ("bf16", True) else (0,):
+                for has_errors in (False, True) if code == 0 else (True,):
+                    ptrs = {p: "*" + dtype for p in ("base_ptr", "val_ptr")}
+                    ptrs.update(labels_ptr="*i64", done_ptr="*i32", errors_ptr="*i32",
+                                **{p: "*fp32" for p in ("lse_ptr", "z_ptr", "tokens_ptr",
+                                                        "mean_ptr")})
+                    kernel = build(plain, ptrs, {"TRANSFORM": code, "HAS_ERRORS": has_errors,
+                                                 "CONTIGUOUS": contiguous,
+                                                 "TILE_R": logprob_delta.TILE_ROWS, "VEC": vec,
+                                                 "BLOCK_T": logprob_delta.FINISH_BLOCK_T},
+                                   aligned=[*ptrs, "V", "sb_b", "sb_t", "sv_b", "sv_t"],
+                                   num_warps=logprob_delta.NUM_WARPS)
+                    # full occupancy (8 blocks of 256 threads per SM) needs <= 32 registers;
+                    # a 1024-token merge step took 73 and cost a fifth of the bandwidth (H200)
+                    if contiguous and vec == 8:
+                        registers = resource_usage(kernel)["REG"]
+                        assert registers <= 32, (dtype, code, registers)
     """
 )
 

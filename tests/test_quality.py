@@ -122,3 +122,25 @@ def test_seeds_split_over_processes_then_summarised(tmp_path, monkeypatch):
     done = json.loads(files[0].read_text())["done"]
     r, m = done["0/random"]["test_loss"], done["0/length"]["test_loss"]
     assert stats["length"]["improvement_pct"] == pytest.approx(100 * (r - m) / r)
+
+
+def test_lm_news_keeps_each_article_in_one_split():
+    from tov_datasets import assets
+
+    data = CONFIGS["lm_news"].build(3, **CONFIGS["lm_news"].sizes["small"].data)
+    assert data["meta"]["pool_target"] == 12 and data["meta"]["pool_sources"]["wiki"] == 48
+    assert (len(data["val"]), len(data["test"])) == (8, 12)
+    articles = [" ".join(t.split()) for t in assets.bbc_news()["text"]]
+
+    def article_of(text: str) -> int:
+        found = [i for i, a in enumerate(articles) if " ".join(text.split()) in a]
+        assert found, text
+        return found[0]
+
+    split_articles = {
+        part: {article_of(r["text"]) for r in data[part] if r["is_target"]}
+        for part in ("val", "test", "pool")
+    }
+    assert not split_articles["val"] & split_articles["test"]
+    assert not (split_articles["val"] | split_articles["test"]) & split_articles["pool"]
+    assert all(r["source"] == "wiki" for r in data["pool"] if not r["is_target"])

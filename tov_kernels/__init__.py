@@ -1,6 +1,7 @@
 """Fused paired log-prob-delta kernels: F(log p_val(y) - log p_base(y)) without (B, T, V)
 float32 intermediates. Triton on CUDA; a chunked, bounded-memory torch path elsewhere."""
 
+from tov_kernels._checks import raise_label_errors
 from tov_kernels.api import paired_linear_logprob_delta, paired_logprob_delta
 
-__all__ = ["paired_logprob_delta", "paired_linear_logprob_delta"]
+__all__ = ["paired_logprob_delta", "paired_linear_logprob_delta", "raise_label_errors"]

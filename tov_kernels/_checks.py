@@ -39,9 +39,9 @@ def check_float(name: str, t: torch.Tensor, ndim: int, shape_hint: str) -> None:
         raise ValueError(f"{name} must have shape {shape_hint}, got {tuple(t.shape)}")
 
 
-def check_labels(labels: torch.Tensor, shape: tuple[int, ...], vocab: int, ignore_index: int,
-                 device: torch.device) -> None:
-    """labels: (B, T) integer, equal to ignore_index or in [0, vocab)."""
+def check_label_tensor(labels: torch.Tensor, shape: tuple[int, ...],
+                       device: torch.device) -> None:
+    """labels: (B, T) int64/int32 on `device`. Reads no values (no device-to-host sync)."""
     if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
         got = labels.dtype if isinstance(labels, torch.Tensor) else type(labels)
         raise TypeError(f"labels must be an int64 tensor of shape {shape}, got {got}")
@@ -52,11 +52,47 @@ def check_labels(labels: torch.Tensor, shape: tuple[int, ...], vocab: int, ignor
         )
     if labels.device != device:
         raise ValueError(f"labels is on {labels.device} but the inputs are on {device}")
-    bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
+
+
+def out_of_range(labels: torch.Tensor, vocab: int, ignore_index: int) -> torch.Tensor:
+    """bool, labels' shape: a label that is neither ignore_index nor in [0, vocab)."""
+    return (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
+
+
+def check_labels(labels: torch.Tensor, shape: tuple[int, ...], vocab: int, ignore_index: int,
+                 device: torch.device) -> None:
+    """check_label_tensor, then every value is ignore_index or in [0, vocab): ValueError
+    otherwise. On CUDA this reads one flag back (a device-to-host sync)."""
+    check_label_tensor(labels, shape, device)
+    bad = out_of_range(labels, vocab, ignore_index)
     if bool(bad.any()):
         value = int(labels[bad][0])
         raise ValueError(
             f"labels holds {value}, outside [0, {vocab}) and not ignore_index={ignore_index}"
+        )
+
+
+def check_label_errors_buffer(label_errors: torch.Tensor, batch: int,
+                              device: torch.device) -> None:
+    """label_errors: int32 (B,) on the inputs' device."""
+    if (not isinstance(label_errors, torch.Tensor) or label_errors.dtype != torch.int32
+            or tuple(label_errors.shape) != (batch,) or label_errors.device != device):
+        got = (f"{label_errors.dtype} {tuple(label_errors.shape)} on {label_errors.device}"
+               if isinstance(label_errors, torch.Tensor) else type(label_errors))
+        raise ValueError(f"label_errors must be an int32 tensor of shape ({batch},) on "
+                         f"{device}, got {got}")
+
+
+def raise_label_errors(label_errors: torch.Tensor) -> None:
+    """ValueError if any count in label_errors (int32 (B,), from a call with
+    label_errors=...) is non-zero. Reads the counts back: call it where the caller syncs
+    anyway (e.g. when a batch's scores go to the host)."""
+    counts = label_errors.cpu()
+    bad = counts.nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(
+            f"labels of sample(s) {bad[:10]} hold {int(counts.sum())} value(s) that are "
+            "neither ignore_index nor inside [0, V) (not scored)"
         )
 
 

@@ -35,6 +35,7 @@ def paired_logprob_delta(
     ignore_index: int = -100,
     reduction: str = "mean",
     backend: str | None = None,
+    label_errors: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """F(log p_val(y_t) - log p_base(y_t)) from two logits tensors.
 
@@ -44,19 +45,40 @@ def paired_logprob_delta(
     Returns float32 (B,) for reduction="mean" (0.0 for a row with no scored position) or
     float32 (B, T) for reduction="none" (0.0 at ignored positions). Arithmetic is float32.
     backend: None (Triton on CUDA, chunked torch elsewhere), "triton" or "torch".
+
+    Label range: with label_errors=None (the default) a label outside [0, V) that is not
+    ignore_index raises ValueError before anything is computed; on CUDA that check reads one
+    flag back, a device-to-host sync per call. To avoid it, pass label_errors, an int32 (B,)
+    tensor on the inputs' device: nothing is read back, an out-of-range label is then not
+    scored (0.0, left out of the mean, like ignore_index) and label_errors[b] receives the
+    number of such labels in sample b (overwritten, not accumulated). Check it where you
+    sync anyway, e.g. with `tov_kernels.raise_label_errors(label_errors)` once the batch's
+    scores are on the host. Both backends behave the same way.
     """
     code = _checks.check_options(transform, reduction, backend)
     _checks.check_float("logits_base", logits_base, 3, "(B, T, V)")
     _checks.check_float("logits_val", logits_val, 3, "(B, T, V)")
     _checks.check_same("logits_base", logits_base, "logits_val", logits_val)
     B, T, V = logits_base.shape
-    _checks.check_labels(labels, (B, T), V, ignore_index, logits_base.device)
+    device = logits_base.device
+    if label_errors is None:
+        _checks.check_labels(labels, (B, T), V, ignore_index, device)
+    else:
+        _checks.check_label_tensor(labels, (B, T), device)
+        _checks.check_label_errors_buffer(label_errors, B, device)
     with torch.no_grad():
-        if _use_triton(backend, logits_base.device):
+        if _use_triton(backend, device):
             from tov_kernels.logprob_delta import logprob_delta_tokens
-        else:
-            logprob_delta_tokens = torch_path.logprob_delta_tokens
-        per_token = logprob_delta_tokens(logits_base, logits_val, labels, code, ignore_index)
+
+            per_token, mean = logprob_delta_tokens(logits_base, logits_val, labels, code,
+                                                   ignore_index, label_errors=label_errors)
+            return mean if reduction == "mean" else per_token
+        if label_errors is not None:
+            bad = _checks.out_of_range(labels, V, ignore_index)
+            label_errors.copy_(bad.sum(dim=1))
+            labels = labels.masked_fill(bad, ignore_index)
+        per_token = torch_path.logprob_delta_tokens(logits_base, logits_val, labels, code,
+                                                    ignore_index)
         return _checks.reduce_tokens(per_token, labels, ignore_index, reduction)
 
 
