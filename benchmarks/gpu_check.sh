@@ -65,7 +65,7 @@ skip() {  # skip NAME REASON
 }
 
 if [ -z "${QUALITY_ONLY:-}" ]; then
-  step "kernel tests" 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels*.py \
+  step "kernel tests" 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels*.py \
     tests/test_*logprob_delta.py
   step "end-to-end tests" 80 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
   step "kernel benchmark, 8192 tokens" 110 "$PY" -m benchmarks.kernel_bench --device cuda \
