@@ -69,7 +69,7 @@ from benchmarks.baselines._util import (  # noqa: E402
     top_n,
 )
 from benchmarks.quality_configs import CONFIGS  # noqa: E402
-from tov_datasets import training  # noqa: E402
+from tov_datasets import models, training  # noqa: E402
 from tov_datasets.evaluation import roc_auc  # noqa: E402
 from tov_datasets.formats import IGNORE_INDEX, collate  # noqa: E402
 
@@ -159,7 +159,7 @@ class MergedValLoss:
 
         dtype = next(peft_model.parameters()).dtype
         self.plain = copy.deepcopy(plain).to(dtype).eval()
-        self.task = training.infer_task(plain)
+        self.task = models.infer_task(plain)
         for p in self.plain.parameters():
             p.requires_grad_(False)
         prefix = "base_model.model."
@@ -347,7 +347,7 @@ def float64_check(plain: nn.Module, model: nn.Module, adapter: str,
                   pad_id: int, task: str, sgd_lr: float, batch_size: int) -> dict[str, Any]:
     """The references of ``samples`` recomputed with a float64 copy of model and optimizer."""
     model64 = copy.deepcopy(model).double()
-    params64 = training.adapter_parameters(model64, adapter)
+    params64 = models.adapter_parameters(model64, adapter)
     opt64 = torch.optim.AdamW(params64, lr=optimizer.param_groups[0]["lr"], weight_decay=0.0)
     opt64.load_state_dict(optimizer.state_dict())  # floating state cast to float64
     _grad_mode(model64, params64)
@@ -384,7 +384,7 @@ def tov_scores(model: nn.Module, tokenizer: Any, rows: Any, val: Any, *, lr: flo
     Returns (scores (N,), the val adapter's training loss)."""
     from tov_datasets import ToVScorer
 
-    training.copy_adapter(model, "base", "val")
+    models.copy_adapter(model, "base", "val")
     info = training.finetune(model, val, tokenizer=tokenizer, adapter="val", epochs=1,
                              lr=lr / 10, batch_size=batch_size, max_length=max_length,
                              seed=seed, schedule="constant")
@@ -420,7 +420,7 @@ def train_to_convergence(model: nn.Module, samples: list, pad_id: int, *, lr: fl
     """AdamW epochs of adapter "base" on ``samples`` until the epoch-mean training loss
     changes by less than ``tol`` (relative) or ``max_epochs``; returns the optimizer and the
     curve {"train_loss": [...], "val_loss": [...], "converged": bool}."""
-    params = training.adapter_parameters(model, "base")
+    params = models.adapter_parameters(model, "base")
     optimizer = training.adamw(params, lr)
     curve: dict[str, Any] = {"train_loss": [], "val_loss": [], "converged": False}
     for epoch in range(max_epochs):
@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> Path:
     sz, tok = s["sizes"], s["tokenizer"]
     lr, bs, ml = sz["lr"], sz["batch_size"], sz["max_length"]
     num_samples = a.samples or DEFAULT_SAMPLES[setup_size]
-    task = training.infer_task(s["model"])
+    task = models.infer_task(s["model"])
     pad = pad_id_of(tok)
     pool = s["pool"]
     sources = np.asarray(pool["source"])
@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> Path:
     rows = stratified_rows(sources, is_target, outside, num_samples, a.target_share, rng)
 
     # 1. the trained state
-    lora = training.default_lora_config(task, rank=s["rank"], model=s["model"])
+    lora = models.default_lora_config(task, rank=s["rank"], model=s["model"])
     model = lora_copy(s["model"], lora, "base", seed=a.seed)
     model.add_adapter("val", copy.deepcopy(lora))
     base_samples = encode(model, pool.select(base_rows), tok, ml)
@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> Path:
         model, base_samples, pad, lr=lr, batch_size=bs, max_epochs=a.max_epochs, tol=a.tol,
         seed=a.seed, val_loss=val_loss)
     timings["base_training"] = time.perf_counter() - t0
-    params = training.adapter_parameters(model, "base")
+    params = models.adapter_parameters(model, "base")
     model.set_adapter("base")
     _grad_mode(model, params)
 

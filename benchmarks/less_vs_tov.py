@@ -77,7 +77,8 @@ def setup(config: str, size: str, bundle: Path | None = None) -> dict[str, Any]:
 def forward_time(s: dict[str, Any]) -> float:
     """Seconds for one eval forward of every pool sample (length-sorted batches)."""
     from benchmarks.baselines._util import batch_on_device, forward_logits
-    from tov_datasets.training import infer_task, micro_batches
+    from tov_datasets.models import infer_task
+    from tov_datasets.training import micro_batches
 
     m = lora_copy(s["model"], s["lora"], "fwd")
     m.eval()

@@ -109,7 +109,7 @@ def setup(config: Config, size: str, seed: int, models: dict[str, Any] | None = 
           ) -> Setup:
     """Seed ``seed``'s split and model. ``models`` caches a causal LM between seeds (its
     weights do not depend on the seed; a token classifier's fresh head does)."""
-    from tov_datasets.training import default_lora_config
+    from tov_datasets.models import default_lora_config
 
     if size == "tiny":
         s = eval_data.tiny_setup("ner" if config.task == "token_classification" else "it",
@@ -143,7 +143,8 @@ def finetune_curve(s: Setup, idx: np.ndarray, lr: float, epochs: int,
                    eval_set: Any) -> list[float]:
     """Fine-tune a fresh LoRA (``finetune_lora``, seeded by s.seed) on pool rows ``idx`` at a
     constant lr; the token-mean loss on ``eval_set`` after each of ``epochs`` epochs."""
-    from tov_datasets.training import adamw, adapter_parameters, fit, mean_loss
+    from tov_datasets.models import adapter_parameters
+    from tov_datasets.training import adamw, fit, mean_loss
 
     m = lora_copy(s.model, s.finetune_lora, "ft", seed=s.seed)
     pad = pad_id_of(s.tokenizer)

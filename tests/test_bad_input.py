@@ -16,7 +16,7 @@ from transformers import LlamaForCausalLM
 
 from tests import _cli_fixtures as fx
 from tests import tiny
-from tov_datasets import cli, storage, training, trajectory
+from tov_datasets import cli, models, storage, trajectory
 from tov_datasets.formats import detect_format
 from tov_datasets.scorer import ToVScorer
 from tov_datasets.select import select_by_score
@@ -55,7 +55,7 @@ def odd_run(inputs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lora():
-    return training.default_lora_config("causal_lm", 2, model=tiny.causal_lm(tiny.tokenizer()))
+    return models.default_lora_config("causal_lm", 2, model=tiny.causal_lm(tiny.tokenizer()))
 
 
 def _texts(count: int, seed: int = 0) -> list[str]:
@@ -336,10 +336,10 @@ def adapters(tiny_causal_lm, tiny_tokenizer, tmp_path):
 def test_corrupt_or_mismatched_adapter_files(adapters, tiny_causal_lm, tiny_tokenizer, inputs,
                                              tmp_path, capsys):
     """API: loading raises (safetensors' SafetensorError, peft's ValueError / RuntimeError;
-    `storage.load_adapter` names the file); CLI: exit 2. Damaged adapters in an output_dir
+    `models.load_adapter` names the file); CLI: exit 2. Damaged adapters in an output_dir
     fail their checksum and are retrained (tests/test_crash_resume.py)."""
     with pytest.raises(ValueError, match="does not fit adapter 'base'"):
-        storage.load_adapter(tiny_causal_lm, "base", adapters["bert"])
+        models.load_adapter(tiny_causal_lm, "base", adapters["bert"])
     with pytest.raises(SafetensorError):
         ToVScorer(tiny.causal_lm(tiny_tokenizer), tiny_tokenizer,
                   base_adapter=adapters["corrupt"], val_adapter=adapters["val"])

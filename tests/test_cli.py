@@ -296,8 +296,8 @@ def test_all_defaults_on_a_60_row_pool_finish_bounded(files, tmp_path, capsys):
     """No options but --n: base set = the 60 rows, epochs = min(round(16384 / 60), 8) = 8,
     LoRA rank from the hidden size (32 -> the floor 8); run.json written, disk bounded, the
     agreement table one row per epoch."""
+    from tov_datasets.models import RANK_BOUNDS
     from tov_datasets.storage import directory_bytes
-    from tov_datasets.training import RANK_BOUNDS
 
     out = tmp_path / "out"
     code, err = _run(["select", "--quiet", "--model", str(files["model"]), "--pool",

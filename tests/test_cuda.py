@@ -81,7 +81,7 @@ def test_tov_select_on_cuda_matches_the_cpu_run(tiny_tokenizer):
     pool = Dataset.from_dict({"text": [" ".join(rng.choice(tiny.WORDS, rng.integers(2, 12)))
                                        for _ in range(40)]})
     val = Dataset.from_dict({"text": ["math number theorem prime proof", "a prime number"]})
-    from tov_datasets.training import default_lora_config
+    from tov_datasets.models import default_lora_config
 
     def run(device):
         model = tiny.causal_lm(tiny_tokenizer).to(device)

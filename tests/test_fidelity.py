@@ -16,7 +16,7 @@ from benchmarks import fidelity
 from benchmarks.baselines import less
 from benchmarks.baselines._util import encode, lora_copy, pad_id_of
 from tests import tiny
-from tov_datasets import training
+from tov_datasets import models, training
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -80,21 +80,21 @@ def test_stratified_rows():
 def _trained(config: str, dtype=torch.float32):
     """(setup, peft model with adapter "base" trained 2 epochs, optimizer, samples)."""
     s = fidelity.setup(config, "tiny", 0)
-    task = training.infer_task(s["model"])
-    lora = training.default_lora_config(task, rank=2, model=s["model"])
+    task = models.infer_task(s["model"])
+    lora = models.default_lora_config(task, rank=2, model=s["model"])
     lora.lora_dropout = 0.0
     model = lora_copy(s["model"], lora, "base", seed=0)
     tiny._randomise_lora(model, "base", 7)  # B != 0: the adapter changes the function
     pad = pad_id_of(s["tokenizer"])
     pool = encode(model, s["pool"], s["tokenizer"], 64)
     val = encode(model, s["val"], s["tokenizer"], 64)
-    params = training.adapter_parameters(model, "base")
+    params = models.adapter_parameters(model, "base")
     opt = training.adamw(params, 1e-2)
     training.fit(model, pool[:12], pad_token_id=pad, adapter="base", epochs=2, lr=1e-2,
                  batch_size=4, schedule="constant", optimizer=opt)
     if dtype == torch.float64:
         model = model.double()
-        params = training.adapter_parameters(model, "base")
+        params = models.adapter_parameters(model, "base")
         opt64 = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
         opt64.load_state_dict(opt.state_dict())
         opt = opt64

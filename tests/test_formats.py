@@ -137,7 +137,7 @@ def test_empty_text_and_completion_label_nothing(tiny_tokenizer, bos_tokenizer):
     for tok in (tiny_tokenizer, bos_tokenizer):
         encs = encode_batch({"text": ["", None]}, tok, task="causal_lm")
         encs += encode_batch({"prompt": ["hello"], "completion": [""]}, tok, task="causal_lm")
-        assert [e.num_labelled for e in encs] == [0, 0, 0]
+        assert [sum(label != -100 for label in e.labels) for e in encs] == [0, 0, 0]
 
 
 def test_column_map(tiny_tokenizer):

@@ -16,7 +16,8 @@ from datasets import Dataset, load_from_disk
 from datasets.fingerprint import Hasher
 
 from tests import tiny
-from tov_datasets.scorer import ToVScorer, check_adapter_names
+from tov_datasets.models import check_adapter_names, forward_with_adapter_names
+from tov_datasets.scorer import ToVScorer
 
 TRANSFORMS = {"identity": lambda d: d, "abs": np.abs, "relu": lambda d: np.maximum(d, 0.0)}
 MAX_LENGTH = 9
@@ -319,7 +320,7 @@ def test_tokenizer_without_pad_token(tiny_causal_lm, tiny_tokenizer):
 def test_adapter_names_guard_keeps_the_model_usable(text_scorer):
     ids = torch.tensor([_ids(text_scorer.tokenizer, ["hello", "world"])] * 2)
     with pytest.raises(ValueError, match="3 entries for a batch of 2"):
-        text_scorer._forward({"input_ids": ids}, ["base", "val", "val"])
+        forward_with_adapter_names(text_scorer.model, {"input_ids": ids}, ["base", "val", "val"])
     check_adapter_names(["base", "val"], 2)
     model = text_scorer.model.eval()
     with torch.no_grad():

@@ -20,7 +20,7 @@ from datasets import Dataset
 
 from tests import _cli_fixtures as fx
 from tests import tiny
-from tov_datasets import cli, training, trajectory
+from tov_datasets import cli, models, trajectory
 
 SOURCES = [p for package in ("tov_datasets", "tov_kernels")
            for p in sorted((fx.ROOT / package).rglob("*.py"))]
@@ -48,7 +48,7 @@ def no_torch_load(monkeypatch):
 
 def test_trajectory_files_are_safetensors_json_parquet(tiny_tokenizer, tmp_path, no_torch_load):
     pool = Dataset.from_dict({"text": [r["text"] for r in fx.text_rows(12, 0)]})
-    lora = training.default_lora_config("causal_lm", 2, model=tiny.causal_lm(tiny_tokenizer))
+    lora = models.default_lora_config("causal_lm", 2, model=tiny.causal_lm(tiny_tokenizer))
     kw = {"n": 4, "base_size": 8, "epochs": 2, "batch_size": 4, "lora": lora,
           "output_dir": tmp_path}
     trajectory.tov_select(tiny.causal_lm(tiny_tokenizer), tiny_tokenizer, pool, pool, **kw)

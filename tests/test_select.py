@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tov_datasets.select import select_by_score, select_indices
+from tov_datasets.select import length_bins, select_by_score, select_indices
 
 SETTINGS = settings(max_examples=80, deadline=None)
 
@@ -359,3 +359,34 @@ def test_select_by_score_bad_input():
     with_null = datasets.Dataset.from_dict({"tov_score": [1.0, None], "tov_num_tokens": [1, 2]})
     with pytest.raises(ValueError, match="'tov_score' has 1 nulls"):
         select_by_score(with_null, 1)
+
+
+def _reference_length_bins(lengths: np.ndarray, num_bins: int) -> np.ndarray:
+    """Equal-count bins of the rows with length > 0 by (length, row), written directly:
+    bin b holds ranks [b * m // B, (b + 1) * m // B)."""
+    eligible = np.flatnonzero(lengths > 0)
+    order = eligible[np.argsort(lengths[eligible], kind="stable")]
+    bins = np.full(lengths.size, -1, dtype=np.int64)
+    for b in range(num_bins):
+        bins[order[b * order.size // num_bins : (b + 1) * order.size // num_bins]] = b
+    return bins
+
+
+@pytest.mark.parametrize("num_bins", [1, 3, 10])
+def test_length_bins_are_the_bins_select_cuts(num_bins):
+    """`length_bins` (what the report shows) equals a direct reference, and a per-bin top
+    with random_fraction=0 takes its quota inside each of those bins."""
+    rng = np.random.default_rng(num_bins)
+    for lengths in (rng.integers(0, 6, 97), rng.integers(0, 1 << 23, 50) * 3):
+        want = _reference_length_bins(lengths, num_bins)
+        np.testing.assert_array_equal(length_bins(lengths, num_bins), want)
+        scores = rng.normal(size=lengths.size)
+        eligible = int((lengths > 0).sum())
+        n = eligible // 2
+        chosen = select_indices(scores, lengths, n, num_bins=num_bins, random_fraction=0)
+        for b in range(num_bins):
+            rows = np.flatnonzero(want == b)
+            taken = np.intersect1d(chosen, rows)
+            assert taken.size in (n * rows.size // eligible, n * rows.size // eligible + 1)
+            top = rows[np.argsort(-scores[rows], kind="stable")][: taken.size]
+            np.testing.assert_array_equal(np.sort(top), taken)

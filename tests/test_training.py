@@ -8,7 +8,7 @@ from datasets import Dataset
 from peft import get_peft_model
 
 from tests import tiny
-from tov_datasets import training
+from tov_datasets import models, training
 from tov_datasets.formats import collate, encode_batch
 
 TEXTS = [
@@ -38,7 +38,7 @@ def ner_ds():
 
 
 def _weights(model, adapter):
-    return [p.detach().clone() for p in training.adapter_parameters(model, adapter)]
+    return [p.detach().clone() for p in models.adapter_parameters(model, adapter)]
 
 
 def _reference_loss(model, ds, tok, task):
@@ -92,7 +92,7 @@ def test_finetune_lowers_training_loss(tiny_tokenizer, text_ds, ner_ds, kind):
         base, ds = tiny.causal_lm(tiny_tokenizer), text_ds
     else:
         base, ds = tiny.token_classifier(tiny_tokenizer), ner_ds
-    model = get_peft_model(base, training.default_lora_config(kind, 8, model=base))
+    model = get_peft_model(base, models.default_lora_config(kind, 8, model=base))
     before = training.evaluate_loss(model, ds, tokenizer=tiny_tokenizer)
     out = training.finetune(model, ds, tokenizer=tiny_tokenizer, epochs=8, lr=1e-2, batch_size=4)
     after = training.evaluate_loss(model, ds, tokenizer=tiny_tokenizer)
@@ -118,9 +118,9 @@ def test_finetune_trains_only_its_adapter_and_restores_state(tiny_tokenizer, tin
 
 def test_dropout_is_on_during_training(tiny_tokenizer, text_ds):
     base = tiny.causal_lm(tiny_tokenizer)
-    model = get_peft_model(base, training.default_lora_config("causal_lm", 4, model=base))
+    model = get_peft_model(base, models.default_lora_config("causal_lm", 4, model=base))
     dropouts = [m for n, m in model.named_modules() if n.endswith("lora_dropout.default")]
-    assert dropouts and dropouts[0].p == training.LORA_DROPOUT
+    assert dropouts and dropouts[0].p == models.LORA_DROPOUT
     seen = []
     dropouts[0].register_forward_pre_hook(lambda mod, args: seen.append(mod.training))
     training.finetune(model, text_ds, tokenizer=tiny_tokenizer, lr=1e-3)
@@ -134,7 +134,7 @@ def test_finetune_is_deterministic_from_seed(tiny_tokenizer, text_ds):
     def run(seed):
         base = tiny.causal_lm(tiny_tokenizer)
         torch.manual_seed(0)
-        model = get_peft_model(base, training.default_lora_config("causal_lm", 4, model=base))
+        model = get_peft_model(base, models.default_lora_config("causal_lm", 4, model=base))
         training.finetune(model, text_ds, tokenizer=tiny_tokenizer, lr=1e-2, seed=seed,
                           batch_size=2)
         return _weights(model, "default")
@@ -149,7 +149,7 @@ def test_lr_schedules_and_persistent_optimizer(tiny_tokenizer, tiny_causal_lm, t
     out = training.finetune(model, text_ds, tokenizer=tiny_tokenizer, lr=0.1, epochs=2,
                             batch_size=3)
     assert out["lrs"] == pytest.approx([0.1 * (6 - t) / 6 for t in range(6)])
-    params = training.adapter_parameters(model, "base")
+    params = models.adapter_parameters(model, "base")
     opt = torch.optim.AdamW(params, lr=1.0)
     out = training.finetune(model, text_ds, tokenizer=tiny_tokenizer, lr=0.05, batch_size=3,
                             schedule="constant", optimizer=opt)
@@ -158,7 +158,7 @@ def test_lr_schedules_and_persistent_optimizer(tiny_tokenizer, tiny_causal_lm, t
     training.finetune(model, text_ds, tokenizer=tiny_tokenizer, lr=0.05, batch_size=3,
                       optimizer=opt)
     assert int(opt.state[params[0]]["step"]) == 6  # state carries on
-    wrong = torch.optim.AdamW(training.adapter_parameters(model, "val"), lr=1.0)
+    wrong = torch.optim.AdamW(models.adapter_parameters(model, "val"), lr=1.0)
     with pytest.raises(ValueError, match="outside the trained adapter"):
         training.finetune(model, text_ds, tokenizer=tiny_tokenizer, optimizer=wrong)
 
@@ -168,10 +168,10 @@ def test_full_batch_step_is_one_sgd_step_on_the_mean_loss(tiny_tokenizer, tiny_c
     """grad_accumulation >= #micro-batches: one step with the token-mean gradient of all."""
     model = tiny_causal_lm  # lora_dropout 0: the gradient is deterministic
     tok = tiny_tokenizer
-    params = training.adapter_parameters(model, "base")
+    params = models.adapter_parameters(model, "base")
     before = _weights(model, "base")
     rows = encode_batch(text_ds[:], tok, task="causal_lm")
-    batch = collate(rows, training.pad_token_id(tok))
+    batch = collate(rows, models.pad_token_id(tok))
     model.train()
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
@@ -184,30 +184,6 @@ def test_full_batch_step_is_one_sgd_step_on_the_mean_loss(tiny_tokenizer, tiny_c
     assert out["steps"] == 1 and out["lrs"] == [0.5]
     for p, p0, g in zip(params, before, grads, strict=True):
         torch.testing.assert_close(p.detach(), p0 - 0.5 * g, rtol=1e-5, atol=1e-6)
-
-
-def test_copy_adapter(tiny_tokenizer, tiny_causal_lm, tiny_token_classifier):
-    for model in (tiny_causal_lm, tiny_token_classifier):
-        val_params = training.adapter_parameters(model, "val")
-        training.copy_adapter(model, "base", "val")
-        after = training.adapter_parameters(model, "val")
-        assert [id(p) for p in after] == [id(p) for p in val_params]
-        for a, b in zip(training.adapter_parameters(model, "base"), after, strict=True):
-            assert torch.equal(a, b)
-
-
-def test_paired_adapter_parameters_match_by_name(tiny_tokenizer, tiny_causal_lm,
-                                                 tiny_token_classifier):
-    for model in (tiny_causal_lm, tiny_token_classifier):
-        names = {id(p): n for n, p in model.named_parameters()}
-        pairs = training.paired_adapter_parameters(model, "base", "val")
-        assert [names[id(q)] for _, q in pairs] == [
-            names[id(p)].replace(".base.", ".val.") for p, _ in pairs]
-        assert [id(p) for p, _ in pairs] == [
-            id(p) for p in training.adapter_parameters(model, "base")]
-        assert [id(q) for _, q in pairs] == [
-            id(q) for q in training.adapter_parameters(model, "val")]
-    assert any("modules_to_save" in names[id(p)] for p, _ in pairs)  # the classifier head
 
 
 def test_copy_optimizer_clones_state_and_hyperparameters():
@@ -277,64 +253,6 @@ def test_normalized_sgd_step_is_lr_times_gradient_over_its_rms():
     assert step.square().mean().sqrt().item() == pytest.approx(0.05, rel=1e-5)
     with pytest.raises(ValueError, match="lr must be > 0"):
         training.NormalizedSGD(params, lr=0.0)
-
-
-def test_copy_adapter_copies_the_classifier_head(tiny_tokenizer):
-    base = tiny.token_classifier(tiny_tokenizer)
-    cfg = training.default_lora_config("token_classification", model=base)
-    model = get_peft_model(base, cfg, adapter_name="one")
-    model.add_adapter("two", cfg)
-    with torch.no_grad():
-        for p in training.adapter_parameters(model, "one"):
-            p.add_(1.0)
-    training.copy_adapter(model, "one", "two")
-    head = [n for n, _ in model.named_parameters() if "modules_to_save.two." in n]
-    assert head  # the classification head belongs to the adapter
-    assert all(torch.equal(x, y) for x, y in zip(_weights(model, "one"), _weights(model, "two"),
-                                                 strict=True))
-
-
-def test_default_lora_config():
-    tok = tiny.tokenizer()
-    cfg = training.default_lora_config("causal_lm", model=tiny.causal_lm(tok))
-    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout) == (8, 32, 0.2)  # hidden 32: the floor
-    assert set(cfg.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                       "up_proj", "down_proj"}
-    cfg = training.default_lora_config("token_classification", model=tiny.token_classifier(tok))
-    assert cfg.r == 8 and set(cfg.target_modules) == {"query", "key", "value", "dense"}
-    assert training.default_lora_config("causal_lm", 3, model=tiny.causal_lm(tok)).r == 3
-    assert training.default_lora_config("causal_lm", 8).target_modules == "all-linear"
-    assert set(training.default_lora_config("causal_lm", 4, target_modules=["q_proj"])
-               .target_modules) == {"q_proj"}
-    with pytest.raises(ValueError, match="pass rank= or model="):
-        training.default_lora_config("causal_lm")
-    with pytest.raises(ValueError, match="task"):
-        training.default_lora_config("seq2seq")
-
-
-@pytest.mark.parametrize(("hidden", "rank"), [(32, 8), (128, 8), (300, 16), (384, 16),
-                                              (576, 32), (2048, 128), (4094, 128),
-                                              (4096, 256), (8192, 256), (16384, 256)])
-def test_default_lora_rank_scales_with_the_hidden_size(hidden, rank):
-    """Largest power of two <= hidden / 16, clamped to [8, 256]; read from the config, or
-    from the input embeddings when the config names it otherwise."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=16, hidden_size=hidden, intermediate_size=8,
-                         num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1)
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    assert training.default_lora_rank(model) == rank
-    assert training.default_lora_rank(get_peft_model(model, training.default_lora_config(
-        "causal_lm", 2, model=model))) == rank
-
-    class Bare(torch.nn.Module):  # a config without a hidden size: the embeddings' width
-        config = None
-
-        def get_input_embeddings(self):
-            return torch.nn.Embedding(2, hidden, device="meta")
-
-    assert training.default_lora_rank(Bare()) == rank
 
 
 def test_micro_batches_cover_all_rows_and_are_seeded():

@@ -1,6 +1,7 @@
 """tov_select: the trajectory (interleaved / parallel), resumption, errors; storage helpers;
 and a small real-model run (SmolLM2-135M on Wikipedia summaries)."""
 
+import dataclasses
 import json
 import shutil
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from datasets import Dataset, concatenate_datasets
 
 from tests import tiny
-from tov_datasets import storage, training, trajectory
+from tov_datasets import models, storage, training, trajectory
 from tov_datasets.formats import collate
 from tov_datasets.scorer import ToVScorer
 from tov_datasets.select import select_indices
@@ -36,7 +37,7 @@ def val():
 @pytest.fixture
 def lora(tiny_tokenizer):
     """Rank-4 LoRA on the tiny Llama; dropout 0 where a test needs exact gradients."""
-    return training.default_lora_config("causal_lm", 4, model=tiny.causal_lm(tiny_tokenizer))
+    return models.default_lora_config("causal_lm", 4, model=tiny.causal_lm(tiny_tokenizer))
 
 
 def _no_dropout(cfg):
@@ -50,7 +51,7 @@ def _run(tok, pool, val, **kw):
 
 
 def _weights(model, adapter):
-    return [p.detach().clone() for p in training.adapter_parameters(model, adapter)]
+    return [p.detach().clone() for p in models.adapter_parameters(model, adapter)]
 
 
 def _same(a, b):
@@ -153,7 +154,7 @@ def test_val_mode_step_is_one_step_on_the_full_val_gradient(tiny_tokenizer, pool
             base_optimizers.append(kw["optimizer"])
             return real_fit(model, samples, **kw)
         names = {id(p): n for n, p in model.named_parameters()}
-        params = training.adapter_parameters(model, "tov_val")
+        params = models.adapter_parameters(model, "tov_val")
         before = _weights(model, "tov_val")
         grads = _full_batch_gradient(model, samples, kw["pad_token_id"], params)
         base_state = _by_val_name(model, base_optimizers[-1])
@@ -462,7 +463,7 @@ def test_peft_model_starts_from_its_active_adapter(tiny_tokenizer, tiny_causal_l
     assert all(_same(_weights(model, name), w) for name, w in own.items())
     with pytest.raises(ValueError, match="lora= applies to plain models"):
         trajectory.tov_select(model, tiny_tokenizer, pool, val, n=10, base_size=20,
-                              lora=training.default_lora_config("causal_lm", 2))
+                              lora=models.default_lora_config("causal_lm", 2))
 
 
 @pytest.mark.parametrize("val_optimizer", trajectory.VAL_OPTIMIZERS)
@@ -551,12 +552,12 @@ def test_atomic_writes_leave_no_partial_files(tmp_path):
 
 def test_adapter_and_optimizer_round_trip(tiny_tokenizer, tiny_causal_lm, tmp_path):
     model = tiny_causal_lm
-    path = storage.save_adapter(model, "val", tmp_path / "val")
+    path = models.save_adapter(model, "val", tmp_path / "val")
     assert sorted(p.name for p in path.iterdir()) == ["adapter_config.json",
                                                      "adapter_model.safetensors"]
-    storage.load_adapter(model, "base", path)
+    models.load_adapter(model, "base", path)
     assert _same(_weights(model, "base"), _weights(model, "val"))
-    params = training.adapter_parameters(model, "base")
+    params = models.adapter_parameters(model, "base")
     opt = training.adamw(params, 0.1)
     for p in params:
         p.grad = torch.randn_like(p)
@@ -603,7 +604,7 @@ def test_smollm2_scores_mathematics_higher(tmp_path):
     pool = wiki.select(rng.permutation(np.concatenate([math_rows[16:31], other_rows])))
     result = trajectory.tov_select(
         model, tok, pool, val, n=60, base_size=len(pool), epochs=1, lr=1e-3,
-        lora=training.default_lora_config("causal_lm", 8, model=model), batch_size=8,
+        lora=models.default_lora_config("causal_lm", 8, model=model), batch_size=8,
         max_length=64, output_dir=tmp_path,
     )
     is_math = np.asarray(pool["topic"]) == "Mathematics"
@@ -621,3 +622,33 @@ def test_smollm2_scores_mathematics_higher(tmp_path):
     )
     assert scores[is_math].mean() > scores[~is_math].mean()
     assert is_math[scored_part].mean() >= 2 * is_math.mean()
+
+
+def test_config_and_keywords_are_the_same_run(tiny_tokenizer, pool, val, lora, tmp_path):
+    """tov_select(config=ToVConfig(...), **overrides) is the keyword call: bit-identical
+    scores and selection, and the same manifest record of the settings."""
+    by_keywords = _run(tiny_tokenizer, pool, val, lora=lora, seed=3,
+                       output_dir=tmp_path / "keywords")
+    config = trajectory.ToVConfig(base_size=20, epochs=2, lr=3e-2, batch_size=4, lora=lora,
+                                  seed=7)
+    by_config = trajectory.tov_select(tiny.causal_lm(tiny_tokenizer), tiny_tokenizer, pool, val,
+                                      n=10, config=config, seed=3,
+                                      output_dir=tmp_path / "config")
+    assert by_config.scores.data.table.equals(by_keywords.scores.data.table)
+    assert by_config.selected.data.table.equals(by_keywords.selected.data.table)
+    records = [json.loads((tmp_path / d / "manifest.json").read_text())["args"]
+               for d in ("keywords", "config")]
+    assert records[0] == records[1]
+    assert [records[0][k] for k in ("base_size", "epochs", "seed", "max_length")] == [
+        20, 2, 3, 128]
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['learning_rate'\]"):
+        trajectory.tov_select(tiny.causal_lm(tiny_tokenizer), tiny_tokenizer, pool, val, n=10,
+                              learning_rate=1e-3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 1.0
+    for bad, message in (({"variant": "serial"}, "variant='serial' is not supported"),
+                         ({"epochs": 0}, "epochs=0 must be >= 1"),
+                         ({"batch_size": 0}, "must be positive")):
+        with pytest.raises(ValueError, match=message):
+            trajectory.ToVConfig(**bad)
+    assert trajectory.ToVConfig(column_map={}).column_map is None

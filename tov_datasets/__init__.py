@@ -17,14 +17,15 @@ from typing import Any
 _EXPORTS = {
     "ToVScorer": "tov_datasets.scorer",
     "make_tov_score": "tov_datasets.pipelines",
-    "load_model": "tov_datasets.pipelines",
+    "load_model": "tov_datasets.models",
     "select_indices": "tov_datasets.select",
     "select_by_score": "tov_datasets.select",
     "tov_select": "tov_datasets.trajectory",
     "ToVResult": "tov_datasets.trajectory",
+    "ToVConfig": "tov_datasets.trajectory",
     "finetune": "tov_datasets.training",
     "evaluate_loss": "tov_datasets.training",
-    "default_lora_config": "tov_datasets.training",
+    "default_lora_config": "tov_datasets.models",
 }
 
 __all__ = sorted(_EXPORTS)

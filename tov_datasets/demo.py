@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from tov_datasets import assets, evaluation, report, training
+from tov_datasets import assets, evaluation, models, report, training
+from tov_datasets.select import random_count, select_indices
 from tov_datasets.storage import atomic_write, directory_bytes
 from tov_datasets.trajectory import ROW, tov_select
 
@@ -211,7 +212,7 @@ def encode(tokenizer: Any, data: DemoData, config: DemoConfig) -> Encoded:
     options = dict(task=TASK, max_length=config.max_length)
     return Encoded(pool=training.encode_dataset(data.pool, tokenizer, **options),
                    test=training.encode_dataset(data.test, tokenizer, **options),
-                   pad_token_id=training.pad_token_id(tokenizer))
+                   pad_token_id=models.pad_token_id(tokenizer))
 
 
 def finetune_curve(
@@ -221,16 +222,12 @@ def finetune_curve(
     """Fine-tune a fresh LoRA adapter (drawn from ``seed``, so every selection starts alike)
     on the pool ``rows`` at constant ``finetune_lr`` for max(eval_at) epochs, testing after
     each epoch in ``eval_at``: {epoch: `row_losses`}. The model is given back without it."""
-    from peft import get_peft_model
-
-    lora = training.default_lora_config(TASK, config.lora_rank, model=model)
-    with training.seeded_rng(seed, next(model.parameters()).device):
-        peft_model = get_peft_model(model, lora, adapter_name=FINETUNE_ADAPTER)
+    lora = models.default_lora_config(TASK, config.lora_rank, model=model)
     samples = [encoded.pool[i] for i in rows]
     curve = {}
-    try:
+    with models.attached(model, [FINETUNE_ADAPTER], lora=lora, seed=seed) as peft_model:
         optimizer = training.adamw(
-            training.adapter_parameters(peft_model, FINETUNE_ADAPTER), config.finetune_lr
+            models.adapter_parameters(peft_model, FINETUNE_ADAPTER), config.finetune_lr
         )
         for epoch in range(1, max(eval_at) + 1):
             training.fit(
@@ -243,10 +240,6 @@ def finetune_curve(
             if epoch in eval_at:
                 curve[epoch] = row_losses(peft_model, encoded.test, encoded.pad_token_id,
                                            progress, f"test {label}")
-    finally:
-        peft_model.unload()
-        with contextlib.suppress(AttributeError):  # get_peft_model set it on the plain model
-            del model.peft_config
     return curve
 
 
@@ -427,7 +420,7 @@ def plan_work(encoded: Encoded, val_tokens: int, config: DemoConfig,
 def tov_bins(n: int) -> int:
     """Length bins for ToV's selection: NUM_BINS, but no more than its scored rows (a bin
     without a scored row would leave the longest rows out of the scored half)."""
-    return max(1, min(NUM_BINS, n - int(np.floor(RANDOM_FRACTION * n + 0.5))))
+    return max(1, min(NUM_BINS, n - random_count(n, RANDOM_FRACTION)))
 
 
 def select_with_tov(
@@ -435,7 +428,7 @@ def select_with_tov(
     progress: Callable[..., Any] | None,
 ) -> Any:
     """ToV along a short trajectory (resumable in ``out_dir/trajectory``): a `ToVResult`."""
-    lora = training.default_lora_config(TASK, config.lora_rank, model=model)
+    lora = models.default_lora_config(TASK, config.lora_rank, model=model)
     return tov_select(
         model, tokenizer, data.pool, data.val, n=config.n, base_size=config.base_size,
         epochs=config.epochs, lr=config.lr, lora=lora, batch_size=config.batch_size,
@@ -451,15 +444,13 @@ def tov_parts(result: Any, n: int) -> dict[str, np.ndarray]:
     From the selection's ``tov_from_score`` column where present; else re-derived: the
     scored half is the selection's top part alone (the same length bins and quotas with
     no random part), the random half the rest."""
-    from tov_datasets.select import select_indices
-
     selected = result.selected.with_format("arrow")[:]
     rows = selected.column(ROW).to_numpy()
     if "tov_from_score" in selected.column_names:
         from_score = np.asarray(selected.column("tov_from_score").to_pylist(), dtype=bool)
     else:
         scores = result.scores.with_format("arrow")[:]
-        n_scored = n - int(np.floor(RANDOM_FRACTION * n + 0.5))
+        n_scored = n - random_count(n, RANDOM_FRACTION)
         top = select_indices(
             scores.column(report.SCORE).to_numpy(), scores.column(report.NUM_TOKENS).to_numpy(),
             n_scored, num_bins=tov_bins(n), random_fraction=0.0,
@@ -698,6 +689,15 @@ def _run(config: DemoConfig, out_dir: Path, progress: Callable[..., Any] | None,
     with stages("report"):
         write_outputs(out_dir, config, data, result, selections, parts, outcome, sections,
                       stages, f"{report.device_name(model)}", resumed)
+    _print_summary(config, data, sections, stages, out_dir, threads, resumed)
+    return {"losses": {k: float(v.mean()) for k, v in losses.items()},
+            "selections": selections, "timings": stages.seconds, "verdict": verdict(outcome)}
+
+
+def _print_summary(config: DemoConfig, data: DemoData, sections: dict[str, str],
+                   stages: report.Stages, out_dir: Path, threads: int, resumed: bool) -> None:
+    """What the demo prints: the setting, each report section without its plot, the time
+    per stage and where the report is."""
     total = sum(stages.seconds.values())
     timing = report.markdown_table(
         ["stage", "seconds"],
@@ -712,8 +712,6 @@ def _run(config: DemoConfig, out_dir: Path, progress: Callable[..., Any] | None,
         *(body.split("\n\n![")[0] for body in sections.values()), timing,
         f"report: {out_dir / report.REPORT_NAME}",
     ]))
-    return {"losses": {k: float(v.mean()) for k, v in losses.items()},
-            "selections": selections, "timings": stages.seconds, "verdict": verdict(outcome)}
 
 
 def write_gate(gate: dict[str, Any], path: Path) -> Path:

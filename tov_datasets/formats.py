@@ -49,9 +49,12 @@ class Encoded:
     labels: list[int]
     truncated: bool = False
 
-    @property
-    def num_labelled(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
+
+def num_scored(sample: Encoded, task: str) -> int:
+    """Tokens of a sample that enter the loss and the score: labels != -100, except a causal
+    LM's first token (nothing predicts it)."""
+    labels = sample.labels[1:] if task == "causal_lm" else sample.labels
+    return sum(label != IGNORE_INDEX for label in labels)
 
 
 def _canonical(columns: Sequence[str], column_map: Mapping[str, str] | None) -> list[str]:

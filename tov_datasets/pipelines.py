@@ -15,27 +15,13 @@ import os
 from typing import Any
 
 import torch
-import transformers
 
+from tov_datasets.models import load_model, load_tokenizer
 from tov_datasets.scorer import ToVScorer
 
-__all__ = ["load_model", "make_tov_score"]
+__all__ = ["make_tov_score"]
 
 PathLike = str | os.PathLike[str]
-
-
-def load_model(path: PathLike, dtype: str | torch.dtype | None = None) -> torch.nn.Module:
-    """A saved transformers model (a directory or hub id), built with the class its config
-    names in ``architectures`` (e.g. LlamaForCausalLM), in eval mode."""
-    config = transformers.AutoConfig.from_pretrained(path)
-    architectures = config.architectures or []
-    model_class = getattr(transformers, architectures[0], None) if architectures else None
-    if model_class is None:
-        raise ValueError(
-            f"cannot tell which model class to load from {path}: its config names "
-            f"architectures={config.architectures}; load the model yourself and pass it"
-        )
-    return model_class.from_pretrained(path, dtype=dtype).eval()
 
 
 def make_tov_score(
@@ -50,10 +36,10 @@ def make_tov_score(
     """The scoring function for ``dataset.map(tov_score, batched=True)``.
 
     model: a peft model holding both adapters, a plain model, or the path of a saved model
-    (loaded with `load_model` in ``dtype``); with a plain model or a path, ``base_adapter`` and
-    ``val_adapter`` are peft adapter directories. tokenizer: a tokenizer or its path (default:
-    the model path). options: the other `ToVScorer` keywords (transform, max_length,
-    batch_size, device, kernel_backend, column_map).
+    (loaded with `models.load_model` in ``dtype``); with a plain model or a path,
+    ``base_adapter`` and ``val_adapter`` are peft adapter directories. tokenizer: a
+    tokenizer or its path (default: the model path). options: the other `ToVScorer`
+    keywords (transform, max_length, batch_size, device, kernel_backend, column_map).
     """
     if isinstance(model, (str, os.PathLike)):
         tokenizer = model if tokenizer is None else tokenizer
@@ -61,7 +47,7 @@ def make_tov_score(
     if tokenizer is None:
         raise ValueError("pass a tokenizer (or its path) with a loaded model")
     if isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer)
+        tokenizer = load_tokenizer(tokenizer)
     return ToVScorer(
         model, tokenizer, base_adapter=base_adapter, val_adapter=val_adapter, **options
     )

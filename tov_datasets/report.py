@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from tov_datasets.select import length_bins
 from tov_datasets.storage import atomic_write
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "REPORT_NAME",
     "ReportData",
     "Stages",
+    "Timer",
     "TRAJECTORY_STAGES",
     "SCORE_DIRECTION",
     "bin_rows",
@@ -39,7 +41,6 @@ __all__ = [
     "device_name",
     "epoch_agreement_rows",
     "example_rows",
-    "length_bins",
     "markdown_table",
     "plot_loss_gains",
     "plot_roc",
@@ -78,26 +79,39 @@ TRAJECTORY_STAGES = {
 }
 
 
-class Stages:
-    """Wall-clock seconds per named stage, logged: ``with stages("load model"): ...``."""
+class Timer:
+    """Wall-clock seconds per named stage, summed over the blocks timed under one name:
+    ``with timer("score"): ...``; ``seconds`` holds {stage: seconds} (``names``: stages
+    that start at 0.0)."""
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+    def __init__(self, names: Sequence[str] = ()) -> None:
+        self.seconds: dict[str, float] = dict.fromkeys(names, 0.0)
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        log.info("%s ...", name)
         start = time.perf_counter()
         try:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-            log.info("%s: %.1f s", name, self.seconds[name])
 
     def add(self, timings: Mapping[str, float], names: Mapping[str, str]) -> None:
         """Add a library's per-stage timings {key: s} under the names {key: name}."""
         for key, name in names.items():
             self.seconds[name] = self.seconds.get(name, 0.0) + float(timings.get(key, 0.0))
+
+
+class Stages(Timer):
+    """A `Timer` that logs each stage: ``with stages("load model"): ...``."""
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        log.info("%s ...", name)
+        try:
+            with super().__call__(name):
+                yield
+        finally:
+            log.info("%s: %.1f s", name, self.seconds[name])
 
 
 @dataclass
@@ -136,18 +150,6 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def length_bins(lengths: np.ndarray, num_bins: int) -> np.ndarray:
-    """Bin id per row as ``select`` cuts them (equal-count bins of rows with length > 0,
-    ordered by (length, row index)); -1 for rows without tokens."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    eligible = np.flatnonzero(lengths > 0)
-    order = eligible[np.argsort(lengths[eligible], kind="stable")]
-    bin_start = np.arange(num_bins + 1, dtype=np.int64) * order.size // num_bins
-    bins = np.full(lengths.size, -1, dtype=np.int64)
-    bins[order] = np.searchsorted(bin_start, np.arange(order.size), side="right") - 1
-    return bins
 
 
 def bin_rows(data: ReportData) -> list[list[Any]]:

@@ -8,11 +8,10 @@ no (B, T, V) logits tensor is built.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,16 +20,13 @@ import torch
 import xxhash
 from datasets.fingerprint import Hasher
 from datasets.utils._dill import pklregister
-from peft import PeftModel
 
-from tov_datasets.formats import IGNORE_INDEX, Encoded, collate, encode_batch
-from tov_datasets.training import infer_task
+from tov_datasets import models
+from tov_datasets.formats import IGNORE_INDEX, Encoded, collate, encode_batch, num_scored
 from tov_kernels import paired_linear_logprob_delta, paired_logprob_delta
 
 SCORE = "tov_score"
 NUM_TOKENS = "tov_num_tokens"
-# Config attributes that change logits after the output projection: use the full-logits path.
-_LOGIT_POSTPROCESSING = ("logit_scale", "logits_scaling", "final_logit_softcapping")
 # First elements of each frozen base weight that enter the fingerprint (a cheap identity check).
 _BASE_SAMPLE = 64
 
@@ -45,15 +41,6 @@ def _jsonable(value: Any) -> Any:
 
 def _tensor_bytes(t: torch.Tensor) -> np.ndarray:
     return t.detach().reshape(-1).view(torch.uint8).cpu().numpy()
-
-
-def check_adapter_names(adapter_names: Sequence[str], rows: int) -> None:
-    """peft leaves its hooks registered (breaking every later forward) when ``adapter_names``
-    does not match the batch size: check it before calling the model."""
-    if len(adapter_names) != rows:
-        raise ValueError(
-            f"adapter_names has {len(adapter_names)} entries for a batch of {rows} rows"
-        )
 
 
 class ToVScorer:
@@ -83,12 +70,12 @@ class ToVScorer:
         kernel_backend: str | None = None,
         column_map: Mapping[str, str] | None = None,
     ) -> None:
-        if not isinstance(model, PeftModel):
-            model, base_adapter, val_adapter = self._load_adapters(model, base_adapter,
-                                                                   val_adapter)
-        present = sorted(model.peft_config)
+        if not models.is_peft_model(model):
+            model = models.load_adapters(model, {"base": base_adapter, "val": val_adapter})
+            base_adapter, val_adapter = "base", "val"
+        present = models.adapter_names(model)
         for adapter in (base_adapter, val_adapter):
-            if adapter not in model.peft_config:
+            if adapter not in present:
                 raise ValueError(f"the model has no adapter {adapter!r}; it has {present}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -102,51 +89,25 @@ class ToVScorer:
         self.batch_size = batch_size
         self.kernel_backend = kernel_backend
         self.column_map = dict(column_map) if column_map else None
-        inner = model.get_base_model()
-        self.task = infer_task(inner)
-        self.max_length = max_length or getattr(inner.config, "max_position_embeddings", None)
-        self.label2id = None
-        if self.task == "token_classification":
-            self.label2id = dict(inner.config.label2id)
+        inner = models.base_model(model)
+        self.task = models.infer_task(inner)
+        self.max_length = max_length or models.default_max_length(inner)
+        label2id = models.label_map(inner, self.task)
+        self.label2id = dict(label2id) if label2id is not None else None
         self._position_ids = _accepts(inner, "position_ids")
-        self._no_cache = _accepts(inner, "use_cache")
-        self._head = self._linear_head(inner)
+        self._accepts_use_cache = _accepts(inner, "use_cache")
+        self._head = (
+            models.linear_output_head(inner)
+            if self.task == "causal_lm" and _accepts(inner, "logits_to_keep") else None
+        )
         if device is not None:
             model.to(device)
         self._tokenizer_digest = Hasher.hash(tokenizer)
 
-    # ---------------------------------------------------------------- construction helpers
-    @staticmethod
-    def _load_adapters(model: torch.nn.Module, base_dir: Any, val_dir: Any):
-        dirs = [base_dir, val_dir]
-        if not all(os.path.isdir(d) for d in dirs):
-            raise ValueError(
-                f"{type(model).__name__} is not a peft model; pass a PeftModel holding both "
-                f"adapters, or base_adapter/val_adapter as adapter directories (got {dirs})"
-            )
-        peft_model = PeftModel.from_pretrained(model, base_dir, adapter_name="base")
-        peft_model.load_adapter(val_dir, adapter_name="val")
-        return peft_model.eval(), "base", "val"
-
-    def _linear_head(self, inner: torch.nn.Module) -> torch.nn.Linear | None:
-        """The plain output projection for the hidden-state path, or None (full logits)."""
-        if self.task != "causal_lm" or not _accepts(inner, "logits_to_keep"):
-            return None
-        head = inner.get_output_embeddings()
-        config = inner.config
-        if type(head) is not torch.nn.Linear or any(
-            getattr(config, a, None) not in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING
-        ):
-            return None
-        return head
-
     @property
     def pad_token_id(self) -> int:
-        """The tokenizer's pad token, else its EOS, else 0 (the tokenizer is left as is)."""
-        for token_id in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
-            if token_id is not None:
-                return int(token_id)
-        return 0
+        """`models.pad_token_id` of the tokenizer (the tokenizer is left as is)."""
+        return models.pad_token_id(self.tokenizer)
 
     @property
     def device(self) -> torch.device:
@@ -167,7 +128,7 @@ class ToVScorer:
         h.update(repr(config).encode())
         adapters = (self.base_adapter, self.val_adapter)
         for adapter in adapters:  # sets (target_modules) sorted: stable across processes
-            config_dict = self.model.peft_config[adapter].to_dict()
+            config_dict = models.adapter_config(self.model, adapter)
             h.update(json.dumps(config_dict, sort_keys=True, default=_jsonable).encode())
         for name, p in self.model.named_parameters():
             parts = name.split(".")
@@ -211,35 +172,16 @@ class ToVScorer:
             columns, self.tokenizer, task=self.task, max_length=self.max_length,
             column_map=self.column_map, label2id=self.label2id,
         )
-        first = 1 if self.task == "causal_lm" else 0  # nothing predicts a causal LM's token 0
-        counts = np.array(
-            [sum(label != IGNORE_INDEX for label in e.labels[first:]) for e in encoded],
-            dtype=np.int32,
-        )
+        counts = np.array([num_scored(e, self.task) for e in encoded], dtype=np.int32)
         scores = np.zeros(len(encoded), dtype=np.float32)
         rows = np.flatnonzero(counts)
         rows = rows[np.argsort([len(encoded[i].input_ids) for i in rows], kind="stable")]
-        with self._scoring_mode():
+        adapters = [self.base_adapter, self.val_adapter]
+        with models.adapter_mode(self.model, adapters, train=False), torch.inference_mode():
             for start in range(0, len(rows), self.batch_size):
                 chunk = rows[start:start + self.batch_size]
                 scores[chunk] = self._score_encoded([encoded[i] for i in chunk]).cpu().numpy()
         return scores, counts
-
-    @contextlib.contextmanager
-    def _scoring_mode(self) -> Iterator[None]:
-        """Eval mode and inference mode; every module's mode and the active adapter are
-        restored afterwards."""
-        modes = [(m, m.training) for m in self.model.modules()]
-        active = self.model.active_adapter
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                yield
-        finally:
-            for module, training in modes:
-                module.training = training
-            if self.model.active_adapter != active:
-                self.model.set_adapter(active)
 
     def _score_encoded(self, samples: list[Encoded]) -> torch.Tensor:
         """F-mean of the per-token deltas, float32 (B,), for B samples with scored tokens."""
@@ -247,41 +189,32 @@ class ToVScorer:
         batch = {k: v.to(self.device) for k, v in collate(samples, self.pad_token_id,
                                                           side).items()}
         B = len(samples)
-        mask = batch["attention_mask"].repeat(2, 1)
-        inputs = {"input_ids": batch["input_ids"].repeat(2, 1), "attention_mask": mask}
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if self._position_ids:
-            inputs["position_ids"] = (mask.cumsum(1) - 1).clamp_(min=0)
-        if self._no_cache:
-            inputs["use_cache"] = False
-        adapter_names = [self.base_adapter] * B + [self.val_adapter] * B
+            inputs["position_ids"] = (batch["attention_mask"].cumsum(1) - 1).clamp_(min=0)
+        options = {"use_cache": False} if self._accepts_use_cache else {}
+        adapters = [self.base_adapter, self.val_adapter]
         labels = batch["labels"]
-        options = {"transform": self.transform, "backend": self.kernel_backend}
+        kernel = {"transform": self.transform, "backend": self.kernel_backend}
         if self.task == "causal_lm":  # labels[:, t + 1] is predicted at position t
             labels = labels[:, 1:].masked_fill(batch["attention_mask"][:, :-1] == 0, IGNORE_INDEX)
         if self._head is not None:
-            hidden = self._final_hidden(inputs, adapter_names)[:, :-1]
+            hidden = self._final_hidden(inputs, adapters, options)[:, :-1]
             return paired_linear_logprob_delta(
                 hidden[:B], hidden[B:], self._head.weight, labels, bias=self._head.bias,
-                **options,
+                **kernel,
             )
-        logits = self._forward(inputs, adapter_names).logits
+        logits = models.mixed_adapter_forward(self.model, inputs, adapters, **options).logits
         if self.task == "causal_lm":
             logits = logits[:, :-1]
-        return paired_logprob_delta(logits[:B], logits[B:], labels, **options)
-
-    def _forward(self, inputs: dict[str, torch.Tensor], adapter_names: list[str]) -> Any:
-        check_adapter_names(adapter_names, inputs["input_ids"].shape[0])
-        return self.model(**inputs, adapter_names=adapter_names)
+        return paired_logprob_delta(logits[:B], logits[B:], labels, **kernel)
 
     def _final_hidden(
-        self, inputs: dict[str, torch.Tensor], adapter_names: list[str]
+        self, inputs: dict[str, torch.Tensor], adapters: list[str], options: dict[str, Any]
     ) -> torch.Tensor:
         """The decoder's last_hidden_state (2B, T, H), captured by a forward hook while the
         LM head only projects the last position (logits_to_keep=1)."""
-        inner = self.model.get_base_model()
-        decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
-        if decoder is None:
-            decoder = getattr(inner, inner.base_model_prefix)
+        decoder = models.decoder(self.model)
         captured = []
 
         def hook(_module, _args, output):
@@ -289,7 +222,9 @@ class ToVScorer:
 
         handle = decoder.register_forward_hook(hook)
         try:
-            self._forward({**inputs, "logits_to_keep": 1}, adapter_names)
+            models.mixed_adapter_forward(
+                self.model, inputs, adapters, **options, logits_to_keep=1
+            )
         finally:
             handle.remove()
         return captured[-1]

@@ -32,11 +32,13 @@ from typing import TYPE_CHECKING
 import numba
 import numpy as np
 
+from tov_datasets import tables
+
 if TYPE_CHECKING:
     import datasets
     import pyarrow as pa
 
-__all__ = ["random_count", "select_indices", "select_by_score"]
+__all__ = ["length_bins", "random_count", "select_indices", "select_by_score"]
 
 SELECTED_COLUMN = "tov_selected"
 FROM_SCORE_COLUMN = "tov_from_score"  # True: chosen by score; False: by the random part
@@ -69,6 +71,43 @@ def _bin_rows(keys, scores, key_start, bin_start, num_bins, n_eligible):
             grouped_rows[p] = i
             pos[b] = p + 1
     return grouped_scores, grouped_rows
+
+
+def _grouped_by_bin(
+    scores: np.ndarray, lengths: np.ndarray, num_bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The equal-count length bins of the rows with length > 0, ordered by (length, row).
+
+    lengths: int64 (N,) >= 0. Returns (scores, row indices) grouped by bin as `_bin_rows`
+    gives them, and bin_start int64 (num_bins + 1,): bin b is [bin_start[b], bin_start[b+1]).
+    """
+    eligible = lengths > 0
+    n_eligible = int(np.count_nonzero(eligible))
+    if lengths.size == 0 or lengths.max() <= _MAX_DIRECT_LENGTH:
+        keys = lengths
+    else:
+        keys = np.zeros(lengths.size, np.int64)
+        keys[eligible] = np.unique(lengths[eligible], return_inverse=True)[1] + 1
+    key_counts = np.bincount(keys)
+    key_counts[0] = 0
+    key_start = np.cumsum(key_counts) - key_counts
+    bin_start = np.arange(num_bins + 1, dtype=np.int64) * n_eligible // num_bins
+    grouped_scores, grouped_rows = _bin_rows(
+        keys, scores, key_start, bin_start, num_bins, max(n_eligible, 1)
+    )
+    return grouped_scores, grouped_rows, bin_start
+
+
+def length_bins(lengths: np.ndarray, num_bins: int) -> np.ndarray:
+    """Bin id int64 (N,) per row as `select_indices` cuts them (equal-count bins of the rows
+    with length > 0, ordered by (length, row index)); -1 for rows without tokens."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    _, grouped_rows, bin_start = _grouped_by_bin(
+        np.zeros(lengths.size, np.float64), lengths, num_bins
+    )
+    bins = np.full(lengths.size, -1, dtype=np.int64)
+    bins[grouped_rows] = np.repeat(np.arange(num_bins, dtype=np.int64), np.diff(bin_start))
+    return bins
 
 
 def _thresholds(grouped_scores: np.ndarray, bin_start: np.ndarray, quotas: np.ndarray):
@@ -154,24 +193,11 @@ def random_count(n: int, random_fraction: float) -> int:
     return int(np.floor(float(random_fraction) * n + 0.5))
 
 
-def select_indices(
-    scores: np.ndarray,
-    lengths: np.ndarray,
-    n: int,
-    *,
-    num_bins: int = 10,
-    random_fraction: float = 0.5,
-    random_pool: np.ndarray | None = None,
-    seed: int = 0,
-) -> np.ndarray:
-    """Choose `n` rows: length-binned top scores plus a uniform random part (module doc).
-
-    scores: (N,) real, finite where length > 0 (higher is better).
-    lengths: (N,) integer token counts >= 0; rows with length 0 are never chosen.
-    random_pool: (P,) distinct row indices in [0, N) the random part is drawn from.
-    Returns (n,) int64 row indices, sorted ascending. Same inputs and seed, same result;
-    ``num_bins=1, random_fraction=0`` is the plain top-n (ties: lower index first).
-    """
+def _checked(
+    scores: np.ndarray, lengths: np.ndarray, n: int, num_bins: int, random_fraction: float
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The inputs of `select_indices`, checked: scores float32/float64 (N,), lengths int64
+    (N,), n and num_bins as ints. Raises ValueError naming what is wrong."""
     scores = np.asarray(scores)
     lengths = np.asarray(lengths)
     if scores.ndim != 1 or lengths.ndim != 1:
@@ -195,11 +221,10 @@ def select_indices(
     if not 0.0 <= float(random_fraction) <= 1.0:
         raise ValueError(f"random_fraction must be in [0, 1], got {random_fraction}")
 
-    num_rows = scores.size
     lengths = lengths.astype(np.int64, copy=False)
     eligible = lengths > 0
     n_eligible = int(np.count_nonzero(eligible))
-    if n_eligible != num_rows and (lengths < 0).any():
+    if n_eligible != lengths.size and (lengths < 0).any():
         bad = np.flatnonzero(lengths < 0)[:5].tolist()
         raise ValueError(f"lengths must be >= 0; negative at rows {bad}")
     if scores.dtype != np.float32:
@@ -213,27 +238,40 @@ def select_indices(
         )
     if n > n_eligible:
         raise ValueError(
-            f"n={n} exceeds the {n_eligible} eligible rows (length > 0) of {num_rows}; "
+            f"n={n} exceeds the {n_eligible} eligible rows (length > 0) of {lengths.size}; "
             f"ask for at most {n_eligible}"
         )
+    return scores, lengths, n, num_bins
+
+
+def select_indices(
+    scores: np.ndarray,
+    lengths: np.ndarray,
+    n: int,
+    *,
+    num_bins: int = 10,
+    random_fraction: float = 0.5,
+    random_pool: np.ndarray | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Choose `n` rows: length-binned top scores plus a uniform random part (module doc).
+
+    scores: (N,) real, finite where length > 0 (higher is better).
+    lengths: (N,) integer token counts >= 0; rows with length 0 are never chosen.
+    random_pool: (P,) distinct row indices in [0, N) the random part is drawn from.
+    Returns (n,) int64 row indices, sorted ascending. Same inputs and seed, same result;
+    ``num_bins=1, random_fraction=0`` is the plain top-n (ties: lower index first).
+    """
+    scores, lengths, n, num_bins = _checked(scores, lengths, n, num_bins, random_fraction)
+    num_rows = scores.size
+    eligible = lengths > 0
     pool = None if random_pool is None else _pool_mask(random_pool, num_rows)
 
     n_random = random_count(n, random_fraction)
     n_scored = n - n_random
     mask = np.zeros(num_rows, dtype=bool)
     if n_scored:
-        if lengths.max() <= _MAX_DIRECT_LENGTH:
-            keys = lengths
-        else:
-            keys = np.zeros(num_rows, np.int64)
-            keys[eligible] = np.unique(lengths[eligible], return_inverse=True)[1] + 1
-        key_counts = np.bincount(keys)
-        key_counts[0] = 0
-        key_start = np.cumsum(key_counts) - key_counts
-        bin_start = np.arange(num_bins + 1, dtype=np.int64) * n_eligible // num_bins
-        grouped_scores, grouped_rows = _bin_rows(
-            keys, scores, key_start, bin_start, num_bins, n_eligible
-        )
+        grouped_scores, grouped_rows, bin_start = _grouped_by_bin(scores, lengths, num_bins)
         quotas = _largest_remainder(n_scored, np.diff(bin_start))
         thresholds, ties = _thresholds(grouped_scores, bin_start, quotas)
         _mark_top(grouped_scores, grouped_rows, bin_start, quotas, thresholds, ties, mask)
@@ -300,8 +338,7 @@ def select_by_score(
             f"dataset has no column {missing}; columns present: {dataset.column_names}; "
             "pass score_column= / length_column="
         )
-    indices_table = dataset._indices
-    row_map = None if indices_table is None else indices_table.column(0).to_numpy()
+    row_map = tables.row_map(dataset)
     scores = _column(dataset, score_column, row_map)
     lengths = _column(dataset, length_column, row_map)
     idx = select_indices(scores, lengths, n, num_bins=num_bins, random_fraction=random_fraction,

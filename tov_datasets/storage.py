@@ -28,10 +28,13 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
+from tov_datasets.tables import flat_table
+
 __all__ = [
     "Manifest",
     "ManifestMismatchError",
     "OutputInUseError",
+    "exclusive_lock",
     "atomic_write",
     "atomic_write_dir",
     "canonical_hash",
@@ -39,13 +42,11 @@ __all__ = [
     "describe_changes",
     "directory_bytes",
     "is_temp_name",
-    "load_adapter",
     "load_optimizer_state",
     "load_tensors",
     "locked",
     "read_parquet",
     "remove_temp_files",
-    "save_adapter",
     "save_optimizer_state",
     "save_tensors",
     "sha256_file",
@@ -202,9 +203,7 @@ def dataset_digest(dataset: Any, block_rows: int = 65536) -> str:
     """sha256 of a ``datasets.Dataset``'s content (rows as seen through any indices mapping):
     its Arrow schema and its rows serialised in fixed blocks, so the chunking of the
     underlying table does not matter. Reads every byte once (~1 s per GB)."""
-    table = dataset.data.table
-    if dataset._indices is not None:
-        table = table.take(dataset._indices.column(0))
+    table = flat_table(dataset)
     h = hashlib.sha256(table.schema.remove_metadata().to_string().encode())
     for start in range(0, table.num_rows, block_rows):
         for batch in table.slice(start, block_rows).combine_chunks().to_batches():
@@ -239,30 +238,6 @@ def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
     return load_file(str(path)), metadata
 
 
-def save_adapter(model: Any, adapter: str, path: str | os.PathLike[str]) -> Path:
-    """Save one adapter of a peft model to the directory ``path`` (safetensors + config).
-
-    The result loads with ``PeftModel.from_pretrained(base_model, path)``.
-    """
-
-    def build(tmp: Path) -> Path:
-        model.save_pretrained(tmp, selected_adapters=[adapter], safe_serialization=True)
-        return tmp / adapter if adapter != "default" else tmp
-
-    return atomic_write_dir(path, build)
-
-
-def load_adapter(model: Any, adapter: str, path: str | os.PathLike[str]) -> None:
-    """Load weights saved by :func:`save_adapter` into the existing adapter ``adapter``."""
-    from peft import set_peft_model_state_dict
-
-    state = load_file(str(Path(path) / ADAPTER_WEIGHTS))
-    result = set_peft_model_state_dict(model, state, adapter_name=adapter)
-    unexpected = getattr(result, "unexpected_keys", None)
-    if unexpected:
-        raise ValueError(f"{path} does not fit adapter {adapter!r}: unexpected {unexpected[:5]}")
-
-
 def save_optimizer_state(optimizer: torch.optim.Optimizer, path: str | os.PathLike[str]) -> Path:
     """Save an optimizer's per-parameter state tensors (e.g. AdamW moments and step counts)
     as safetensors; hyperparameters are not saved (the caller rebuilds the optimizer)."""
@@ -287,24 +262,36 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, path: str | os.PathLi
     )
 
 
+def exclusive_lock(path: str | os.PathLike[str], *, wait: bool = True) -> Any:
+    """An exclusive lock through the file ``path`` (created if missing), to use as ``with
+    lock: ...``; the OS releases it when the process dies. ``wait=False``: acquiring raises
+    ``filelock.Timeout`` at once if another holder has it."""
+    from filelock import FileLock
+
+    return FileLock(str(path), timeout=-1 if wait else 0)
+
+
 @contextlib.contextmanager
 def locked(directory: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive lock on ``directory`` (created if missing) for the block, through
-    the file ``.lock`` in it; the OS releases it when the process dies. Raises
-    `OutputInUseError` at once if another process holds it."""
-    import fcntl
+    the file ``.lock`` in it (`exclusive_lock`). Raises `OutputInUseError` at once if
+    another process holds it."""
+    from filelock import Timeout
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / LOCK_NAME, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputInUseError(
-                f"{directory} is in use by another tov run; wait for it or pass another "
-                "output directory"
-            ) from None
+    lock = exclusive_lock(directory / LOCK_NAME, wait=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputInUseError(
+            f"{directory} is in use by another tov run; wait for it or pass another "
+            "output directory"
+        ) from None
+    try:
         yield
+    finally:
+        lock.release()
 
 
 _ABSENT = "<absent>"

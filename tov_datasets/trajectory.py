@@ -1,4 +1,6 @@
-"""ToV along a short training trajectory (interleaved or parallel), and `tov_select`.
+"""ToV along a short training trajectory (interleaved or parallel): `tov_select`, its
+settings (`ToVConfig`, validated in one place), its result (`ToVResult`), the epoch loop and
+its resumable state on disk (the manifest records the settings and the inputs' identity).
 
 For epochs k = 1..L on a random base set U of the pool:
 
@@ -29,9 +31,9 @@ per-step decay to 0 would make the last epoch's val lr vanish (with L = 1, every
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,17 +43,18 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from tov_datasets import storage, training
+from tov_datasets import models, storage, tables, training
+from tov_datasets.formats import num_scored
+from tov_datasets.models import BASE_ADAPTER, VAL_ADAPTER
+from tov_datasets.report import Timer
 from tov_datasets.scorer import NUM_TOKENS, SCORE, ToVScorer
 from tov_datasets.select import random_count, select_by_score
 
-__all__ = ["ToVResult", "epoch_lrs", "num_epochs", "tov_select"]
+__all__ = ["ToVConfig", "ToVResult", "epoch_lrs", "num_epochs", "tov_select"]
 
 VARIANTS = ("interleaved", "parallel")
 VAL_MODES = ("epoch", "step")
 VAL_OPTIMIZERS = ("fresh", "continue", "sgd")
-BASE_ADAPTER = "tov_base"
-VAL_ADAPTER = "tov_val"
 ROW = "tov_row"
 SHARD_ROWS = 2048  # rows per score shard: the unit of resumption of a scoring pass
 # epochs=None: L = clamp(round(TRAJECTORY_SAMPLES / base_size), 1, MAX_DEFAULT_EPOCHS).
@@ -62,8 +65,105 @@ TRAJECTORY_SAMPLES = 16 * 1024
 MAX_DEFAULT_EPOCHS = 8
 
 
+# The settings a manifest records (with shard_rows): those that change the trained adapters
+# or the scores. lora is recorded through the adapter config (`_run_identity`); num_bins and
+# random_fraction act on the final selection only, so a rerun may change them.
+_RECORDED = ("base_size", "epochs", "lr", "val_lr_ratio", "variant", "val_mode",
+             "val_optimizer", "transform", "batch_size", "seed", "max_length", "column_map")
+_TIMED_STAGES = ("setup", "train_base", "train_val", "score", "io", "select")
+
+
 def epoch_column(k: int) -> str:
     return f"tov_score_epoch_{k}"
+
+
+def _epoch_step(k: int, name: str) -> str:
+    """The manifest step ``name`` of epoch k (``train``, ``scores/<shard>``)."""
+    return f"epoch_{k}/{name}"
+
+
+def _epoch_of(step: str) -> int:
+    """The epoch of a manifest step written by `_epoch_step`."""
+    return int(step.split("/")[0].removeprefix("epoch_"))
+
+
+@dataclass(frozen=True)
+class ToVConfig:
+    """The settings of a `tov_select` run, validated on construction.
+
+    base_size: rows of U, drawn from the pool with ``seed``. epochs: L (None: 16384 /
+    base_size rounded, clamped to [1, 8]: `num_epochs`). lr: the base lr of epoch 1 (see
+    ``epoch_lrs``). max_length: truncation for training and scoring (default: the model's
+    max_position_embeddings). batch_size: micro-batch size for training and scoring.
+    val_mode: the val update of each epoch is one epoch of mini-batches (``"epoch"``) or one
+    step on the gradient of the whole validation set (``"step"``), by the rule
+    ``val_optimizer``, all at val_lr = ``val_lr_ratio`` x the epoch's base lr:
+    ``"fresh"``: a new AdamW each epoch; its first steps are ~ val_lr * sign(g) per
+    coordinate whatever the base's step size (``"step"`` + ``"fresh"`` is one such step).
+    ``"continue"``: AdamW from a copy of the base optimizer's moments and step count after
+    that base epoch (the base optimizer is untouched). Adam's first moment then carries the
+    base's momentum (the direction of training on U) into the val update, and the second
+    moment scales it like a base step. ``"sgd"``: normalised gradient steps,
+    val_lr * g / rms(g) (`training.NormalizedSGD`): the RMS size of a fresh Adam step, along
+    the gradient instead of its sign.
+    variant: ``"interleaved"`` (the base continues from the val weights) or ``"parallel"``.
+    lora: a peft LoraConfig for a plain model (None: ``default_lora_config(task,
+    model=model)``). transform: F of the per-token deltas ("identity", "abs", "relu").
+    num_bins, random_fraction: the final selection's length bins and random share
+    (`select_by_score`). seed: draws U, the LoRA start, micro-batch order and dropout.
+    column_map: {user_column: canonical_column} (`tov_datasets.formats`; kept as a dict,
+    None when empty).
+    """
+
+    base_size: int = 4096
+    epochs: int | None = None
+    lr: float = 2e-4
+    val_lr_ratio: float = 0.1
+    variant: str = "interleaved"
+    val_mode: str = "epoch"
+    val_optimizer: str = "fresh"
+    lora: Any = None
+    transform: str = "identity"
+    num_bins: int = 10
+    random_fraction: float = 0.5
+    batch_size: int = 8
+    max_length: int | None = None
+    seed: int = 0
+    column_map: Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "column_map", dict(self.column_map) if self.column_map else None)
+        for name, allowed in (("variant", VARIANTS), ("val_mode", VAL_MODES),
+                              ("val_optimizer", VAL_OPTIMIZERS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is not supported; pass one of {allowed}"
+                )
+        if self.base_size < 1:
+            raise ValueError(f"base_size={self.base_size} must be >= 1")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs={self.epochs} must be >= 1 (or None for the default rule)")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(
+                f"max_length={self.max_length} must be >= 1 (or None: the model's "
+                "max_position_embeddings)"
+            )
+        if not (self.lr > 0 and self.val_lr_ratio > 0 and self.batch_size >= 1):
+            raise ValueError(
+                f"lr={self.lr}, val_lr_ratio={self.val_lr_ratio} and "
+                f"batch_size={self.batch_size} must be positive"
+            )
+
+    def resolved(self, model: nn.Module) -> ToVConfig:
+        """This config with ``epochs`` and ``max_length`` as the run uses them."""
+        return dataclasses.replace(
+            self, epochs=num_epochs(self.base_size, self.epochs),
+            max_length=self.max_length or models.default_max_length(model),
+        )
+
+    def record(self) -> dict[str, Any]:
+        """What the manifest records of the settings (``_RECORDED``, plus shard_rows)."""
+        return {**{name: getattr(self, name) for name in _RECORDED}, "shard_rows": SHARD_ROWS}
 
 
 @dataclass
@@ -97,9 +197,10 @@ def num_epochs(base_size: int, epochs: int | None = None) -> int:
     return min(max(1, round(TRAJECTORY_SAMPLES / base_size)), MAX_DEFAULT_EPOCHS)
 
 
-def epoch_lrs(lr: float, num_epochs: int) -> list[float]:
-    """The base learning rate of each epoch: lr * (L - k + 1) / L for k = 1..L."""
-    return [lr * (num_epochs - k) / num_epochs for k in range(num_epochs)]
+def epoch_lrs(lr: float, epochs: int) -> list[float]:
+    """The base learning rate of each epoch: lr * (L - k + 1) / L for k = 1..L (the linear
+    `training.lr_schedule`, one step per epoch)."""
+    return training.lr_schedule("linear", lr, epochs)
 
 
 def _derive(seed: int, *keys: int) -> int:
@@ -107,11 +208,9 @@ def _derive(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
 
 
-def _check_arguments(
-    pool: Any, val: Any, n: int, base_size: int, epochs: int | None, lr: float,
-    val_lr_ratio: float, variant: str, val_mode: str, val_optimizer: str,
-    random_fraction: float, batch_size: int, max_length: int | None,
-) -> None:
+def _check_data(config: ToVConfig, pool: Any, val: Any, n: int) -> None:
+    """The settings that must fit the data: pool and val non-empty datasets, n and
+    base_size within the pool, the random part within the base set."""
     import datasets
 
     for name, ds in (("pool", pool), ("val", val)):
@@ -120,14 +219,6 @@ def _check_arguments(
                 f"{name} must be a datasets.Dataset, got {type(ds).__name__}; build one with "
                 "datasets.Dataset.from_list(rows) or datasets.load_dataset(...)"
             )
-    if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r} is not supported; pass one of {VARIANTS}")
-    if val_mode not in VAL_MODES:
-        raise ValueError(f"val_mode={val_mode!r} is not supported; pass one of {VAL_MODES}")
-    if val_optimizer not in VAL_OPTIMIZERS:
-        raise ValueError(
-            f"val_optimizer={val_optimizer!r} is not supported; pass one of {VAL_OPTIMIZERS}"
-        )
     if len(pool) == 0:
         raise ValueError("the pool is empty: pass the candidate samples to select from")
     if len(val) == 0:
@@ -136,30 +227,28 @@ def _check_arguments(
         )
     if not 0 < n <= len(pool):
         raise ValueError(f"n={n} must be in [1, len(pool)={len(pool)}]")
-    if base_size < 1:
-        raise ValueError(f"base_size={base_size} must be >= 1")
-    if base_size > len(pool):
+    if config.base_size > len(pool):
         raise ValueError(
-            f"base_size={base_size} exceeds the pool's {len(pool)} rows; pass "
+            f"base_size={config.base_size} exceeds the pool's {len(pool)} rows; pass "
             f"base_size={len(pool)} (=len(pool)) or fewer"
         )
-    if epochs is not None and epochs < 1:
-        raise ValueError(f"epochs={epochs} must be >= 1 (or None for the default rule)")
-    if max_length is not None and max_length < 1:
-        raise ValueError(
-            f"max_length={max_length} must be >= 1 (or None: the model's "
-            "max_position_embeddings)"
-        )
-    if not (lr > 0 and val_lr_ratio > 0 and batch_size >= 1):
-        raise ValueError(
-            f"lr={lr}, val_lr_ratio={val_lr_ratio} and batch_size={batch_size} must be positive"
-        )
-    n_random = random_count(n, random_fraction)
-    if n_random > base_size:
+    n_random = random_count(n, config.random_fraction)
+    if n_random > config.base_size:
         raise ValueError(
             f"the random part ({n_random} of n={n}) is drawn from the base set of "
-            f"base_size={base_size}; raise base_size or lower n or random_fraction"
+            f"base_size={config.base_size}; raise base_size or lower n or random_fraction"
         )
+
+
+def _with_overrides(config: ToVConfig | None, overrides: Mapping[str, Any]) -> ToVConfig:
+    """``config`` (default ``ToVConfig()``) with the fields named in ``overrides`` replaced;
+    a name that is no field is a TypeError, as for any unknown keyword argument."""
+    fields = {f.name for f in dataclasses.fields(ToVConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"tov_select() got unexpected keyword arguments {unknown}; the "
+                        f"settings are the fields of ToVConfig: {sorted(fields)}")
+    return dataclasses.replace(config or ToVConfig(), **overrides)
 
 
 def _draw_base(num_rows: int, base_size: int, seed: int) -> np.ndarray:
@@ -167,84 +256,11 @@ def _draw_base(num_rows: int, base_size: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(num_rows, size=base_size, replace=False)).astype(np.int64)
 
 
-def _original(module: nn.Module) -> nn.Module:
-    """The module peft wrapped (the module itself when not a peft wrapper)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from peft.utils.other import AuxiliaryTrainingWrapper
-
-    if isinstance(module, BaseTunerLayer):
-        return module.get_base_layer()
-    if isinstance(module, AuxiliaryTrainingWrapper):
-        return module.original_module
-    return module
-
-
-def _strip_peft(module: nn.Module) -> None:
-    """Put back the modules peft wrapped, recursively (the inverse of get_peft_model)."""
-    for name, child in list(module.named_children()):
-        original = _original(child)
-        if original is not child:
-            setattr(module, name, original)
-        _strip_peft(original)
-
-
-@contextlib.contextmanager
-def _attached(model: nn.Module, lora: Any, seed: int) -> Iterator[nn.Module]:
-    """The model as a peft model holding BASE_ADAPTER (the starting point) and VAL_ADAPTER.
-
-    A plain model is wrapped with ``lora`` (fresh LoRA weights drawn from ``seed``); a peft
-    model gets two new adapters, BASE a copy of its active adapter. On exit the user's model
-    is as it was: the new adapters (or all LoRA layers) removed, requires_grad flags, mode
-    and active adapter restored.
-    """
-    from peft import PeftModel, get_peft_model
-
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    device = next(model.parameters()).device
-    if isinstance(model, PeftModel):
-        if lora is not None:
-            raise ValueError(
-                "lora= applies to plain models only; a peft model starts from its active "
-                "adapter and its config"
-            )
-        start = model.active_adapter
-        clash = {BASE_ADAPTER, VAL_ADAPTER} & set(model.peft_config)
-        if clash:
-            raise ValueError(f"the model already has adapters {sorted(clash)}; remove them")
-        config = model.peft_config[start]
-        with training.seeded_rng(seed, device):
-            for name in (BASE_ADAPTER, VAL_ADAPTER):
-                model.add_adapter(name, copy.deepcopy(config))
-        training.copy_adapter(model, start, BASE_ADAPTER)
-        peft_model = model
-    else:
-        config = lora or training.default_lora_config(training.infer_task(model), model=model)
-        inner_dict = set(vars(model))
-        with training.seeded_rng(seed, device):
-            peft_model = get_peft_model(model, copy.deepcopy(config), adapter_name=BASE_ADAPTER)
-            peft_model.add_adapter(VAL_ADAPTER, copy.deepcopy(config))
-    try:
-        yield peft_model
-    finally:
-        if peft_model is model:
-            model.set_adapter(start)
-            for name in (BASE_ADAPTER, VAL_ADAPTER):
-                model.delete_adapter(name)
-        else:
-            _strip_peft(model)
-            for key in set(vars(model)) - inner_dict:  # e.g. the peft_config peft attaches
-                delattr(model, key)
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
 def _adapter_digest(model: nn.Module, adapter: str) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for p in training.adapter_parameters(model, adapter):
+    for p in models.adapter_parameters(model, adapter):
         h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
@@ -288,13 +304,13 @@ def _tokenizer_digest(tokenizer: Any) -> str:
 _LOCATION_KEYS = ("_name_or_path", "base_model_name_or_path")
 
 
-def _identity(model: nn.Module, tokenizer: Any, pool: Any, val: Any) -> dict[str, Any]:
+def _run_identity(model: nn.Module, tokenizer: Any, pool: Any, val: Any) -> dict[str, Any]:
     """What identifies the inputs in the manifest, by content, never by path: the model's
     class, config, a sample of its frozen weights and the starting adapter weights; the
     tokenizer's rules; the pool's and validation set's rows."""
-    inner = model.get_base_model()
+    inner = models.base_model(model)
     config = inner.config.to_dict()
-    lora = model.peft_config[BASE_ADAPTER].to_dict()
+    lora = models.adapter_config(model, BASE_ADAPTER)
     for settings in (config, lora):
         for key in _LOCATION_KEYS:
             settings.pop(key, None)
@@ -311,55 +327,46 @@ def _identity(model: nn.Module, tokenizer: Any, pool: Any, val: Any) -> dict[str
 
 
 class _Run:
-    """One trajectory: the model with both adapters, the encoded base and validation sets,
-    the base optimizer, the manifest (None: in memory) and which epoch's weights are held."""
+    """One trajectory: the model with both adapters, the resolved settings, the encoded
+    base and validation sets, the base optimizer, the manifest (None: in memory), the stage
+    timer and which epoch's weights are held."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, pool: Any, val: Any,
-                 base_indices: np.ndarray, options: dict[str, Any],
+                 base_indices: np.ndarray, config: ToVConfig,
                  manifest: storage.Manifest | None, progress: Any):
-        self.model, self.pool, self.options, self.manifest = model, pool, options, manifest
+        self.model, self.pool, self.config, self.manifest = model, pool, config, manifest
         self.progress = progress
-        task = training.infer_task(model)
+        task = models.infer_task(model)
         encode = dict(
-            task=task, max_length=options["max_length"], column_map=options["column_map"],
-            label2id=training.label_map(model, task),
+            task=task, max_length=config.max_length, column_map=config.column_map,
+            label2id=models.label_map(model, task),
         )
         self.base_samples = training.encode_dataset(pool.select(base_indices), tokenizer,
                                                     **encode)
         self.val_samples = training.encode_dataset(val, tokenizer, **encode)
-        if not any(training.num_scored(s, task) for s in self.base_samples):
+        if not any(num_scored(s, task) for s in self.base_samples):
             raise ValueError(
                 "the base set (drawn from the pool) has no scored tokens: every sample is "
                 "empty after tokenization and truncation"
             )
-        if not any(training.num_scored(s, task) for s in self.val_samples):
+        if not any(num_scored(s, task) for s in self.val_samples):
             raise ValueError(
                 "the validation set has no scored tokens: every sample is empty after "
                 "tokenization and truncation"
             )
-        self.pad_token_id = training.pad_token_id(tokenizer)
-        self.lrs = epoch_lrs(options["lr"], options["epochs"])
+        self.pad_token_id = models.pad_token_id(tokenizer)
+        self.lrs = epoch_lrs(config.lr, config.epochs)
         self.optimizer = training.adamw(
-            training.adapter_parameters(model, BASE_ADAPTER), options["lr"]
+            models.adapter_parameters(model, BASE_ADAPTER), config.lr
         )
         self.scorer = ToVScorer(
             model, tokenizer, base_adapter=BASE_ADAPTER, val_adapter=VAL_ADAPTER,
-            transform=options["transform"], max_length=options["max_length"],
-            batch_size=options["batch_size"], column_map=options["column_map"],
+            transform=config.transform, max_length=config.max_length,
+            batch_size=config.batch_size, column_map=config.column_map,
         )
         self.weights_epoch = 0  # the epoch whose (base, val) weights the adapters hold
         self.optimizer_epoch = 0  # the epoch whose base optimizer state is held
-        self.timings = dict.fromkeys(
-            ("setup", "train_base", "train_val", "score", "io", "select"), 0.0
-        )
-
-    @contextlib.contextmanager
-    def timed(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[stage] += time.perf_counter() - start
+        self.timed = Timer(_TIMED_STAGES)
 
     def done(self, step: str) -> bool:
         """Whether ``step`` finished in an earlier run and its files pass their checksums."""
@@ -375,13 +382,13 @@ class _Run:
 
 def _train_base(run: _Run, k: int) -> dict[str, Any]:
     """Epoch k of the base on U, continuing from epoch k-1 (interleaved: from its val)."""
-    if k > 1 and run.options["variant"] == "interleaved":
-        training.copy_adapter(run.model, VAL_ADAPTER, BASE_ADAPTER)
+    if k > 1 and run.config.variant == "interleaved":
+        models.copy_adapter(run.model, VAL_ADAPTER, BASE_ADAPTER)
     with run.timed("train_base"):
         out = training.fit(
             run.model, run.base_samples, pad_token_id=run.pad_token_id, adapter=BASE_ADAPTER,
-            lr=run.lrs[k - 1], batch_size=run.options["batch_size"], schedule="constant",
-            seed=_derive(run.options["seed"], k, 0), optimizer=run.optimizer,
+            lr=run.lrs[k - 1], batch_size=run.config.batch_size, schedule="constant",
+            seed=_derive(run.config.seed, k, 0), optimizer=run.optimizer,
             progress=run.progress,
         )
     run.optimizer_epoch = k
@@ -399,28 +406,28 @@ def _val_optimizer(run: _Run, k: int, val_lr: float) -> torch.optim.Optimizer | 
     epoch k reloads epoch k-1's ``optimizer.safetensors``, retrains base epoch k and copies
     the same state as an uninterrupted run. ``"sgd"``: `training.NormalizedSGD` at val_lr.
     """
-    choice = run.options["val_optimizer"]
+    choice = run.config.val_optimizer
     if choice == "continue":
         assert run.optimizer_epoch == k, "the base optimizer must hold epoch k's state"
-        pairs = training.paired_adapter_parameters(run.model, BASE_ADAPTER, VAL_ADAPTER)
+        pairs = models.paired_adapter_parameters(run.model, BASE_ADAPTER, VAL_ADAPTER)
         return training.copy_optimizer(run.optimizer, pairs, val_lr)
     if choice == "sgd":
         return training.NormalizedSGD(
-            training.adapter_parameters(run.model, VAL_ADAPTER), lr=val_lr
+            models.adapter_parameters(run.model, VAL_ADAPTER), lr=val_lr
         )
     return None
 
 
 def _train_val(run: _Run, k: int) -> dict[str, Any]:
     """Copy base -> val and train val on the validation set at val_lr_ratio x lr_k."""
-    training.copy_adapter(run.model, BASE_ADAPTER, VAL_ADAPTER)
-    val_lr = run.options["val_lr_ratio"] * run.lrs[k - 1]
-    step_mode = run.options["val_mode"] == "step"
+    models.copy_adapter(run.model, BASE_ADAPTER, VAL_ADAPTER)
+    val_lr = run.config.val_lr_ratio * run.lrs[k - 1]
+    step_mode = run.config.val_mode == "step"
     with run.timed("train_val"):
         out = training.fit(
             run.model, run.val_samples, pad_token_id=run.pad_token_id, adapter=VAL_ADAPTER,
-            lr=val_lr, batch_size=run.options["batch_size"], schedule="constant",
-            seed=_derive(run.options["seed"], k, 1), optimizer=_val_optimizer(run, k, val_lr),
+            lr=val_lr, batch_size=run.config.batch_size, schedule="constant",
+            seed=_derive(run.config.seed, k, 1), optimizer=_val_optimizer(run, k, val_lr),
             grad_accumulation=len(run.val_samples) if step_mode else None,
             progress=run.progress,
         )
@@ -434,11 +441,11 @@ def _save_epoch(run: _Run, k: int, info: dict[str, Any]) -> None:
         return
     with run.timed("io"):
         paths = [
-            storage.save_adapter(run.model, BASE_ADAPTER, run.path(k, "base")),
-            storage.save_adapter(run.model, VAL_ADAPTER, run.path(k, "val")),
+            models.save_adapter(run.model, BASE_ADAPTER, run.path(k, "base")),
+            models.save_adapter(run.model, VAL_ADAPTER, run.path(k, "val")),
             storage.save_optimizer_state(run.optimizer, run.path(k, "optimizer.safetensors")),
         ]
-        run.manifest.record(f"epoch_{k}/train", paths, **info)
+        run.manifest.record(_epoch_step(k, "train"), paths, **info)
 
 
 def _load_epoch(run: _Run, k: int, *, optimizer: bool) -> None:
@@ -448,8 +455,8 @@ def _load_epoch(run: _Run, k: int, *, optimizer: bool) -> None:
         return
     with run.timed("io"):
         if run.weights_epoch != k:
-            storage.load_adapter(run.model, BASE_ADAPTER, run.path(k, "base"))
-            storage.load_adapter(run.model, VAL_ADAPTER, run.path(k, "val"))
+            models.load_adapter(run.model, BASE_ADAPTER, run.path(k, "base"))
+            models.load_adapter(run.model, VAL_ADAPTER, run.path(k, "val"))
             run.weights_epoch = k
         if optimizer and run.optimizer_epoch != k:
             storage.load_optimizer_state(run.optimizer, run.path(k, "optimizer.safetensors"))
@@ -462,11 +469,11 @@ def _score_epoch(run: _Run, k: int) -> tuple[np.ndarray, np.ndarray]:
     num_rows = len(run.pool)
     scores = np.empty(num_rows, dtype=np.float32)
     counts = np.empty(num_rows, dtype=np.int32)
-    starts = range(0, num_rows, run.options["shard_rows"])
+    starts = range(0, num_rows, SHARD_ROWS)
     with training.progress_bar(run.progress, num_rows, f"score epoch {k}") as bar:
         for i, start in enumerate(starts):
-            stop = min(start + run.options["shard_rows"], num_rows)
-            step = f"epoch_{k}/scores/{i}"
+            stop = min(start + SHARD_ROWS, num_rows)
+            step = _epoch_step(k, f"scores/{i}")
             if run.done(step):
                 with run.timed("io"):
                     table = storage.read_parquet(run.path(k, f"scores/shard_{i:05d}.parquet"))
@@ -492,13 +499,13 @@ def _trajectory(run: _Run) -> tuple[list[np.ndarray], np.ndarray, list[dict[str,
     """All epochs: per-epoch scores, token counts and per-epoch history (resuming finished
     epochs and shards from the manifest; a redone epoch invalidates everything after it)."""
     per_epoch, history, counts = [], [], None
-    for k in range(1, run.options["epochs"] + 1):
-        step = f"epoch_{k}/train"
+    for k in range(1, run.config.epochs + 1):
+        step = _epoch_step(k, "train")
         if run.done(step):
             info = run.manifest.info(step)  # type: ignore[union-attr]
         else:
             if run.manifest is not None:
-                run.manifest.forget(lambda s, k=k: int(s.split("/")[0][6:]) >= k)
+                run.manifest.forget(lambda s, k=k: _epoch_of(s) >= k)
             _load_epoch(run, k - 1, optimizer=True)
             info = {"epoch": k, **_train_base(run, k), **_train_val(run, k)}
             _save_epoch(run, k, info)
@@ -523,9 +530,7 @@ def _with_columns(pool: Any, columns: pa.Table) -> Any:
     """The pool as a flat in-memory dataset with ``columns`` appended (same names replaced)."""
     import datasets
 
-    table = pool.data.table
-    if pool._indices is not None:
-        table = table.take(pool._indices.column(0))
+    table = tables.flat_table(pool)
     table = table.drop_columns([c for c in columns.column_names if c in table.column_names])
     for name in columns.column_names:
         table = table.append_column(name, columns.column(name))
@@ -544,25 +549,16 @@ def tov_select(
     val: Any,
     *,
     n: int,
-    base_size: int = 4096,
-    epochs: int | None = None,
-    lr: float = 2e-4,
-    val_lr_ratio: float = 0.1,
-    variant: str = "interleaved",
-    val_mode: str = "epoch",
-    val_optimizer: str = "fresh",
-    lora: Any = None,
-    transform: str = "identity",
-    num_bins: int = 10,
-    random_fraction: float = 0.5,
-    batch_size: int = 8,
-    max_length: int | None = None,
-    seed: int = 0,
+    config: ToVConfig | None = None,
     output_dir: str | Path | None = None,
-    column_map: Mapping[str, str] | None = None,
     progress: Any = None,
+    **overrides: Any,
 ) -> ToVResult:
     """Score ``pool`` by ToV along a short trajectory and select ``n`` rows (module doc).
+    (Over 60 lines through this documentation: the body is ~25.)
+
+    Settings: ``config`` (default ``ToVConfig()``) with ``overrides`` (any `ToVConfig`
+    field by name, e.g. ``lr=1e-4``) replacing its fields; `ToVConfig` describes each.
 
     model: a plain transformers causal LM or token classifier (LoRA from ``lora``, default
     ``default_lora_config(task, model=model)``, fresh weights drawn from ``seed``), or a peft
@@ -572,21 +568,6 @@ def tov_select(
     adapters, mode and requires_grad flags are left as they were. The trained adapters live
     only in ``output_dir``.
     pool, val: ``datasets.Dataset`` in any format of `tov_datasets.formats`.
-    base_size: rows of U, drawn from the pool with ``seed``. epochs: L (None: 16384 /
-    base_size rounded, clamped to [1, 8]: `num_epochs`). lr: the base lr of epoch 1 (see
-    ``epoch_lrs``). max_length: truncation for training and scoring (default: the model's
-    max_position_embeddings). batch_size: micro-batch size for training and scoring.
-    val_mode: the val update of each epoch is one epoch of mini-batches (``"epoch"``) or one
-    step on the gradient of the whole validation set (``"step"``), by the rule
-    ``val_optimizer``, all at val_lr = ``val_lr_ratio`` x the epoch's base lr:
-    ``"fresh"``: a new AdamW each epoch; its first steps are ~ val_lr * sign(g) per
-    coordinate whatever the base's step size (``"step"`` + ``"fresh"`` is one such step).
-    ``"continue"``: AdamW from a copy of the base optimizer's moments and step count after
-    that base epoch (the base optimizer is untouched). Adam's first moment then carries the
-    base's momentum (the direction of training on U) into the val update, and the second
-    moment scales it like a base step. ``"sgd"``: normalised gradient steps,
-    val_lr * g / rms(g) (`training.NormalizedSGD`): the RMS size of a fresh Adam step, along
-    the gradient instead of its sign.
     output_dir: per-epoch adapters (``epoch_KKK/base``, ``epoch_KKK/val``, peft safetensors),
     base optimizer state, score shards (``epoch_KKK/scores/shard_SSSSS.parquet``) and
     ``manifest.json``. A rerun with the same arguments resumes (finished epochs and shards
@@ -598,40 +579,36 @@ def tov_select(
     ``update(k)`` and ``close()`` (e.g. ``tqdm.tqdm``); default: quiet.
     """
     started = time.perf_counter()
-    _check_arguments(pool, val, n, base_size, epochs, lr, val_lr_ratio, variant, val_mode,
-                     val_optimizer, random_fraction, batch_size, max_length)
-    base_indices = _draw_base(len(pool), base_size, seed)
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    options = {
-        "base_size": base_size, "epochs": num_epochs(base_size, epochs), "lr": lr,
-        "val_lr_ratio": val_lr_ratio, "variant": variant, "val_mode": val_mode,
-        "val_optimizer": val_optimizer,
-        "transform": transform, "batch_size": batch_size, "seed": seed,
-        "max_length": max_length or getattr(inner.config, "max_position_embeddings", None),
-        "column_map": dict(column_map) if column_map else None, "shard_rows": SHARD_ROWS,
-    }
-    with _attached(model, lora, seed) as peft_model, contextlib.ExitStack() as stack:
+    config = _with_overrides(config, overrides)
+    _check_data(config, pool, val, n)
+    base_indices = _draw_base(len(pool), config.base_size, config.seed)
+    with (
+        models.attached(model, lora=config.lora, seed=config.seed) as peft_model,
+        contextlib.ExitStack() as stack,
+    ):
+        settings = config.resolved(peft_model)
         manifest = None
         if output_dir is not None:
-            args = {**options, **_identity(peft_model, tokenizer, pool, val)}
+            args = {**settings.record(), **_run_identity(peft_model, tokenizer, pool, val)}
             manifest = stack.enter_context(storage.Manifest(output_dir, args))
-        run = _Run(peft_model, tokenizer, pool, val, base_indices, options, manifest, progress)
-        run.timings["setup"] = time.perf_counter() - started
+        run = _Run(peft_model, tokenizer, pool, val, base_indices, settings, manifest, progress)
+        run.timed.seconds["setup"] = time.perf_counter() - started
         per_epoch, counts, history = _trajectory(run)
     with run.timed("select"):
         scores = _scores_dataset(per_epoch, counts)
         selected = select_by_score(
-            _with_columns(pool, scores), n, num_bins=num_bins, random_fraction=random_fraction,
-            random_pool=base_indices, seed=seed, mark_from_score=True,
+            _with_columns(pool, scores), n, num_bins=config.num_bins,
+            random_fraction=config.random_fraction, random_pool=base_indices, seed=config.seed,
+            mark_from_score=True,
         )
     import datasets
 
-    run.timings["total"] = time.perf_counter() - started
+    run.timed.seconds["total"] = time.perf_counter() - started
     return ToVResult(
         selected=selected,
         scores=datasets.Dataset(scores),
         base_indices=base_indices,
-        timings=run.timings,
+        timings=run.timed.seconds,
         disk_bytes=storage.directory_bytes(output_dir) if output_dir is not None else 0,
         history=history,
     )

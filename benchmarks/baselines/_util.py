@@ -13,14 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tov_datasets.formats import FORMATS, IGNORE_INDEX, Encoded, collate, detect_format
-from tov_datasets.training import (
+from tov_datasets.models import (
     adapter_parameters,
     default_lora_config,
-    encode_dataset,
     infer_task,
-    micro_batches,
     pad_token_id,
 )
+from tov_datasets.training import encode_dataset, micro_batches
 
 __all__ = [
     "batch_on_device",

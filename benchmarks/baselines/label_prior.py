@@ -10,7 +10,7 @@ import numpy as np
 
 from benchmarks.baselines._util import format_view, top_n
 from tov_datasets.formats import IGNORE_INDEX
-from tov_datasets.training import infer_task
+from tov_datasets.models import infer_task
 
 OUTSIDE = "O"
 

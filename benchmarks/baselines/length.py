@@ -1,6 +1,6 @@
 """Length-only: rows whose number of scored tokens matches the validation set's come first.
 score(x) = -|log(num_scored(x)) - median over val of log(num_scored)|, counted on the
-library's own encoding for the model's task (``training.num_scored``). Rows with no scored
+library's own encoding for the model's task (``formats.num_scored``). Rows with no scored
 token teach nothing: they rank after every other row (with a finite score)."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.baselines._util import encode, format_view, top_n
-from tov_datasets.training import infer_task, num_scored
+from tov_datasets.formats import num_scored
+from tov_datasets.models import infer_task
 
 
 def scored_lengths(model, tokenizer, dataset: Any, max_length: int | None = None) -> np.ndarray:

@@ -56,7 +56,8 @@ from benchmarks.baselines._util import (
     random_subset,
     train_adapter,
 )
-from tov_datasets.training import adapter_parameters, infer_task, micro_batches
+from tov_datasets.models import adapter_parameters, infer_task
+from tov_datasets.training import micro_batches
 
 MODES = ("published", "optimised")
 ADAPTER = "less"
