@@ -252,3 +252,26 @@ def test_offsets_past_32_bits_copy_the_operand():
     huge = torch.empty_strided((4, 8, 64), (2**30, 64, 1), device="meta")
     assert lld._fits_int32(huge, 8, 64)  # 8 rows touch at most 2 samples: 2**30 + ...
     assert not lld._fits_int32(huge, 16, 64)  # 16 rows may touch 3: 2**31 + ...
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_out_of_range_labels_are_flagged(backend):
+    """With label_errors: out-of-range labels are counted per sample and left unscored
+    (like ignore_index), nothing raises until raise_label_errors; without it, ValueError."""
+    import tov_kernels
+
+    hb, hv, w, _, labels = make_inputs(3, 5, 70, 32, seed=31, mask_frac=0.0)
+    labels[0] = torch.randint(0, 70, (5,))
+    labels[0, 1], labels[0, 3], labels[2, 4] = 70, -1, 10**6
+    good = labels.masked_fill((labels < 0) | (labels >= 70), IGNORE)
+    ref = reference(hb, hv, w, good)
+    errors = torch.full((3,), -7, dtype=torch.int32, device=DEVICE)
+    out = paired_linear_logprob_delta(hb, hv, w, labels, reduction="none", backend=backend,
+                                      label_errors=errors)
+    assert rel_err(out, ref) < 1e-5 and errors.tolist() == [2, 0, 1]
+    with pytest.raises(ValueError, match=r"sample\(s\) \[0, 2\] hold 3 value"):
+        tov_kernels.raise_label_errors(errors)
+    with pytest.raises(ValueError, match=r"labels holds 70, outside \[0, 70\)"):
+        paired_linear_logprob_delta(hb, hv, w, labels, backend=backend)
+    paired_linear_logprob_delta(hb, hv, w, good, backend=backend, label_errors=errors)
+    assert errors.tolist() == [0, 0, 0]

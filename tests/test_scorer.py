@@ -370,3 +370,14 @@ def test_real_smollm2_matches_two_plain_forwards():
     # float32 log-softmax over 49k logits of magnitude ~20: ~1e-6 absolute error per token
     np.testing.assert_allclose(got["tov_score"], scores, rtol=1e-4, atol=1e-5)
     assert hashed_bytes(scorer) < 4096  # not the 135M weights: map() does not hash them
+
+
+def test_labels_outside_the_vocabulary_raise_after_the_batch(text_scorer):
+    """Pre-tokenised labels outside the model's vocabulary: one clear ValueError once the
+    batch's scores are on the host (the kernels count them on the device, no extra sync)."""
+    good = {"input_ids": [[5, 6, 7, 8]], "labels": [[5, 6, 7, 8]]}
+    scores, _ = text_scorer.score_columns(good)
+    assert np.isfinite(scores).all() and scores[0] != 0.0
+    bad = {"input_ids": [[5, 6, 7, 8]], "labels": [[5, 6, 10**6, 8]]}
+    with pytest.raises(ValueError, match=r"neither ignore_index nor inside \[0, V\)"):
+        text_scorer.score_columns(bad)

@@ -23,7 +23,11 @@ from datasets.utils._dill import pklregister
 
 from tov_datasets import models
 from tov_datasets.formats import IGNORE_INDEX, Encoded, collate, encode_batch, num_scored
-from tov_kernels import paired_linear_logprob_delta, paired_logprob_delta
+from tov_kernels import (
+    paired_linear_logprob_delta,
+    paired_logprob_delta,
+    raise_label_errors,
+)
 
 SCORE = "tov_score"
 NUM_TOKENS = "tov_num_tokens"
@@ -180,11 +184,15 @@ class ToVScorer:
         with models.adapter_mode(self.model, adapters, train=False), torch.inference_mode():
             for start in range(0, len(rows), self.batch_size):
                 chunk = rows[start:start + self.batch_size]
-                scores[chunk] = self._score_encoded([encoded[i] for i in chunk]).cpu().numpy()
+                batch_scores, label_errors = self._score_encoded([encoded[i] for i in chunk])
+                scores[chunk] = batch_scores.cpu().numpy()  # the batch's one sync
+                raise_label_errors(label_errors)
         return scores, counts
 
-    def _score_encoded(self, samples: list[Encoded]) -> torch.Tensor:
-        """F-mean of the per-token deltas, float32 (B,), for B samples with scored tokens."""
+    def _score_encoded(self, samples: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+        """F-mean of the per-token deltas, float32 (B,), for B samples with scored tokens,
+        and int32 (B,) counts of labels outside the model's vocabulary (not scored; checked
+        by the caller after the scores are on the host, so no call syncs on its own)."""
         side = self.tokenizer.padding_side if self._position_ids else "right"
         batch = {k: v.to(self.device) for k, v in collate(samples, self.pad_token_id,
                                                           side).items()}
@@ -195,7 +203,9 @@ class ToVScorer:
         options = {"use_cache": False} if self._accepts_use_cache else {}
         adapters = [self.base_adapter, self.val_adapter]
         labels = batch["labels"]
-        kernel = {"transform": self.transform, "backend": self.kernel_backend}
+        label_errors = torch.zeros(B, dtype=torch.int32, device=self.device)
+        kernel = {"transform": self.transform, "backend": self.kernel_backend,
+                  "label_errors": label_errors}
         if self.task == "causal_lm":  # labels[:, t + 1] is predicted at position t
             labels = labels[:, 1:].masked_fill(batch["attention_mask"][:, :-1] == 0, IGNORE_INDEX)
         if self._head is not None:
@@ -203,11 +213,11 @@ class ToVScorer:
             return paired_linear_logprob_delta(
                 hidden[:B], hidden[B:], self._head.weight, labels, bias=self._head.bias,
                 **kernel,
-            )
+            ), label_errors
         logits = models.mixed_adapter_forward(self.model, inputs, adapters, **options).logits
         if self.task == "causal_lm":
             logits = logits[:, :-1]
-        return paired_logprob_delta(logits[:B], logits[B:], labels, **kernel)
+        return paired_logprob_delta(logits[:B], logits[B:], labels, **kernel), label_errors
 
     def _final_hidden(
         self, inputs: dict[str, torch.Tensor], adapters: list[str], options: dict[str, Any]

@@ -83,6 +83,15 @@ def check_label_errors_buffer(label_errors: torch.Tensor, batch: int,
                          f"{device}, got {got}")
 
 
+def mask_label_errors(labels: torch.Tensor, vocab: int, ignore_index: int,
+                      label_errors: torch.Tensor) -> torch.Tensor:
+    """labels with out-of-range values set to ignore_index; label_errors[b] (int32 (B,))
+    receives sample b's count of them. Device ops only: nothing is read back."""
+    bad = out_of_range(labels, vocab, ignore_index)
+    label_errors.copy_(bad.sum(dim=1))
+    return labels.masked_fill(bad, ignore_index)
+
+
 def raise_label_errors(label_errors: torch.Tensor) -> None:
     """ValueError if any count in label_errors (int32 (B,), from a call with
     label_errors=...) is non-zero. Reads the counts back: call it where the caller syncs

@@ -74,9 +74,7 @@ def paired_logprob_delta(
                                                    ignore_index, label_errors=label_errors)
             return mean if reduction == "mean" else per_token
         if label_errors is not None:
-            bad = _checks.out_of_range(labels, V, ignore_index)
-            label_errors.copy_(bad.sum(dim=1))
-            labels = labels.masked_fill(bad, ignore_index)
+            labels = _checks.mask_label_errors(labels, V, ignore_index, label_errors)
         per_token = torch_path.logprob_delta_tokens(logits_base, logits_val, labels, code,
                                                     ignore_index)
         return _checks.reduce_tokens(per_token, labels, ignore_index, reduction)
@@ -93,6 +91,7 @@ def paired_linear_logprob_delta(
     ignore_index: int = -100,
     reduction: str = "mean",
     backend: str | None = None,
+    label_errors: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The same result as `paired_logprob_delta` on logits = hidden @ weight.T + bias,
     computed in vocabulary tiles so that no (B, T, V) tensor is ever allocated.
@@ -103,6 +102,7 @@ def paired_linear_logprob_delta(
     With Triton, hidden states of another dtype than the weight are cast to the weight's
     dtype (e.g. fp16 hidden states with a bf16 head are rounded to bf16); the weight is
     never converted. The torch backend computes in float32 from the inputs as given.
+    label_errors: as in `paired_logprob_delta` (no device-to-host sync when given).
     """
     code = _checks.check_options(transform, reduction, backend)
     _checks.check_float("hidden_base", hidden_base, 3, "(B, T, H)")
@@ -123,8 +123,14 @@ def paired_linear_logprob_delta(
                 f"bias has shape {tuple(bias.shape)} on {bias.device}; expected ({V},) "
                 f"on {weight.device}"
             )
-    _checks.check_labels(labels, (B, T), V, ignore_index, hidden_base.device)
+    if label_errors is None:
+        _checks.check_labels(labels, (B, T), V, ignore_index, hidden_base.device)
+    else:
+        _checks.check_label_tensor(labels, (B, T), hidden_base.device)
+        _checks.check_label_errors_buffer(label_errors, B, hidden_base.device)
     with torch.no_grad():
+        if label_errors is not None:
+            labels = _checks.mask_label_errors(labels, V, ignore_index, label_errors)
         if _use_triton(backend, hidden_base.device):
             from tov_kernels.linear_logprob_delta import linear_logprob_delta_tokens
         else:
