@@ -144,12 +144,18 @@ def load_demo_model(
     dtype: torch.dtype = torch.float32, cache_dir: str | os.PathLike[str] | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The demo causal LM (eval mode) and its tokenizer (pad ``<|im_end|>``, chat template)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = demo_model_dir(cache_dir)
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-    return model.eval(), tok
+    return model.eval(), demo_tokenizer(cache_dir)
+
+
+def demo_tokenizer(cache_dir: str | os.PathLike[str] | None = None) -> PreTrainedTokenizerBase:
+    """The demo model's tokenizer alone (counts tokens when building data)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(demo_model_dir(cache_dir), local_files_only=True)
 
 
 def wiki_summaries() -> Dataset:
