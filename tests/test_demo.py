@@ -320,3 +320,18 @@ def test_small_gate_writes_its_record(tmp_path, capsys):
     assert record["target_rows"]["oracle"] == [demo.SMALL.n] * 2
     printed = capsys.readouterr().out
     assert "premise gate" in printed and ("PASSED" in printed or "FAILED" in printed)
+
+
+@pytest.mark.slow
+def test_small_topic_demo_runs_on_the_summaries(tmp_path, capsys):
+    assert cli.main(["demo", "--small", "--topic", "Mathematics", "--quiet",
+                     "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "target Wikipedia topic 'Mathematics' among the other topics" in printed
+    assert "| rows of | rows | Mathematics | share | vs pool |" in printed
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["arguments"] == dataclasses.asdict(TOPIC_SMALL)
+    data = demo.prepare_data(TOPIC_SMALL)
+    oracle = np.asarray(run["selections"]["oracle"])
+    assert data.is_target[oracle].all() and oracle.size == TOPIC_SMALL.n
+    assert "## Composition by `topic`" in (tmp_path / report.REPORT_NAME).read_text()
