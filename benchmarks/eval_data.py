@@ -228,15 +228,6 @@ def _build_it(d: Path, pool_size, val_size, test_size, target_in_pool, text_frac
 
 
 @functools.lru_cache(maxsize=1)
-def smollm2_tokenizer():
-    """SmolLM2-135M-Instruct's tokenizer (counts tokens when building data)."""
-    from transformers import AutoTokenizer
-
-    from tov_datasets.assets import demo_model_dir
-
-    return AutoTokenizer.from_pretrained(demo_model_dir(), local_files_only=True)
-
-
 def load_it_model():
     """SmolLM2-135M-Instruct (fp32, eval) and tokenizer, via tov_datasets.assets."""
     from tov_datasets.assets import load_demo_model

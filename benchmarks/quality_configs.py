@@ -39,13 +39,13 @@ Changing anything here makes a new configuration: commit it first, then rerun ev
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from benchmarks import eval_data
+from tov_datasets import textrows
 
 COARSE_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 # WNUT-16 types (gold, and the silver tags, which eval_data maps from OntoNotes to the same
@@ -149,90 +149,13 @@ def load_ner_model(seed: int):
 
 
 # ------------------------------------------------------------------ lm_tweets --------------
-def detokenize(tokens: list[str]) -> str:
-    """WNUT-16 word tokens as tweet text ("it 's" -> "it's", "great !" -> "great!")."""
-    out = ""
-    for t in tokens:
-        glue = not out or t in {".", ",", "!", "?", ":", ";", "'s", "n't", "'m", "'re", "'ll",
-                                "'ve", "'d", "..."}
-        out += t if glue else " " + t
-    return out
-
-
-def _sentences(text: str) -> list[str]:
-    import re
-
-    parts = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
-    return [p for p in parts if p]
-
-
-def _pack(pieces: list[str], sep: str, lengths: Any, lo: int, hi: int) -> list[str]:
-    """Consecutive pieces joined by ``sep`` into rows of lo..hi tokens (``lengths`` counts
-    tokens of a string); a piece longer than hi on its own is skipped."""
-    rows, current = [], []
-    for p in pieces:
-        if lengths(p) > hi:
-            current = []
-            continue
-        candidate = sep.join(current + [p])
-        if lengths(candidate) > hi:
-            current = [p]
-        else:
-            current.append(p)
-        text = sep.join(current)
-        if lengths(text) >= lo:
-            rows.append(text)
-            current = []
-    return rows
-
-
-def lm_tweets_data(seed: int, *, pool_size: int, target_in_pool: int, val_size: int,
-                   test_size: int, min_tokens: int, max_tokens: int) -> dict[str, Any]:
+def lm_tweets_data(seed: int, **sizes: Any) -> dict[str, Any]:
+    """`textrows.tweets_among_text` (token lengths under SmolLM2's tokenizer) as datasets."""
     from tov_datasets import assets
 
-    tok = eval_data.smollm2_tokenizer()
-
-    def length(s: str) -> int:
-        return len(tok(s, add_special_tokens=False)["input_ids"])
-
-    rng = np.random.default_rng(seed)
-    wnut = assets.wnut16()
-    tweets = [detokenize(wnut[int(i)]["tokens"]) for i in rng.permutation(len(wnut))]
-    target = _pack(tweets, "\n", length, min_tokens, max_tokens)
-    need = val_size + test_size + target_in_pool
-    if len(target) < need:
-        raise ValueError(f"only {len(target)} tweet rows; {need} asked for")
-    target_rows = [{"text": t, "source": "tweets", "is_target": True} for t in target[:need]]
-    other: list[dict[str, Any]] = []
-    k = pool_size - target_in_pool
-    wiki, bbc = assets.wiki_summaries(), assets.bbc_news()
-    for name, ds in (("wiki", wiki), ("bbc", bbc)):
-        rows = _text_rows(ds["text"], rng, length, min_tokens, max_tokens, k, name)
-        other += rows[: k - k // 2] if name == "wiki" else rows[: k // 2]
-    val, test = target_rows[:val_size], target_rows[val_size:val_size + test_size]
-    pool = target_rows[val_size + test_size:] + other
-    pool = [pool[i] for i in rng.permutation(len(pool))]
+    pool, val, test = textrows.tweets_among_text(
+        seed, textrows.token_length(assets.demo_tokenizer()), **sizes)
     return _splits(pool, val, test, seed)
-
-
-def _article_chunks(texts: Any, order: Any, length: Any, lo: int,
-                    hi: int) -> Iterator[list[str]]:
-    """Each text in ``order`` cut at sentence ends into rows of lo..hi tokens (a list per
-    text; empty when no such row fits)."""
-    for i in order:
-        yield _pack(_sentences(texts[int(i)]), " ", length, lo, hi)
-
-
-def _text_rows(texts: Any, rng: np.random.Generator, length: Any, lo: int, hi: int,
-               k: int, source: str) -> list[dict[str, Any]]:
-    """Non-target rows: chunks of the texts in a random order, whole texts at a time, until
-    at least k rows (the caller takes what it needs)."""
-    rows: list[dict[str, Any]] = []
-    for chunks in _article_chunks(texts, rng.permutation(len(texts)), length, lo, hi):
-        rows += [{"text": t, "source": source, "is_target": False} for t in chunks]
-        if len(rows) >= k:
-            break
-    return rows
 
 
 # ------------------------------------------------------------------ lm_news ----------------
@@ -243,17 +166,13 @@ def lm_news_data(seed: int, *, pool_size: int, target_in_pool: int, val_size: in
     split (validation, test or pool, filled in that order), so no article is in two."""
     from tov_datasets import assets
 
-    tok = eval_data.smollm2_tokenizer()
-
-    def length(s: str) -> int:
-        return len(tok(s, add_special_tokens=False)["input_ids"])
-
+    length = textrows.token_length(assets.demo_tokenizer())
     rng = np.random.default_rng(seed)
     bodies = ["\n".join(t.splitlines()[1:]) for t in assets.bbc_news()["text"]]
     quotas = {"val": val_size, "test": test_size, "pool": target_in_pool}
     parts: dict[str, list[dict[str, Any]]] = {name: [] for name in quotas}
     order = rng.permutation(len(bodies))
-    for chunks in _article_chunks(bodies, order, length, min_tokens, max_tokens):
+    for chunks in textrows.article_chunks(bodies, order, length, min_tokens, max_tokens):
         open_parts = [name for name in quotas if len(parts[name]) < quotas[name]]
         if not open_parts:
             break
@@ -263,8 +182,8 @@ def lm_news_data(seed: int, *, pool_size: int, target_in_pool: int, val_size: in
     if any(len(parts[name]) < quotas[name] for name in quotas):
         raise ValueError(f"BBC News gives too few rows for {quotas}")
     k = pool_size - target_in_pool
-    wiki = _text_rows(assets.wiki_summaries()["text"], rng, length, min_tokens, max_tokens,
-                      k, "wiki")
+    wiki = textrows.text_rows(assets.wiki_summaries()["text"], rng, length, min_tokens,
+                              max_tokens, k, "wiki")
     if len(wiki) < k:
         raise ValueError(f"only {len(wiki)} Wikipedia rows; {k} asked for")
     pool = parts["pool"] + wiki[:k]
@@ -278,7 +197,7 @@ def chat_long_data(seed: int, *, pool_size: int, target_in_pool: int, val_size: 
                    per_task: int = 12) -> dict[str, Any]:
     from tov_datasets import assets
 
-    tok = eval_data.smollm2_tokenizer()
+    tok = assets.demo_tokenizer()
 
     def fits(chat: list[dict]) -> bool:
         ids = tok.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]

@@ -1,7 +1,9 @@
-"""`tov demo`: the seeded data split, the gate's reading, ToV's two halves, the ETA and the
-verdict (fast); the whole demo and its gate in their --small size (slow, real model)."""
+"""`tov demo`: the seeded data splits (tweets among Wikipedia/BBC text; a Wikipedia topic),
+the gate's reading, ToV's two halves, the ETA and the verdict (fast); the whole demo and its
+gate in their --small size (slow, real model)."""
 
 import contextlib
+import dataclasses
 import io
 import json
 from types import SimpleNamespace
@@ -10,25 +12,40 @@ import datasets
 import numpy as np
 import pytest
 
-from tov_datasets import assets, cli, demo, evaluation, report
+from tov_datasets import assets, cli, demo, evaluation, report, textrows
 from tov_datasets.select import select_indices
 from tov_datasets.trajectory import ROW
+
+TOPIC_SMALL = demo.config_for(small=True, topic="Mathematics")
 
 
 @pytest.fixture(scope="module")
 def split():
-    return demo.prepare_data(demo.SMALL)
+    return demo.prepare_data(TOPIC_SMALL)
 
 
-def test_split_is_disjoint_has_the_target_share_and_is_seeded(split):
-    config = demo.SMALL
+@pytest.fixture(scope="module")
+def tokenizer():
+    return assets.demo_tokenizer()
+
+
+def test_config_for_picks_the_size_and_the_target():
+    assert demo.config_for() == demo.DEFAULT and demo.DEFAULT.target == demo.TWEETS
+    assert demo.config_for(small=True, seed=3) == demo.SMALL.replace(seed=3)
+    assert demo.config_for(topic="Arts") == demo.TOPIC.replace(target="Arts")
+    assert TOPIC_SMALL == demo.SMALL.replace(target="Mathematics")
+
+
+def test_topic_split_is_disjoint_has_the_target_share_and_is_seeded(split):
+    config = TOPIC_SMALL
     assert len(split.val) == config.val_size and len(split.test) == config.test_size
-    assert set(split.val["topic"]) == set(split.test["topic"]) == {config.topic}
+    assert set(split.val["topic"]) == set(split.test["topic"]) == {config.target}
     val, test, pool = (set(ds["title"]) for ds in (split.val, split.test, split.pool))
     assert not (val & test) and not (val & pool) and not (test & pool)
     topics = np.asarray(list(split.pool["topic"]))
-    assert len(split.pool) == config.pool_size
-    np.testing.assert_array_equal(split.is_target, topics == config.topic)
+    assert len(split.pool) == config.pool_size and split.group_column == "topic"
+    np.testing.assert_array_equal(split.groups, topics)
+    np.testing.assert_array_equal(split.is_target, topics == config.target)
     assert split.is_target.sum() == config.pool_targets >= 2 * config.n
     names, counts = np.unique(topics[~split.is_target], return_counts=True)
     assert names.size == 11 and counts.max() - counts.min() <= 1
@@ -37,6 +54,28 @@ def test_split_is_disjoint_has_the_target_share_and_is_seeded(split):
     assert again.pool["title"] == split.pool["title"] and again.val["title"] == split.val["title"]
     other = demo.prepare_data(config.replace(seed=1))
     assert set(other.val["title"]) != val
+
+
+@pytest.mark.parametrize("config", [demo.SMALL, demo.DEFAULT], ids=["small", "default"])
+def test_tweet_split_is_the_text_row_builder_with_the_target_share(config, tokenizer):
+    data = demo.prepare_data(config, tokenizer)
+    pool, val, test = textrows.tweets_among_text(
+        config.seed, textrows.token_length(tokenizer), pool_size=config.pool_size,
+        target_in_pool=round(config.pool_size * config.target_share), val_size=config.val_size,
+        test_size=config.test_size, min_tokens=config.min_tokens, max_tokens=config.max_tokens)
+    assert data.pool.to_list() == pool and data.val.to_list() == val
+    assert data.test.to_list() == test
+    assert data.group_column == "source"
+    np.testing.assert_array_equal(data.groups, [r["source"] for r in pool])
+    np.testing.assert_array_equal(data.is_target, [r["source"] == "tweets" for r in pool])
+    assert data.is_target.sum() == config.pool_targets >= 2 * config.n
+    assert {r["source"] for r in val + test} == {"tweets"}
+    lengths = [len(tokenizer(r["text"], add_special_tokens=False)["input_ids"])
+               for r in pool + val + test]
+    assert config.min_tokens <= min(lengths) and max(lengths) <= config.max_tokens
+    assert config.max_tokens <= config.max_length  # no row is cut
+    texts = [r["text"] for r in pool + val + test if r["is_target"]]
+    assert len(set(texts)) == len(texts)
 
 
 def test_split_refuses_a_pool_without_2n_target_rows():
@@ -54,6 +93,8 @@ def test_draws_are_seeded_and_the_oracle_draws_target_rows(split):
 
 
 def test_unknown_topic_exits_2(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown topic 'Astrology'"):
+        demo.prepare_data(demo.TOPIC.replace(target="Astrology"))
     assert cli.main(["demo", "--small", "--topic", "Astrology", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "unknown topic 'Astrology'" in err and "Mathematics, People" in err
@@ -61,13 +102,16 @@ def test_unknown_topic_exits_2(tmp_path, capsys):
 
 
 def test_gate_decision_picks_the_budget_on_the_oracle_plateau():
-    # mean oracle loss 3.0 -> 2.5 -> 2.46 -> 2.45: 2.46 is within 2% of 2.45, 2.5 is not
+    # mean oracle loss 3.0 -> 2.5 -> 2.46 -> 2.45 from a base loss of 3.2: the bound is
+    # 2.45 + 0.02 x (3.2 - 2.45) = 2.465; 2.46 is within it, 2.5 is not
     oracle = {1: [3.0, 3.1, 2.9], 2: [2.5, 2.6, 2.4], 3: [2.46, 2.47, 2.45],
               4: [2.45, 2.46, 2.44]}
     random = {e: [v + d for v, d in zip(vals, (0.12, 0.13, 0.11), strict=True)]
               for e, vals in oracle.items()}
-    decision = demo.gate_decision({"oracle": oracle, "random": random})
+    decision = demo.gate_decision({"oracle": oracle, "random": random}, 3.2)
     assert decision["budget_epochs"] == 3
+    # a base loss farther from the curve widens the bound: 2.45 + 0.02 x 2.75 = 2.505
+    assert demo.gate_decision({"oracle": oracle, "random": random}, 5.2)["budget_epochs"] == 2
     chosen = decision["by_budget"][3]
     gains = [100 * (r - o) / r for r, o in zip(random[3], oracle[3], strict=True)]
     assert chosen["oracle_gain_pct"] == pytest.approx(np.mean(gains))
@@ -75,12 +119,12 @@ def test_gate_decision_picks_the_budget_on_the_oracle_plateau():
     assert decision["passed"] == (np.mean(gains) >= 3 and chosen["t"] >= 4)
     assert decision["passed"]
     assert decision["oracle_curve"][2] == pytest.approx(2.5)
-    same = demo.gate_decision({"oracle": oracle, "random": oracle})
+    same = demo.gate_decision({"oracle": oracle, "random": oracle}, 3.2)
     assert not same["passed"]
-    partial = demo.gate_decision({"oracle": oracle, "random": {3: random[3]}})
+    partial = demo.gate_decision({"oracle": oracle, "random": {3: random[3]}}, 3.2)
     assert set(partial["by_budget"]) == {3} and partial["passed"]
     with pytest.raises(ValueError, match="not tested at the chosen budget of 3"):
-        demo.gate_decision({"oracle": oracle, "random": {1: random[1]}})
+        demo.gate_decision({"oracle": oracle, "random": {1: random[1]}}, 3.2)
 
 
 def _fake_result(scores, lengths, n, base, seed=0):
@@ -218,18 +262,19 @@ def small_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_small_demo_writes_every_stage_output(small_run):
+def test_small_demo_writes_every_stage_output(small_run, tokenizer):
     out, printed, bars, code = small_run
     assert code == 0
     for text in ("| random |", "| ToV |", "| oracle |", "| pool |", "ToV, scored half",
                  "ToV, random half", "base model", "LoRA on ToV pick", "LoRA on oracle pick",
                  "ROC AUC", "precision@", "counted, not measured", "ToV scoring",
-                 "fine-tune + test, oracle", "total", "Premise check", "torch thread"):
+                 "fine-tune + test, oracle", "total", "Premise check", "torch thread",
+                 "target tweets (WNUT-16) among Wikipedia and BBC News text"):
         assert text in printed, text
     assert "ToV's pick " in printed and "of what training on target rows" in printed \
         or "did not beat random" in printed
     run = json.loads((out / "run.json").read_text())
-    assert run["command"] == "demo" and run["arguments"]["n"] == demo.SMALL.n
+    assert run["command"] == "demo" and run["arguments"] == dataclasses.asdict(demo.SMALL)
     assert set(run["losses"]) == {demo.BASE_MODEL, "random", "ToV", "oracle"}
     assert all(np.isfinite(v) for v in run["losses"].values())
     for name, rows in run["test_row_losses"].items():
@@ -247,11 +292,17 @@ def test_small_demo_writes_every_stage_output(small_run):
     for name in [*report.PLOTS.values(), *demo.PLOTS.values()]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"]({name})" in text, name
+    # the pool's composition by source, and the same pool as the data split
+    data = demo.prepare_data(demo.SMALL, tokenizer)
+    assert "source" in text and "| tweets |" in text
+    assert run["counts"]["target rows in the pool"] == int(data.is_target.sum())
+    tov = np.asarray(run["selections"]["ToV"])
+    shares = {part: int(data.is_target[rows].sum()) for part, rows in run["tov_parts"].items()}
+    assert f"| ToV | {tov.size} | {int(data.is_target[tov].sum())} |" in printed
+    assert f"| ToV, scored half | {len(run['tov_parts']['scored half'])} | " \
+        f"{shares['scored half']} |" in printed
     # every progress bar the demo opens is in its plan (the whole-demo ETA counts it)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(assets.demo_model_dir(), local_files_only=True)
-    encoded = demo.encode(tokenizer, demo.prepare_data(demo.SMALL), demo.SMALL)
+    encoded = demo.encode(tokenizer, data, demo.SMALL)
     work, _ = demo.plan_work(encoded, 1, demo.SMALL)
     opened = {bar.desc for bar in bars}
     assert opened <= set(work), opened - set(work)
@@ -269,3 +320,18 @@ def test_small_gate_writes_its_record(tmp_path, capsys):
     assert record["target_rows"]["oracle"] == [demo.SMALL.n] * 2
     printed = capsys.readouterr().out
     assert "premise gate" in printed and ("PASSED" in printed or "FAILED" in printed)
+
+
+@pytest.mark.slow
+def test_small_topic_demo_runs_on_the_summaries(tmp_path, capsys):
+    assert cli.main(["demo", "--small", "--topic", "Mathematics", "--quiet",
+                     "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "target Wikipedia topic 'Mathematics' among the other topics" in printed
+    assert "| rows of | rows | Mathematics | share | vs pool |" in printed
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["arguments"] == dataclasses.asdict(TOPIC_SMALL)
+    data = demo.prepare_data(TOPIC_SMALL)
+    oracle = np.asarray(run["selections"]["oracle"])
+    assert data.is_target[oracle].all() and oracle.size == TOPIC_SMALL.n
+    assert "## Composition by `topic`" in (tmp_path / report.REPORT_NAME).read_text()

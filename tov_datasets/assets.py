@@ -131,7 +131,14 @@ def load_demo_model(
     from tov_datasets import models
 
     path = demo_model_dir(cache_dir)
-    return models.load_model(path, dtype), models.load_tokenizer(path)
+    return models.load_model(path, dtype), demo_tokenizer(cache_dir)
+
+
+def demo_tokenizer(cache_dir: str | os.PathLike[str] | None = None) -> Any:
+    """The demo model's tokenizer alone (counts tokens when building data)."""
+    from tov_datasets import models
+
+    return models.load_tokenizer(demo_model_dir(cache_dir))
 
 
 def wiki_summaries() -> Dataset:

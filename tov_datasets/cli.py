@@ -772,11 +772,11 @@ def cmd_select_only(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------ tov demo
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The offline demo: ToV vs random selection on Wikipedia summaries with SmolLM2."""
+    """The offline demo: ToV vs random selection with SmolLM2 (tweets among Wikipedia and
+    BBC News text, or a Wikipedia topic among the others)."""
     from tov_datasets import demo
 
-    config = (demo.SMALL if args.small else demo.DEFAULT).replace(topic=args.topic,
-                                                                   seed=args.seed)
+    config = demo.config_for(args.small, args.topic, args.seed)
     out = Path(args.out or ("tov-demo-small" if args.small else "tov-demo")).expanduser()
     if args.gate:
         demo.run_gate(config, out, progress=progress_factory(args.quiet))
@@ -911,8 +911,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection_options(p)
     p.set_defaults(func=cmd_select_only)
 
-    p = add("demo", "offline demo: ToV vs random on Wikipedia summaries")
-    p.add_argument("--topic", default="Mathematics", help="target topic of the demo")
+    p = add("demo", "offline demo: ToV vs random, tweets among Wikipedia and BBC News text")
+    p.add_argument("--topic", help="a Wikipedia topic (e.g. Mathematics) as the target "
+                                   "instead of tweets, among the summaries of the other topics")
     p.add_argument("--small", action="store_true", help="a small, fast version (for CI)")
     p.add_argument("--out", help="output directory (default: ./tov-demo or ./tov-demo-small)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
