@@ -27,42 +27,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 LOG=${OUT:-/tmp}/gpu_check.log
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TRITON_INTERPRET=0 HF_HUB_OFFLINE=1 \
-  TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-export TOV_COMMIT=${TOV_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
-if [ -d .gpu/wheels ]; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/tov-site .gpu/wheels/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/tov-site"
-fi
-"$PY" - <<'PYEOF' 2>&1 | tee "$LOG" || exit 1
-import importlib.metadata as md
-import torch
-assert torch.cuda.is_available(), "no CUDA device"
-print("device:", torch.cuda.get_device_name(0))
-for name in ("torch", "triton", "transformers", "peft", "datasets", "pyarrow", "numba"):
-    try:
-        print(name, md.version(name), end="; ")
-    except md.PackageNotFoundError:
-        print(name, "MISSING", end="; ")
-print()
-PYEOF
-
+source benchmarks/_gpu_steps.sh  # (the script runs from the repository root)
+gpu_environment .gpu/wheels
+: >"$LOG"
+print_versions 1 torch triton transformers peft datasets pyarrow numba || exit 1
 MARK=$(mktemp)  # results written after this are this run's
-declare -a STEPS=() STATUS=() SECONDS_TAKEN=()
-step() {  # step NAME LIMIT_S COMMAND...
-  local name=$1 limit=$2 start=$SECONDS rc
-  shift 2
-  echo "== $name ==" | tee -a "$LOG"
-  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
-  rc=${PIPESTATUS[0]}
-  STEPS+=("$name"); SECONDS_TAKEN+=($((SECONDS - start)))
-  if [ "$rc" = 0 ]; then STATUS+=(ok); elif [ "$rc" = 124 ]; then STATUS+=(timeout); \
-  else STATUS+=("failed ($rc)"); fi
-}
-skip() {  # skip NAME REASON
-  echo "== $1 == skipped: $2" | tee -a "$LOG"
-  STEPS+=("$1"); SECONDS_TAKEN+=(0); STATUS+=(skipped)
-}
 
 if [ -z "${QUALITY_ONLY:-}" ]; then
   step "kernel tests" 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels*.py \
@@ -91,18 +60,13 @@ if [ -n "${GPU_EXTRA:-}${QUALITY_ONLY:-}" ]; then
   done
   for config in $("$PY" -c 'from benchmarks.quality_configs import CONFIGS
 print(*[c.name for c in CONFIGS.values() if c.task == "causal_lm"])'); do
-    skip "quality $config" "needs SmolLM2 in parts: benchmarks/gpu_quality_lm.sh"
+    skip "quality $config" skipped "needs SmolLM2 in parts: benchmarks/gpu_quality_lm.sh"
   done
 fi
 
-echo "== summary ==" | tee -a "$LOG"
-failed=0
-for i in "${!STEPS[@]}"; do
-  printf '%-36s %-12s %5ss\n' "${STEPS[$i]}" "${STATUS[$i]}" "${SECONDS_TAKEN[$i]}" | tee -a "$LOG"
-  case "${STATUS[$i]}" in ok|skipped) ;; *) failed=1 ;; esac
-done
+summary
 if [ -n "${OUT:-}" ]; then
   find benchmarks/results -maxdepth 1 -type f -newer "$MARK" \
     \( -name '*.json' -o -name '*.md' -o -name '*.png' \) -exec cp {} "$OUT"/ \;
 fi
-exit $failed
+exit $FAILED

@@ -35,38 +35,10 @@ DEVICE=${DEVICE:-cuda}  # cpu: a dry run of the whole script on the CPU machine
 THREADS=${THREADS:-8}
 FORCE=${FORCE:+--force}  # FORCE=1: run the methods even if the premise gate fails
 LOG=${OUT:-/tmp}/gpu_quality_lm.log
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TRITON_INTERPRET=0 HF_HUB_OFFLINE=1 \
-  TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-export TOV_COMMIT=${TOV_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 WHEELS=${WHEELS:-.gpu/wheels}  # datasets, gguf, ... (call 1 brought them; the machine kept them)
-if [ -d "$WHEELS" ]; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/tov-site "$WHEELS"/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/tov-site"
-fi
-
-declare -a STEPS=() STATUS=() SECONDS_TAKEN=()
-step() {  # step NAME LIMIT_S COMMAND...
-  local name=$1 limit=$2 start=$SECONDS rc
-  shift 2
-  echo "== $name ==" | tee -a "$LOG"
-  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
-  rc=${PIPESTATUS[0]}
-  STEPS+=("$name"); SECONDS_TAKEN+=($((SECONDS - start)))
-  if [ "$rc" = 0 ]; then STATUS+=(ok); elif [ "$rc" = 124 ]; then STATUS+=(timeout); \
-  else STATUS+=("failed ($rc)"); fi
-}
-
-"$PY" - <<'PYEOF' 2>&1 | tee -a "$LOG"
-import importlib.metadata as md
-import torch
-print("device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NO CUDA")
-for name in ("torch", "transformers", "peft", "datasets", "gguf"):
-    try:
-        print(name, md.version(name), end="; ")
-    except md.PackageNotFoundError:
-        print(name, "MISSING", end="; ")
-print()
-PYEOF
+source benchmarks/_gpu_steps.sh  # (the script runs from the repository root)
+gpu_environment "$WHEELS"
+print_versions 0 torch transformers peft datasets gguf
 step "SmolLM2 (join $PARTS, dequantise)" "$PREP_LIMIT" \
   "$PY" benchmarks/quality_bundle.py --assemble-gguf "$PARTS"
 
@@ -83,8 +55,7 @@ if [ -z "${SMOLLM2_ONLY:-}" ]; then
         && cp "$f" "benchmarks/results/.$stem.progress.json"
     done
     if [ "$limit" -lt 30 ]; then  # (timeout 0 would mean no limit)
-      echo "== quality $config == not started: ${limit}s left" | tee -a "$LOG"
-      STEPS+=("quality $config ($LM_SIZE)"); SECONDS_TAKEN+=(0); STATUS+=("no time")
+      skip "quality $config ($LM_SIZE)" "no time" "not started: ${limit}s left"
       continue
     fi
     step "quality $config ($LM_SIZE)" "$limit" "$PY" benchmarks/quality.py \
@@ -100,10 +71,5 @@ if [ -z "${SMOLLM2_ONLY:-}" ]; then
   done
 fi
 
-echo "== summary ==" | tee -a "$LOG"
-failed=0
-for i in "${!STEPS[@]}"; do
-  printf '%-44s %-12s %5ss\n' "${STEPS[$i]}" "${STATUS[$i]}" "${SECONDS_TAKEN[$i]}" | tee -a "$LOG"
-  [ "${STATUS[$i]}" = ok ] || failed=1
-done
-exit $failed
+summary
+exit $FAILED

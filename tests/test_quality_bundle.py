@@ -24,21 +24,17 @@ TINY_DATA = {"pool_size": 40, "target_in_pool": 10, "val_size": 5, "test_size": 
 OTHER_DATA = {**TINY_DATA, "pool_size": 44}
 
 
-def tiny_ner_data(seed: int, *, pool_size: int, target_in_pool: int, val_size: int,
-                  test_size: int) -> dict:
-    """Seeded synthetic NER rows: target rows use the first 20 words, the others the rest."""
+def _tiny_data(seed: int, row, *, pool_size: int, target_in_pool: int, val_size: int,
+               test_size: int) -> dict:
+    """Seeded synthetic splits: ``row(rng, words)`` builds one row's fields; target rows use
+    the first 20 words of tiny.WORDS, the other rows the rest."""
     from benchmarks.quality_configs import _splits
 
     rng = np.random.default_rng(seed)
 
     def rows(k, vocab, source):
-        out = []
-        for _ in range(k):
-            words = [str(w) for w in rng.choice(vocab, rng.integers(3, 10))]
-            out.append({"tokens": words, "ner_tags": [str(rng.choice(tiny.NER_LABELS))
-                                                      for _ in words],
-                        "source": source, "is_target": source == "target"})
-        return out
+        return [{**row(rng, vocab), "source": source, "is_target": source == "target"}
+                for _ in range(k)]
 
     target, other = tiny.WORDS[:20], tiny.WORDS[20:]
     pool = rows(target_in_pool, target, "target") + rows(pool_size - target_in_pool, other,
@@ -46,6 +42,20 @@ def tiny_ner_data(seed: int, *, pool_size: int, target_in_pool: int, val_size: i
     pool = [pool[i] for i in rng.permutation(len(pool))]
     return _splits(pool, rows(val_size, target, "target"), rows(test_size, target, "target"),
                    seed)
+
+
+def _words(rng, vocab) -> list[str]:
+    return [str(w) for w in rng.choice(vocab, rng.integers(3, 10))]
+
+
+def tiny_ner_data(seed: int, **sizes: int) -> dict:
+    """Seeded synthetic NER rows (``tokens``, ``ner_tags``)."""
+    def row(rng, vocab):
+        words = _words(rng, vocab)
+        return {"tokens": words,
+                "ner_tags": [str(rng.choice(tiny.NER_LABELS)) for _ in words]}
+
+    return _tiny_data(seed, row, **sizes)
 
 
 def tiny_token_classifier(seed: int):
@@ -205,27 +215,13 @@ def test_gguf_split_and_joined(fake_gguf, tmp_path, monkeypatch):
         quality_bundle.use_gguf_parts(parts, {**record, "sha256": "0" * 64})
 
 
-def tiny_chat_data(seed: int, *, pool_size: int, target_in_pool: int, val_size: int,
-                   test_size: int) -> dict:
-    """Seeded synthetic chats (``messages``): target rows use the first 20 words."""
-    from benchmarks.quality_configs import _splits
+def tiny_chat_data(seed: int, **sizes: int) -> dict:
+    """Seeded synthetic chats (``messages``)."""
+    def row(rng, vocab):
+        return {"messages": [{"role": "user", "content": " ".join(_words(rng, vocab))},
+                             {"role": "assistant", "content": " ".join(_words(rng, vocab))}]}
 
-    rng = np.random.default_rng(seed)
-
-    def rows(k, vocab, source):
-        def text():
-            return " ".join(str(w) for w in rng.choice(vocab, rng.integers(3, 10)))
-
-        return [{"messages": [{"role": "user", "content": text()},
-                              {"role": "assistant", "content": text()}],
-                 "source": source, "is_target": source == "target"} for _ in range(k)]
-
-    target, other = tiny.WORDS[:20], tiny.WORDS[20:]
-    pool = rows(target_in_pool, target, "target") + rows(pool_size - target_in_pool, other,
-                                                         "other")
-    pool = [pool[i] for i in rng.permutation(len(pool))]
-    return _splits(pool, rows(val_size, target, "target"), rows(test_size, target, "target"),
-                   seed)
+    return _tiny_data(seed, row, **sizes)
 
 
 def tiny_causal_lm(seed: int):
