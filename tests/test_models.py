@@ -144,8 +144,7 @@ def test_mixed_adapter_forward_matches_one_forward_per_adapter(tiny_tokenizer, t
     """Rows [i B, (i+1) B) of one forward equal a separate forward with adapter i active,
     for two and three adapters (the many-targets case)."""
     model = tiny_causal_lm
-    model.add_adapter("val2", model.peft_config["val"])
-    tiny._randomise_lora(model, "val2", 3)
+    tiny.add_adapters(model, ["val2"])
     inputs = {"input_ids": _ids(tiny_tokenizer, ["hello world yes", "no paris hello"])}
     for adapters in (["base", "val"], ["val2", "base", "val"]):
         with models.adapter_mode(model, adapters, train=False), torch.no_grad():

@@ -16,6 +16,7 @@ from datasets import Dataset, load_from_disk
 from datasets.fingerprint import Hasher
 
 from tests import tiny
+from tov_datasets import models
 from tov_datasets.models import check_adapter_names, forward_with_adapter_names
 from tov_datasets.scorer import ToVScorer
 
@@ -101,9 +102,9 @@ def ner_case(fmt, tok):
 
 
 @torch.no_grad()
-def reference_deltas(model, refs, causal: bool, max_length: int | None):
+def reference_deltas(model, refs, causal: bool, max_length: int | None, val: str = "val"):
     """Per sample, float64 log p_val(y) - log p_base(y) at its scored positions, from two
-    separate forwards (set_adapter base, then val), one sample at a time."""
+    separate forwards (set_adapter base, then the adapter ``val``), one sample at a time."""
     out = []
     active = model.active_adapter
     for ids, scored in refs:
@@ -113,13 +114,13 @@ def reference_deltas(model, refs, causal: bool, max_length: int | None):
             out.append(np.zeros(0))
             continue
         logp = {}
-        for adapter in ("base", "val"):
+        for adapter in ("base", val):
             model.set_adapter(adapter)
             x = torch.tensor([ids], device=next(model.parameters()).device)
             logits = model(input_ids=x).logits[0].double()
             logp[adapter] = logits.log_softmax(-1)
         shift = 1 if causal else 0
-        out.append(np.array([float(logp["val"][t - shift, y] - logp["base"][t - shift, y])
+        out.append(np.array([float(logp[val][t - shift, y] - logp["base"][t - shift, y])
                              for t, y in scored]))
     model.set_adapter(active)
     return out
@@ -131,10 +132,10 @@ def expected(deltas, transform):
     return np.array(scores), np.array([d.size for d in deltas])
 
 
-def check_scores(got, deltas, transform):
+def check_scores(got, deltas, transform, column="tov_score"):
     scores, counts = expected(deltas, transform)
     np.testing.assert_array_equal(np.asarray(got["tov_num_tokens"]), counts)
-    np.testing.assert_allclose(np.asarray(got["tov_score"]), scores, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(got[column]), scores, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -381,3 +382,166 @@ def test_labels_outside_the_vocabulary_raise_after_the_batch(text_scorer):
     bad = {"input_ids": [[5, 6, 7, 8]], "labels": [[5, 6, 10**6, 8]]}
     with pytest.raises(ValueError, match=r"neither ignore_index nor inside \[0, V\)"):
         text_scorer.score_columns(bad)
+
+
+# ------------------------------------------------------------------ several targets
+TARGETS = ["val_c", "val", "val-b"]  # not in creation order: columns follow this list
+
+
+def _lm_head_lora(tok):
+    """A causal LM with LoRA on lm_head too: the scorer takes the full-logits path."""
+    return tiny.with_adapters(tiny.causal_lm(tok), ["q_proj", "lm_head"], "CAUSAL_LM")
+
+
+MODELS = {
+    "causal_lm": tiny.causal_lm_with_adapters,
+    "causal_lm_logits": _lm_head_lora,
+    "token_classification": tiny.token_classifier_with_adapters,
+}
+
+
+def _case(kind, tok):
+    if kind == "token_classification":
+        return ner_case("ner", tok)
+    return causal_case("prompt_completion" if kind == "causal_lm" else "text", tok)
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_one_target_list_is_bit_identical_to_the_single_target_scorer(kind, tiny_tokenizer):
+    model = MODELS[kind](tiny_tokenizer)
+    rows, _ = _case(kind, tiny_tokenizer)
+    ds = Dataset.from_dict(rows)
+    for transform in ("identity", "abs"):
+        options = {"transform": transform, "max_length": MAX_LENGTH, "batch_size": 2}
+        single = ToVScorer(model, tiny_tokenizer, **options)
+        listed = ToVScorer(model, tiny_tokenizer, val_adapter=["val"], **options)
+        assert (single._head is None) == (kind != "causal_lm")
+        assert listed.columns == ["tov_score_val", "tov_num_tokens"]
+        want = ds.map(single, batched=True, batch_size=4)
+        got = ds.map(listed, batched=True, batch_size=4)
+        assert got.column_names == [*rows, "tov_score_val", "tov_num_tokens"]
+        assert got.features["tov_score_val"].dtype == "float32"
+        np.testing.assert_array_equal(got["tov_score_val"][:], want["tov_score"][:])
+        np.testing.assert_array_equal(got["tov_num_tokens"][:], want["tov_num_tokens"][:])
+        scores, counts = listed.score_columns(rows)
+        assert scores.shape == (1, len(counts)) and scores.dtype == np.float32
+        np.testing.assert_array_equal(scores[0], single.score_columns(rows)[0])
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_three_targets_in_one_forward_match_separate_references(kind, tiny_tokenizer,
+                                                                monkeypatch):
+    model = tiny.add_adapters(MODELS[kind](tiny_tokenizer), ["val_c", "val-b"])
+    rows, refs = _case(kind, tiny_tokenizer)
+    causal = kind != "token_classification"
+    deltas = {t: reference_deltas(model, refs, causal, MAX_LENGTH, val=t) for t in TARGETS}
+    assert not np.allclose(np.concatenate(deltas["val"]), np.concatenate(deltas["val_c"]))
+    forwards = []
+    real_forward = models.forward_with_adapter_names
+
+    def counted(model_, inputs, adapter_names):
+        forwards.append(list(adapter_names))
+        return real_forward(model_, inputs, adapter_names)
+
+    monkeypatch.setattr(models, "forward_with_adapter_names", counted)
+    for transform in ("identity", "abs"):
+        scorer = ToVScorer(model, tiny_tokenizer, val_adapter=TARGETS, transform=transform,
+                           max_length=MAX_LENGTH, batch_size=2)
+        forwards.clear()
+        out = Dataset.from_dict(rows).map(scorer, batched=True, batch_size=4)
+        assert out.column_names == [*rows, *(f"tov_score_{t}" for t in TARGETS),
+                                    "tov_num_tokens"]
+        for target in TARGETS:
+            assert out.features[f"tov_score_{target}"].dtype == "float32"
+            check_scores(out, deltas[target], transform, f"tov_score_{target}")
+        # one forward per micro-batch of B samples: (1 + K) x B rows, base rows first
+        scored = int(np.count_nonzero(out["tov_num_tokens"][:]))
+        assert sum(len(names) for names in forwards) == (1 + len(TARGETS)) * scored
+        for names in forwards:
+            B = len(names) // (1 + len(TARGETS))
+            assert names == [a for a in ["base", *TARGETS] for _ in range(B)]
+
+
+def test_three_targets_in_ray_numpy_and_arrow_batches(tiny_causal_lm, tiny_tokenizer):
+    model = tiny.add_adapters(tiny_causal_lm, ["val_c", "val-b"])
+    scorer = ToVScorer(model, tiny_tokenizer, val_adapter=TARGETS, batch_size=3)
+    new = [f"tov_score_{t}" for t in TARGETS] + ["tov_num_tokens"]
+    ds = Dataset.from_dict({"text": TEXTS, "id": list(range(len(TEXTS)))})
+    want = ds.map(scorer, batched=True)
+    table = scorer(ds.data.table.combine_chunks())
+    assert table.column_names == ["text", "id", *new]
+    batch = scorer({"text": np.array(TEXTS, dtype=object), "id": np.arange(len(TEXTS))})
+    assert list(batch) == ["text", "id", *new]
+    for column in new:
+        np.testing.assert_array_equal(table.column(column).to_numpy(), want[column][:])
+        np.testing.assert_array_equal(batch[column], want[column][:])
+    assert table.schema.field(new[0]).type == pa.float32()
+    nothing_scored = scorer({"text": ["", "hello"]})  # no forward at all
+    assert [nothing_scored[c].tolist() for c in new] == [[0.0, 0.0]] * 3 + [[0, 0]]
+
+
+def test_fingerprint_tracks_every_target(tiny_causal_lm, tiny_tokenizer):
+    model = tiny.add_adapters(tiny_causal_lm, ["val_c", "val-b"])
+    scorer = ToVScorer(model, tiny_tokenizer, val_adapter=TARGETS)
+    first = Hasher.hash(scorer)
+    assert hashed_bytes(scorer) < 4096
+    assert Hasher.hash(ToVScorer(model, tiny_tokenizer, val_adapter=TARGETS)) == first
+    seen = {first}
+    for adapter in ["base", *TARGETS]:
+        param = next(p for n, p in model.named_parameters() if f"lora_B.{adapter}." in n)
+        with torch.no_grad():
+            param[0, 0] += 1e-3
+        seen.add(Hasher.hash(scorer))
+    for targets in (TARGETS[::-1], TARGETS[:2], ["val"]):
+        seen.add(Hasher.hash(ToVScorer(model, tiny_tokenizer, val_adapter=targets)))
+    seen.add(Hasher.hash(ToVScorer(model, tiny_tokenizer)))  # "val": column tov_score
+    assert len(seen) == 1 + 4 + 3 + 1
+
+
+def test_targets_from_adapter_directories(tiny_causal_lm, tiny_tokenizer, tmp_path):
+    model = tiny.add_adapters(tiny_causal_lm, ["val_c"])
+    model.save_pretrained(tmp_path)  # one sub-directory per adapter
+    want = ToVScorer(model, tiny_tokenizer, val_adapter=["val_c", "val"])({"text": TEXTS})
+    scorer = ToVScorer(tiny.causal_lm(tiny_tokenizer), tiny_tokenizer,
+                       base_adapter=tmp_path / "base",
+                       val_adapter={"a": tmp_path / "val_c", "b": tmp_path / "val"})
+    assert scorer.targets == ["a", "b"] and scorer.base_adapter == "base"
+    got = scorer({"text": TEXTS})
+    for new, old in (("a", "val_c"), ("b", "val")):
+        np.testing.assert_allclose(got[f"tov_score_{new}"], want[f"tov_score_{old}"],
+                                   rtol=1e-6)
+
+
+def test_bad_target_arguments(tiny_causal_lm, tiny_tokenizer):
+    model = tiny.add_adapters(tiny_causal_lm, ["val_c"])
+    bad = [
+        ([], "val_adapter: give at least one"),
+        (["val", "val_c", "val"], r"val_adapter: names \['val'\] appear more than once"),
+        (["val", "base"], "val_adapter: 'base' is the base adapter"),
+        (["val", "other"], r"val_adapter: the model has no adapter 'other'; it has \['base'"),
+        (["val.c"], "val_adapter: 'val.c' cannot name a score column; use letters, digits"),
+        (["a b"], "cannot name a score column"),
+        ([""], "cannot name a score column"),
+        ([3], "val_adapter: 3 cannot name a score column"),
+        ({"val": "some/dir"}, "a peft model takes the names of its adapters"),
+    ]
+    for val_adapter, message in bad:
+        with pytest.raises(ValueError, match=message):
+            ToVScorer(model, tiny_tokenizer, val_adapter=val_adapter)
+    with pytest.raises(ValueError, match="val_adapter: 'base' is the base adapter"):
+        ToVScorer(model, tiny_tokenizer, val_adapter="base")
+    with pytest.raises(ValueError, match="base_adapter: the model has no adapter 'x'"):
+        ToVScorer(model, tiny_tokenizer, base_adapter="x", val_adapter=["val"])
+    with pytest.raises(ValueError, match=r"with a plain model give .*\{name: adapter dir"):
+        ToVScorer(tiny.causal_lm(tiny_tokenizer), tiny_tokenizer, val_adapter=["val"])
+    with pytest.raises(ValueError, match="val_adapter: 'base' is the base adapter"):
+        ToVScorer(tiny.causal_lm(tiny_tokenizer), tiny_tokenizer, val_adapter={"base": "d"})
+
+
+def test_three_targets_raise_on_labels_outside_the_vocabulary(tiny_causal_lm, tiny_tokenizer):
+    model = tiny.add_adapters(tiny_causal_lm, ["val_c", "val-b"])
+    scorer = ToVScorer(model, tiny_tokenizer, val_adapter=TARGETS)
+    scores, _ = scorer.score_columns({"input_ids": [[5, 6, 7, 8]], "labels": [[5, 6, 7, 8]]})
+    assert scores.shape == (3, 1) and np.all(scores != 0.0)
+    with pytest.raises(ValueError, match=r"neither ignore_index nor inside \[0, V\)"):
+        scorer.score_columns({"input_ids": [[5, 6, 7, 8]], "labels": [[5, 6, 10**6, 8]]})

@@ -86,6 +86,14 @@ def with_adapters(model, target_modules: list[str], task_type: str, rank: int = 
     return peft_model.eval()
 
 
+def add_adapters(model, names: list[str], seed: int = 3):
+    """More adapters with the config of "val" and random, distinct weights (many targets)."""
+    for i, name in enumerate(names):
+        model.add_adapter(name, model.peft_config["val"])
+        _randomise_lora(model, name, seed + i)
+    return model.eval()
+
+
 def causal_lm_with_adapters(tok: PreTrainedTokenizerFast):
     return with_adapters(
         causal_lm(tok), ["q_proj", "v_proj", "up_proj", "down_proj"], "CAUSAL_LM"
