@@ -91,3 +91,38 @@ def test_expanded_metadata_and_errors(tmp_path):
         selected_ids(tmp_path / "scores", 1)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         ToVScoreStep("m", "b", "v", batch_size=0)
+
+
+def test_several_targets_score_once_and_select_per_target(tmp_path):
+    """val_adapter={name: directory}: each Document gets tov_score_<name> for every target,
+    equal to the single-target scores; selected_ids selects by the column it is given."""
+    from datatrove.data import Document
+
+    from tov_datasets.scorer import score_column
+
+    model_dir, base_dir, val_dir = save_tiny_model(tmp_path / "model", more_targets=["other"])
+    targets = {"val": str(val_dir), "other": str(val_dir.parent / "other")}
+    texts = _write_input(tmp_path / "input")
+    step = ToVScoreStep(str(model_dir), str(base_dir), targets, batch_size=7)
+    docs = list(step.run(Document(text=t, id=i) for i, t in texts.items()))
+    assert [d.id for d in docs] == list(texts)
+    columns = {"id": list(texts)}
+    for name, directory in targets.items():
+        column = score_column(name)
+        reference = make_tov_score(model_dir, base_adapter=base_dir, val_adapter=directory)(
+            {"text": list(texts.values())})
+        got = np.array([d.metadata[column] for d in docs])
+        np.testing.assert_allclose(got, reference[SCORE], rtol=1e-5, atol=1e-6)
+        assert [d.metadata[NUM_TOKENS] for d in docs] == list(reference[NUM_TOKENS])
+        columns[column] = got
+    assert SCORE not in docs[0].metadata
+    columns[NUM_TOKENS] = [d.metadata[NUM_TOKENS] for d in docs]
+    (tmp_path / "scores").mkdir()
+    pq.write_table(pa.table(columns), tmp_path / "scores" / "0.parquet")
+    ds = Dataset.from_dict(columns)
+    for name in targets:
+        expected = select_by_score(ds, N, score_column=score_column(name))["id"]
+        assert selected_ids(tmp_path / "scores", N, score_column=score_column(name)) == set(
+            expected)
+    with pytest.raises(ValueError, match="tov_score_other"):
+        selected_ids(tmp_path / "scores", N)  # no tov_score: the error names the columns

@@ -99,3 +99,31 @@ def test_ray_scorer_accepts_pyarrow_and_numpy(saved_model):
                                                               "tov_num_tokens"]
     out_np = scorer({"text": np.array(TEXTS[:3], dtype=object)})
     np.testing.assert_array_equal(out_np["tov_score"], out.column("tov_score").to_numpy())
+
+
+def test_score_parquet_with_several_targets(ray_local, tmp_path):
+    """val_adapter={name: directory}: one tov_score_<name> column per target, each equal to
+    the single-target scores; select_from_scores selects per target column."""
+    from tests.test_pipelines import save_tiny_model
+    from tov_datasets.pipelines import make_tov_score
+    from tov_datasets.scorer import score_column
+
+    model_dir, base_dir, val_dir = save_tiny_model(tmp_path / "model", more_targets=["other"])
+    targets = {"val": str(val_dir), "other": str(val_dir.parent / "other")}
+    pool_path = tmp_path / "pool.parquet"
+    pq.write_table(pool_dataset().data.table, pool_path)
+    score_parquet(pool_path, tmp_path / "scored", model=str(model_dir),
+                  base_adapter=str(base_dir), val_adapter=targets, batch_size=5,
+                  concurrency=1, num_cpus=0.5)
+    got = read_scores(tmp_path / "scored").sort_by("id")
+    assert "tov_score" not in got.column_names
+    for name, directory in targets.items():
+        single = make_tov_score(str(model_dir), base_adapter=str(base_dir),
+                                val_adapter=directory)({"text": TEXTS})
+        np.testing.assert_allclose(got.column(score_column(name)).to_numpy(),
+                                   single["tov_score"], rtol=1e-5, atol=1e-6)
+        selected = select_from_scores(tmp_path / "scored", 6, seed=3,
+                                      score_column=score_column(name))
+        reference = select_by_score(datasets.Dataset(read_scores(tmp_path / "scored")), 6,
+                                    seed=3, score_column=score_column(name))
+        assert selected.data.table.equals(reference.data.table)

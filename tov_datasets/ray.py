@@ -14,6 +14,10 @@ needs every score at once, so it runs afterwards on the gathered scores (a few b
     scored.write_parquet("s3://bucket/scored/")
     selected = select_from_scores("s3://bucket/scored/", n=50_000)
 
+Several targets score in one forward: ``"val_adapter": {"code": "adapters/code", "math":
+"adapters/math"}`` writes ``tov_score_code`` and ``tov_score_math``; select per target with
+``select_from_scores(path, n, score_column="tov_score_code")``.
+
 `tov_datasets.ToVScorer` itself also works as the callable class when the model object is
 small enough to ship through Ray's object store (``fn_constructor_kwargs={"model":
 peft_model, "tokenizer": tokenizer}``); `RayToVScorer` loads the model inside each actor
@@ -23,6 +27,7 @@ from a path instead.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import datasets
@@ -45,11 +50,12 @@ class RayToVScorer:
     once per Ray actor, then scores each batch with `ToVScorer` (numpy or pyarrow batches).
 
     model: a saved model directory or hub name (`tov_datasets.load_model`); base_adapter /
-    val_adapter: adapter directories saved by peft (safetensors). The model goes to the GPU
+    val_adapter: adapter directories saved by peft (safetensors); several targets:
+    val_adapter = {name: directory} (columns ``tov_score_<name>``). The model goes to the GPU
     Ray assigned to the actor, if any. Other keyword arguments go to ToVScorer.
     """
 
-    def __init__(self, model: str, base_adapter: str, val_adapter: str, *,
+    def __init__(self, model: str, base_adapter: str, val_adapter: str | Mapping[str, str], *,
                  dtype: str | None = None, **scorer_kwargs: Any) -> None:
         import torch
 
@@ -62,11 +68,13 @@ class RayToVScorer:
 
 
 def score_parquet(pool: str | os.PathLike[str], output: str | os.PathLike[str], *,
-                  model: str, base_adapter: str, val_adapter: str, batch_size: int = 64,
+                  model: str, base_adapter: str, val_adapter: str | Mapping[str, str],
+                  batch_size: int = 64,
                   concurrency: int = 1, num_gpus: float = 0, num_cpus: float = 1,
                   **scorer_kwargs: Any) -> None:
     """Score a Parquet pool (file or directory) into a Parquet scores directory holding every
-    pool column plus ``tov_score`` and ``tov_num_tokens``, in pool order.
+    pool column plus ``tov_score`` (several targets, val_adapter = {name: directory}: one
+    ``tov_score_<name>`` each) and ``tov_num_tokens``, in pool order.
 
     concurrency scorer actors each reserve num_gpus GPUs and num_cpus CPUs; leave CPUs free
     for Ray's read and write tasks (concurrency * num_cpus below the cluster's CPUs), or the
@@ -92,5 +100,6 @@ def read_scores(path: str | os.PathLike[str]) -> pa.Table:
 
 def select_from_scores(path: str | os.PathLike[str], n: int, **select_kwargs: Any,
                        ) -> datasets.Dataset:
-    """`select_by_score` over gathered Parquet scores: a flat Dataset of the chosen rows."""
+    """`select_by_score` over gathered Parquet scores: a flat Dataset of the chosen rows.
+    One target of a multi-target scoring: ``score_column="tov_score_<name>"``."""
     return select_by_score(datasets.Dataset(read_scores(path)), n, **select_kwargs)

@@ -11,6 +11,11 @@ Registered in Data-Juicer's OPERATORS on import; installed tov declares it under
           val_adapter: path/to/val
           keep_ratio: 0.3
 
+Several targets score in one forward: ``val_adapter: {code: path/to/code, math:
+path/to/math}`` writes ``tov_score_code`` and ``tov_score_math`` into the stats, and the op
+keeps the union of each target's selection (``n`` rows each, or ``n: {code: 300, math:
+100}``; ``keep_ratio`` of the rows with tokens each).
+
 How the selection, which needs every score, fits Data-Juicer's per-batch filter API:
 ``compute_stats`` writes ``tov_score`` and ``tov_num_tokens`` into each sample's stats through
 `ToVScorer` (rows already holding a score keep it). `ToVFilter.run` then reads the two stats
@@ -25,14 +30,15 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tov_datasets.integrations import missing_extra
-from tov_datasets.scorer import NUM_TOKENS, SCORE
+from tov_datasets.pipelines import adapter_paths
+from tov_datasets.scorer import NUM_TOKENS, SCORE, score_column
 from tov_datasets.select import select_indices
 
 try:
@@ -47,15 +53,18 @@ OP_NAME = "tov_filter"
 
 
 @functools.lru_cache(maxsize=2)
-def _scorer(model_path: str, tokenizer_path: str | None, base_adapter: str, val_adapter: str,
+def _scorer(model_path: str, tokenizer_path: str | None, base_adapter: str,
+            val_adapter: str | tuple[tuple[str, str], ...],
             options: tuple[tuple[str, Any], ...]) -> Any:
     """One scorer per configuration and process (kept out of the op, which gets pickled).
-    ``options``: sorted (keyword, value) pairs, column_map as sorted pairs too (hashable)."""
+    val_adapter: a directory, or (name, directory) pairs of several targets; ``options``:
+    sorted (keyword, value) pairs, column_map as sorted pairs too (hashable)."""
     from tov_datasets.pipelines import make_tov_score
 
     kwargs = {k: dict(v) if k == "column_map" else v for k, v in options}
+    targets = val_adapter if isinstance(val_adapter, str) else dict(val_adapter)
     return make_tov_score(model_path, tokenizer_path, base_adapter=base_adapter,
-                          val_adapter=val_adapter, **kwargs)
+                          val_adapter=targets, **kwargs)
 
 
 def _files_digest(*paths: str | None) -> tuple[tuple[str, int, int], ...]:
@@ -74,7 +83,9 @@ class ToVFilter(Filter):
     tokens) by ToV score: per length bin the top scores, plus a uniform random part.
 
     model_path (required): saved model; base_adapter, val_adapter (required): peft adapter
-    directories; tokenizer_path: default the model path. num_bins, random_fraction, seed: see
+    directories; several targets: val_adapter = {name: directory}, the union of each
+    target's selection is kept (n: rows per target, or {name: rows}; keep_ratio: per
+    target); tokenizer_path: default the model path. num_bins, random_fraction, seed: see
     `select_indices`. scorer_options: other `make_tov_score` keywords (transform, max_length,
     batch_size, dtype, kernel_backend, column_map). The input format is detected from the
     columns (text, prompt/completion, messages, ...); a ``text_key`` other than "text" is
@@ -88,8 +99,8 @@ class ToVFilter(Filter):
         self,
         model_path: str | None = None,
         base_adapter: str | None = None,
-        val_adapter: str | None = None,
-        n: int | None = None,
+        val_adapter: str | Mapping[str, str] | None = None,
+        n: int | Mapping[str, int] | None = None,
         keep_ratio: float | None = None,
         tokenizer_path: str | None = None,
         num_bins: int = 10,
@@ -107,7 +118,14 @@ class ToVFilter(Filter):
         if keep_ratio is not None and not 0.0 < keep_ratio <= 1.0:
             raise ValueError(f"{OP_NAME}: keep_ratio must be in (0, 1], got {keep_ratio}")
         self.model_path, self.tokenizer_path = str(model_path), tokenizer_path
-        self.base_adapter, self.val_adapter = str(base_adapter), str(val_adapter)
+        self.base_adapter, self.val_adapter = str(base_adapter), adapter_paths(val_adapter)
+        targets = None if isinstance(self.val_adapter, str) else sorted(self.val_adapter)
+        if isinstance(n, Mapping) and sorted(n) != targets:
+            raise ValueError(f"{OP_NAME}: n names targets {sorted(n)} but val_adapter "
+                             f"{targets}; give an n per val_adapter name (or one int)")
+        # {target name (None: the one target): stats key of its score}
+        self.score_keys = ({None: SCORE} if targets is None
+                           else {t: score_column(t) for t in targets})
         self.n, self.keep_ratio = n, keep_ratio
         self.selection = {"num_bins": num_bins, "random_fraction": random_fraction, "seed": seed}
         options = dict(scorer_options or {})
@@ -116,8 +134,10 @@ class ToVFilter(Filter):
         self.scorer_options = options
         # Part of Data-Juicer's cache fingerprint (the op's attributes): adapters retrained
         # into the same directories are scored again, not read from the cache.
+        targets = ([self.val_adapter] if isinstance(self.val_adapter, str)
+                   else list(self.val_adapter.values()))
         self.files_digest = _files_digest(self.model_path, tokenizer_path, self.base_adapter,
-                                          self.val_adapter)
+                                          *targets)
         self._keep: np.ndarray | None = None
 
     def _scorer_key(self) -> tuple[Any, ...]:
@@ -125,20 +145,23 @@ class ToVFilter(Filter):
             (k, tuple(sorted(v.items())) if k == "column_map" else v)
             for k, v in self.scorer_options.items()
         ))
-        return (self.model_path, self.tokenizer_path, self.base_adapter, self.val_adapter,
-                options)
+        targets = (self.val_adapter if isinstance(self.val_adapter, str)
+                   else tuple(sorted(self.val_adapter.items())))
+        return (self.model_path, self.tokenizer_path, self.base_adapter, targets, options)
 
     def compute_stats_batched(self, samples: dict, rank: int | None = None,
                               context: bool = False) -> dict:
         stats = samples[Fields.stats]
-        todo = [i for i, stat in enumerate(stats) if SCORE not in stat]
+        todo = [i for i, stat in enumerate(stats)
+                if not all(key in stat for key in self.score_keys.values())]
         if todo:
             columns = {key: [values[i] for i in todo] for key, values in samples.items()
                        if not key.startswith("__dj__")}
             new = _scorer(*self._scorer_key())(columns, rank=rank)
-            for i, score, count in zip(todo, new[SCORE], new[NUM_TOKENS], strict=True):
-                stats[i][SCORE] = float(score)
-                stats[i][NUM_TOKENS] = int(count)
+            for j, i in enumerate(todo):
+                for key in self.score_keys.values():
+                    stats[i][key] = float(new[key][j])
+                stats[i][NUM_TOKENS] = int(new[NUM_TOKENS][j])
         return samples
 
     def process_batched(self, samples: dict, indices: list[int]) -> Iterable[bool]:
@@ -150,12 +173,13 @@ class ToVFilter(Filter):
         if not reduce:
             return scored
         stats = scored[Fields.stats]  # dicts: Data-Juicer stores the stats as JSON
-        scores = np.array([stat[SCORE] for stat in stats], dtype=np.float64)
         lengths = np.array([stat[NUM_TOKENS] for stat in stats], dtype=np.int64)
-        n = self.n
-        if n is None:
-            n = max(1, round(self.keep_ratio * np.count_nonzero(lengths)))
         self._keep = np.zeros(len(scored), dtype=bool)
-        self._keep[select_indices(scores, lengths, n, **self.selection)] = True
+        for target, key in self.score_keys.items():  # several: the union of their selections
+            scores = np.array([stat[key] for stat in stats], dtype=np.float64)
+            n = self.n[target] if isinstance(self.n, Mapping) else self.n
+            if n is None:
+                n = max(1, round(self.keep_ratio * np.count_nonzero(lengths)))
+            self._keep[select_indices(scores, lengths, n, **self.selection)] = True
         return scored.filter(self.process, with_indices=True, num_proc=self.runtime_np(),
                              batch_size=self.batch_size, desc=f"{self._name}_process")

@@ -7,7 +7,10 @@ examples/datatrove_pipeline.py):
 2. select: ParquetReader(scores) -> ToVSelectFilter(scores, n) -> any writer
 
 `ToVScoreStep` holds paths only (steps are pickled to the workers) and loads the model once
-per task; it adds ``tov_score`` and ``tov_num_tokens`` to each Document's metadata.
+per task; it adds ``tov_score`` and ``tov_num_tokens`` to each Document's metadata. Several
+targets (``val_adapter={name: directory}``) are scored in one forward into
+``tov_score_<name>``; a `ToVSelectFilter` per target (``score_column="tov_score_<name>"``)
+selects for it.
 `ToVSelectFilter` reads the id, score and token count of every document under the scores
 folder (files in sorted order, rows in file order), runs `select_indices` once per task and
 keeps the chosen ids: the rows `select_by_score` picks from those shards concatenated in that
@@ -26,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from tov_datasets.integrations import missing_extra
+from tov_datasets.pipelines import adapter_paths
 from tov_datasets.scorer import NUM_TOKENS, SCORE
 from tov_datasets.select import select_indices
 
@@ -46,11 +50,12 @@ class ToVScoreStep(PipelineStep):
     """Adds ``tov_score`` and ``tov_num_tokens`` to the metadata of each Document.
 
     model: path of the saved model; base_adapter, val_adapter: peft adapter directories;
-    tokenizer: its path (default: the model path). batch_size: documents scored together
-    (sorted by length inside). torch_threads: torch threads per task (default: torch's).
-    scorer_options: other `make_tov_score` keywords, e.g. {"batch_size": 16, "dtype":
-    "bfloat16", "max_length": 2048}. On a CUDA machine, task ``rank`` scores on
-    cuda:(rank % device count).
+    several targets: val_adapter = {name: directory}, one ``tov_score_<name>`` each (all
+    scored in one forward); tokenizer: its path (default: the model path). batch_size:
+    documents scored together (sorted by length inside). torch_threads: torch threads per
+    task (default: torch's). scorer_options: other `make_tov_score` keywords, e.g.
+    {"batch_size": 16, "dtype": "bfloat16", "max_length": 2048}. On a CUDA machine, task
+    ``rank`` scores on cuda:(rank % device count).
     """
 
     name = "🎯 ToV score"
@@ -60,7 +65,7 @@ class ToVScoreStep(PipelineStep):
         self,
         model: str,
         base_adapter: str,
-        val_adapter: str,
+        val_adapter: str | Mapping[str, str],
         *,
         tokenizer: str | None = None,
         batch_size: int = 256,
@@ -72,7 +77,7 @@ class ToVScoreStep(PipelineStep):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = str(model)
         self.tokenizer = None if tokenizer is None else str(tokenizer)
-        self.base_adapter, self.val_adapter = str(base_adapter), str(val_adapter)
+        self.base_adapter, self.val_adapter = str(base_adapter), adapter_paths(val_adapter)
         self.batch_size = batch_size
         self.torch_threads = torch_threads
         self.scorer_options = dict(scorer_options or {})
@@ -91,10 +96,13 @@ class ToVScoreStep(PipelineStep):
         for batch in batched(data or (), self.batch_size):
             with self.track_time("batch"):
                 new = scorer({"text": [doc.text for doc in batch]}, rank=rank)
-            for doc, score, count in zip(batch, new[SCORE], new[NUM_TOKENS], strict=True):
-                doc.metadata[SCORE] = float(score)
-                doc.metadata[NUM_TOKENS] = int(count)
-                self.stat_update(NUM_TOKENS, value=int(count))
+            scores = [new[column] for column in scorer.columns[:-1]]
+            for i, doc in enumerate(batch):
+                for column, values in zip(scorer.columns[:-1], scores, strict=True):
+                    doc.metadata[column] = float(values[i])
+                count = int(new[NUM_TOKENS][i])
+                doc.metadata[NUM_TOKENS] = count
+                self.stat_update(NUM_TOKENS, value=count)
                 yield doc
 
 
@@ -110,18 +118,26 @@ def selected_ids(
     random_fraction: float = 0.5,
     seed: int = 0,
     glob_pattern: str = "*.parquet",
+    score_column: str = SCORE,
 ) -> frozenset[str]:
     """The ids `select_indices` chooses among the Parquet shards of `scores_folder` (written
-    by a ParquetWriter after `ToVScoreStep`, with or without ``expand_metadata``)."""
+    by a ParquetWriter after `ToVScoreStep`, with or without ``expand_metadata``), by
+    ``score_column`` (one target of several: ``tov_score_<name>``)."""
     folder = _folder(scores_folder)
     files = folder.list_files(glob_pattern=glob_pattern)
     if not files:
         raise ValueError(f"no {glob_pattern} files under {folder.path}: run the scoring pass first")
     dataset = pads.dataset(files, format="parquet", filesystem=folder)
-    expanded = SCORE in dataset.schema.names
+    expanded = NUM_TOKENS in dataset.schema.names
+    present = (dataset.schema.names if expanded
+               else [field.name for field in dataset.schema.field("metadata").type])
+    if score_column not in present:
+        scored = sorted(c for c in present if c.startswith(SCORE))
+        raise ValueError(f"the scores under {folder.path} have no {score_column!r}; score "
+                         f"columns: {scored}; pass score_column=")
     columns = {
         key: pc.field(key) if expanded or key == "id" else pc.field("metadata", key)
-        for key in ("id", SCORE, NUM_TOKENS)
+        for key in ("id", score_column, NUM_TOKENS)
     }
     table = pa.concat_tables(
         fragment.to_table(columns=columns) for fragment in dataset.get_fragments()
@@ -130,7 +146,7 @@ def selected_ids(
     if len(set(ids)) != len(ids):
         raise ValueError(f"document ids under {folder.path} are not unique; give each an id")
     chosen = select_indices(
-        table.column(SCORE).to_numpy(), table.column(NUM_TOKENS).to_numpy().astype(np.int64),
+        table.column(score_column).to_numpy(), table.column(NUM_TOKENS).to_numpy().astype(np.int64),
         n, num_bins=num_bins, random_fraction=random_fraction, seed=seed,
     )
     return frozenset(ids[chosen].tolist())
@@ -138,7 +154,8 @@ def selected_ids(
 
 class ToVSelectFilter(BaseFilter):
     """Keeps the documents among the Score+Random selection of `n` over all scored shards of
-    `scores_folder` (see `selected_ids`; computed once per task, on its first document)."""
+    `scores_folder` by ``score_column`` (see `selected_ids`; computed once per task, on its
+    first document)."""
 
     name = "🎯 ToV select"
 
@@ -151,13 +168,14 @@ class ToVSelectFilter(BaseFilter):
         random_fraction: float = 0.5,
         seed: int = 0,
         glob_pattern: str = "*.parquet",
+        score_column: str = SCORE,
         exclusion_writer: DiskWriter | None = None,
     ) -> None:
         super().__init__(exclusion_writer)
         self.scores_folder = _folder(scores_folder)
         self.n = n
         self.options = {"num_bins": num_bins, "random_fraction": random_fraction, "seed": seed,
-                        "glob_pattern": glob_pattern}
+                        "glob_pattern": glob_pattern, "score_column": score_column}
         self._selected: frozenset[str] | None = None
 
     def filter(self, doc: Document) -> bool:
