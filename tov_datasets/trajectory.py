@@ -18,6 +18,23 @@ For epochs k = 1..L on a random base set U of the pool:
 The final score is the mean over epochs; the selection is length-binned Score+Random
 (`select_by_score`) with the random part drawn from U.
 
+Several targets (``val`` a mapping name -> validation set, K >= 1): the base trajectory
+does not depend on the target, so each epoch trains the base once; step 2 runs per target,
+each with its own val adapter (`models.val_adapter_name`) copied from the same base and the
+same stage seed as a one-target run, so a target's val adapter is exactly the one a run on
+that target alone trains from that base; step 3 scores every target in ONE `ToVScorer` pass
+((1 + K) x B rows per forward, a score column per target). Parallel: the base never sees
+the val adapters, so each target's scores are those of a one-target run with the same
+seed. Interleaved: the base continues from the parameter-wise MEAN of the K val adapters
+(`models.average_adapters`; K = 1 is exactly today's val -> base copy). Each val update is
+a small step (lr x ``val_lr_ratio``) from the same base, so the mean is the base moved by
+the average of the targets' steps: the trajectory leans towards the mixture of targets as
+a one-target trajectory leans towards its target, with no target privileged (averaging the
+LoRA factors A and B separately averages their product up to second order in the steps).
+The other candidate, the base's own weights, is the parallel variant. Each target then gets
+the selection a one-target run would make from its scores (its own n), and the combined
+selection for the mixture is their union (`ToVResult`).
+
 Every stage draws its randomness (micro-batch order, dropout) from a seed derived from
 (seed, epoch, stage), so resuming needs no RNG state: the adapters and the base optimizer
 state of the last finished epoch are enough for a bit-identical continuation.
@@ -723,10 +740,10 @@ def _combined(pool: Any, scores: pa.Table, rows: Mapping[str, np.ndarray]) -> An
     return datasets.Dataset(table, info=datasets.DatasetInfo(features=features))
 
 
-def _overlap(per_target: Mapping[str, Any]) -> dict[str, SelectionOverlap]:
-    """Shared rows between the per-target selections and between their score-chosen
-    parts."""
-    rows = {name: sel.data.column(ROW).to_numpy() for name, sel in per_target.items()}
+def _overlap(rows: Mapping[str, np.ndarray],
+             per_target: Mapping[str, Any]) -> dict[str, SelectionOverlap]:
+    """Shared rows between the per-target selections (``rows``: {name: pool rows}) and
+    between their score-chosen parts."""
     by_score = {name: rows[name][sel.data.column(FROM_SCORE_COLUMN).to_numpy(
         zero_copy_only=False)] for name, sel in per_target.items()}
     return {"selected": selection_overlap(rows), "from_score": selection_overlap(by_score)}
@@ -753,14 +770,21 @@ def tov_select(
     model: a plain transformers causal LM or token classifier (LoRA from ``lora``, default
     ``default_lora_config(task, model=model)``, fresh weights drawn from ``seed``), or a peft
     model: the trajectory starts from a copy of its ACTIVE adapter, with that adapter's config.
-    The model is trained in place through two temporary adapters ("tov_base", "tov_val") that
-    are removed on return (a plain model gets its original modules back); its own weights,
+    The model is trained in place through temporary adapters ("tov_base", "tov_val"; named
+    targets: "tov_val_<name>" each) that are removed on return (a plain model gets its original modules back); its own weights,
     adapters, mode and requires_grad flags are left as they were. The trained adapters live
     only in ``output_dir``.
-    pool, val: ``datasets.Dataset`` in any format of `tov_datasets.formats`.
-    output_dir: per-epoch adapters (``epoch_KKK/base``, ``epoch_KKK/val``, peft safetensors),
-    base optimizer state, score shards (``epoch_KKK/scores/shard_SSSSS.parquet``) and
-    ``manifest.json``. A rerun with the same arguments resumes (finished epochs and shards
+    pool, val: ``datasets.Dataset`` in any format of `tov_datasets.formats`; or ``val`` a
+    mapping {target name: Dataset} of K >= 1 named targets (names: letters, digits, ``_`` and
+    ``-``; no name may be another's plus ``_epoch_<k>``, which would clash with its epoch
+    columns): one base trajectory, one val adapter per target, one scoring pass (module
+    doc); the result holds per-target and combined selections (`ToVResult`).
+    n: rows to select; with named targets, per target: an int (the same for each) or a
+    mapping {target name: n} with the targets' names as keys.
+    output_dir: per-epoch adapters (``epoch_KKK/base``, ``epoch_KKK/val``, named targets
+    ``epoch_KKK/val_<name>``, peft safetensors), base optimizer state, score shards (``epoch_KKK/scores/shard_SSSSS.parquet``, one
+    score column per target) and ``manifest.json`` (recording every target's name and
+    validation rows). A rerun with the same arguments resumes (finished epochs and shards
     are verified by checksum and skipped; the results are bit-identical on CPU, and on CUDA
     with ``torch.use_deterministic_algorithms(True)``); other arguments
     raise `storage.ManifestMismatchError`. ``n``, ``num_bins`` and ``random_fraction`` only
@@ -797,7 +821,7 @@ def tov_select(
             scores = _named_scores(single, len(per_epoch))
             rows = {name: sel.data.column(ROW).to_numpy() for name, sel in per_target.items()}
             selected = _combined(pool, scores, rows)
-            overlap = _overlap(per_target)
+            overlap = _overlap(rows, per_target)
         else:
             scores, selected = single[None], per_target.pop(None)
             per_target = overlap = None
