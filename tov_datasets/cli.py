@@ -8,6 +8,10 @@ arguments on a resumed run) ends with a one-line message and exit code 2.
 before rewriting the other outputs: a directory without ``run.json`` holds an unfinished run
 (rerun the command to finish it; finished trajectory steps are kept).
 
+``tov select`` takes one validation set (``--val PATH``) or several named targets (``--val
+NAME=PATH`` each, ``--n N`` or ``--n NAME=N`` each): one base trajectory for all of them,
+a selection per target (``selected_<NAME>.parquet``) and their union (``selected.parquet``).
+
 Every command refuses an output that is, contains or lies inside one of its inputs before
 doing any work; every failure is one line on stderr (exit 2; Ctrl-C: exit 130) naming CLI
 options, not library arguments.
@@ -32,6 +36,7 @@ log = logging.getLogger("tov")
 
 TRAJECTORY_DIR = "trajectory"  # tov_select's resumable state inside the output directory
 SELECTED_FILE = "selected.parquet"
+TARGET_SELECTED_FILE = "selected_{}.parquet"  # named targets: each one's selection
 SCORES_FILE = "scores.parquet"
 RUN_FILE = "run.json"
 IN_BASE = "tov_in_base"  # scores.parquet: whether the row is in the base set U
@@ -46,6 +51,7 @@ OPTION_NAMES = {
     "start_adapter": "",  # drawn from --seed, --lora-rank and --model: shown through them
     "model_class": "--model", "model_config": "--model", "model_weights": "--model",
     "tokenizer": "--model (tokenizer)", "pool": "--pool (content)", "val": "--val (content)",
+    "targets": "--val (names)",
 }
 _DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -309,14 +315,25 @@ def _overlaps(a: Path, b: Path) -> bool:
         a.exists() and b.exists() and os.path.samefile(a, b))
 
 
+def _flag_values(args: argparse.Namespace, flags: Sequence[str]) -> list[tuple[str, str]]:
+    """(option as shown, value) of each given option among ``flags``; a {name: value}
+    option (``--val NAME=PATH``) gives one pair per name, shown as ``--val NAME``."""
+    found = []
+    for flag in flags:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if isinstance(value, Mapping):
+            found += [(f"{flag} {name}", spec) for name, spec in value.items()]
+        elif value is not None:
+            found.append((flag, value))
+    return found
+
+
 def _check_outputs_apart(args: argparse.Namespace, outputs: Sequence[str],
                          inputs: Sequence[str]) -> None:
     """Refuse, before any work, an output (option names in ``outputs``) that is, contains or
     lies inside an input (``inputs``) or another output: writing it could destroy the input."""
-    named = lambda flags: [(f, getattr(args, f.lstrip("-").replace("-", "_"), None))
-                           for f in flags]
-    outs = [(f, Path(v).expanduser().resolve()) for f, v in named(outputs) if v is not None]
-    ins = [(f, p) for f, v in named(inputs) if (p := _local_path(v)) is not None]
+    outs = [(f, Path(v).expanduser().resolve()) for f, v in _flag_values(args, outputs)]
+    ins = [(f, p) for f, v in _flag_values(args, inputs) if (p := _local_path(v)) is not None]
     for i, (out_flag, out) in enumerate(outs):
         for in_flag, path in ins + outs[i + 1:]:
             if _overlaps(out, path):
@@ -347,7 +364,78 @@ def _check_out_dir(out: Path) -> None:
         )
 
 
-_POSITIVE_OPTIONS = ("n", "bins", "batch_size", "max_length", "epochs", "base_size", "lora_rank")
+_POSITIVE_OPTIONS = ("bins", "batch_size", "max_length", "epochs", "base_size", "lora_rank")
+
+
+def _split_named(value: str) -> tuple[str | None, str]:
+    """``NAME=VALUE`` -> (NAME, VALUE); anything else, or an existing path that holds a
+    ``=``, -> (None, value)."""
+    name, sep, rest = value.partition("=")
+    if not sep or Path(value).expanduser().exists():
+        return None, value
+    return name, rest
+
+
+def _parse_targets(args: argparse.Namespace) -> None:
+    """``tov select``'s repeatable ``--val`` and ``--n``, checked before anything loads:
+    ``args.val`` becomes one spec (a plain ``--val PATH``) or {target name: spec}
+    (``--val NAME=PATH`` each); ``args.n`` an int (``--n N``; repeated, the last counts)
+    or {target name: n} (``--n NAME=N`` per target; a plain ``--n N`` gives the rest)."""
+    from tov_datasets.scorer import check_target_names
+
+    vals = [_split_named(v) for v in args.val]
+    if len(vals) == 1 and vals[0][0] is None:
+        args.val = vals[0][1]
+    else:
+        if any(name is None for name, _ in vals):
+            raise CliError("--val: name each of several validation sets: --val NAME=PATH "
+                           "--val NAME=PATH ...")
+        try:
+            check_target_names([name for name, _ in vals], "--val")
+        except ValueError as e:
+            raise CliError(str(e)) from e
+        for name, spec in vals:
+            if not spec:
+                raise CliError(f"--val {name}=: give the validation data after '=' "
+                               "(NAME=PATH)")
+            if _looks_like_path(spec) and not Path(spec).expanduser().exists():
+                raise CliError(f"--val {name}={spec}: no such file or directory")
+        args.val = dict(vals)
+    default, per_target = None, {}
+    for value in args.n:
+        name, count = _split_named(value)
+        try:
+            number = int(count)
+        except ValueError as e:
+            raise CliError(f"--n {value}: give a whole number N, or NAME=N for one "
+                           "target") from e
+        if name is None:
+            default = number  # a plain --n: the last one given counts, as for any option
+        elif name in per_target:
+            raise CliError(f"--n {name}= is given twice; give one --n NAME=N per target")
+        else:
+            per_target[name] = number
+    if not per_target:
+        args.n = default
+        return
+    if not isinstance(args.val, Mapping):
+        raise CliError("--n NAME=N names targets, but --val gives one unnamed validation "
+                       "set; pass --n N (or name the validation sets, --val NAME=PATH)")
+    unknown = sorted(set(per_target) - set(args.val))
+    missing = [] if default is not None else sorted(set(args.val) - set(per_target))
+    if unknown or missing:
+        raise CliError(
+            f"--n names {sorted(per_target)} but --val names {sorted(args.val)}: give --n "
+            "NAME=N for each --val NAME, or --n N for the targets not named"
+        )
+    args.n = {name: per_target.get(name, default) for name in args.val}
+
+
+def _n_items(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """(``--n`` as shown, value) per target: [("--n=12", 12)], or ("--n a=12", 12) each."""
+    if isinstance(args.n, Mapping):
+        return [(f"--n {name}={n}", n) for name, n in args.n.items()]
+    return [(f"--n={args.n}", args.n)]
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -356,6 +444,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise CliError(f"--{name.replace('_', '-')}={value} must be >= 1")
+    if getattr(args, "n", None) is not None:
+        for shown, n in _n_items(args):
+            if n < 1:
+                raise CliError(f"{shown} must be >= 1")
     fraction = getattr(args, "random_fraction", None)
     if fraction is not None and not 0 <= fraction <= 1:
         raise CliError(f"--random-fraction={fraction} must be in [0, 1]")
@@ -391,16 +483,17 @@ def _check_pool_size(args: argparse.Namespace, rows: int, what: str = "the pool'
         args.bins = min(DEFAULT_BINS, rows)
     elif args.bins > rows:
         raise CliError(f"--bins={args.bins} exceeds {what} {rows} rows; use at most {rows}")
-    if args.n > rows:
-        raise CliError(f"--n={args.n} exceeds {what} {rows} rows; use at most {rows}")
     base_size = min(getattr(args, "base_size", rows), rows)
-    n_random = random_count(args.n, args.random_fraction)
-    if n_random > base_size:
-        raise CliError(
-            f"the random part ({n_random} of --n={args.n}) is drawn from the base set of "
-            f"{base_size} rows (--base-size); raise --base-size or lower --n or "
-            "--random-fraction"
-        )
+    for shown, n in _n_items(args):
+        if n > rows:
+            raise CliError(f"{shown} exceeds {what} {rows} rows; use at most {rows}")
+        n_random = random_count(n, args.random_fraction)
+        if n_random > base_size:
+            raise CliError(
+                f"the random part ({n_random} of {shown}) is drawn from the base set of "
+                f"{base_size} rows (--base-size); raise --base-size or lower --n or "
+                "--random-fraction"
+            )
 
 
 def progress_factory(quiet: bool) -> Callable[..., Any] | None:
@@ -486,20 +579,35 @@ def _preview_text(row: Mapping[str, Any], data_format: str) -> str:
     return f"{len(row['input_ids'])} token ids"
 
 
-def _inputs_record(args: argparse.Namespace, names: Sequence[str], **digests: str
-                   ) -> dict[str, str]:
-    """{option: resolved path (or hub name)} of the inputs, plus content digests."""
-    record = {}
+def _inputs_record(args: argparse.Namespace, names: Sequence[str], **digests: Any
+                   ) -> dict[str, Any]:
+    """{option: resolved path (or hub name)} of the inputs ({name: ...} for named targets),
+    plus content digests."""
+    resolved = lambda spec: str(path) if (path := _local_path(spec)) is not None else spec
+    record: dict[str, Any] = {}
     for name in names:
         spec = getattr(args, name)
-        if spec is not None:
-            path = _local_path(spec)
-            record[name] = str(path) if path is not None else spec
+        if isinstance(spec, Mapping):
+            record[name] = {target: resolved(v) for target, v in spec.items()}
+        elif spec is not None:
+            record[name] = resolved(spec)
     return {**record, **digests}
 
 
+def _validation_sets(args: argparse.Namespace, pool_format: str) -> Any:
+    """--val loaded and checked: one Dataset, or {target name: Dataset}."""
+    specs = args.val if isinstance(args.val, Mapping) else {None: args.val}
+    loaded = {}
+    for name, spec in specs.items():
+        what = "val" if name is None else f"--val {name}"
+        loaded[name] = load_data(spec, what)
+        _check_same_format(pool_format, _check_columns(loaded[name], what))
+    return loaded if isinstance(args.val, Mapping) else loaded[None]
+
+
 def cmd_select(args: argparse.Namespace) -> None:
-    """Score the pool with ToV along a short trajectory, select n rows, write the report."""
+    """Score the pool with ToV along a short trajectory, select n rows (named targets: n
+    rows per target, and their union), write the report."""
     from tov_datasets.report import Stages
     from tov_datasets.storage import locked, remove_temp_files
 
@@ -509,14 +617,15 @@ def cmd_select(args: argparse.Namespace) -> None:
     _check_device(args.device)
     stages = Stages()
     with stages("load data"):
-        pool, val = load_data(args.pool, "pool"), load_data(args.val, "val")
+        pool = load_data(args.pool, "pool")
         group = [args.group_column] if args.group_column else []
         pool_format = _check_columns(pool, "pool", group)
-        _check_same_format(pool_format, _check_columns(val, "val"))
+        val = _validation_sets(args, pool_format)
         _check_pool_size(args, len(pool))
     with stages("load model"):
+        vals = list(val.values()) if isinstance(val, Mapping) else [val]
         model, tokenizer = load_model(
-            args.model, data=(pool, val), trust_remote_code=args.trust_remote_code,
+            args.model, data=(pool, *vals), trust_remote_code=args.trust_remote_code,
             dtype=args.dtype, device=args.device,
         )
     with locked(out):  # one tov select per directory; so temp files here are a killed run's
@@ -534,72 +643,120 @@ def _has_finished_steps(state_dir: Path) -> bool:
         return False
 
 
+def _chosen(table: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(pool rows, chosen by score) of a selection table: int64 (n,), bool (n,)."""
+    from tov_datasets.select import FROM_SCORE_COLUMN
+    from tov_datasets.trajectory import ROW
+
+    return (table.column(ROW).to_numpy(),
+            table.column(FROM_SCORE_COLUMN).to_numpy(zero_copy_only=False))
+
+
 def _select(args: argparse.Namespace, out: Path, pool: Any, pool_format: str, val: Any,
             model: Any, tokenizer: Any, stages: Any) -> None:
     """The trajectory (resumed from ``out``), then the outputs, ``run.json`` last."""
     from tov_datasets.report import TRAJECTORY_STAGES, device_name, write_run_json
-    from tov_datasets.select import FROM_SCORE_COLUMN
     from tov_datasets.storage import dataset_digest, directory_bytes, sha256_file, write_parquet
-    from tov_datasets.trajectory import ROW
 
     resumed = _has_finished_steps(out / TRAJECTORY_DIR)
     result = _trajectory(args, "--out", out, out / TRAJECTORY_DIR, model, tokenizer, pool, val,
                          n=args.n, num_bins=args.bins, random_fraction=args.random_fraction)
     stages.add(result.timings, TRAJECTORY_STAGES)
     (out / RUN_FILE).unlink(missing_ok=True)  # from here on the directory is unfinished
+    named = isinstance(val, Mapping)
+    val_digest = ({name: dataset_digest(ds) for name, ds in val.items()} if named
+                  else dataset_digest(val))
     inputs = _inputs_record(args, ("model", "pool", "val"), pool_sha256=dataset_digest(pool),
-                            val_sha256=dataset_digest(val))
+                            val_sha256=val_digest)
+    files = {SELECTED_FILE: _table(result.selected)}
+    files.update({TARGET_SELECTED_FILE.format(name): _table(selection)
+                  for name, selection in (result.per_target or {}).items()})
     with stages("write outputs"):
         scores = _scores_table(result, inputs["pool_sha256"])
-        selected_table = _table(result.selected)
-        write_parquet(out / SELECTED_FILE, selected_table)
+        for name, table in files.items():
+            write_parquet(out / name, table)
         write_parquet(out / SCORES_FILE, scores)
-    selected = selected_table.column(ROW).to_numpy()
-    from_score = selected_table.column(FROM_SCORE_COLUMN).to_numpy(zero_copy_only=False)
-    counts = {
-        "pool rows": len(pool), "validation rows": len(val), "base set rows": len(
-            result.base_indices), "epochs": len(result.history),
-        "LoRA rank": _lora_rank(model, args.lora_rank), "selected (n)": len(selected),
-        "selected by score": int(from_score.sum()),
-        "selected at random": int((~from_score).sum()),
-        "random fraction": args.random_fraction, "length bins": args.bins,
-        "resumed": "yes" if resumed else "no",
-    }
+    counts: dict[str, Any] = {"pool rows": len(pool)}
+    if named:
+        counts.update({f"validation rows ({name})": len(ds) for name, ds in val.items()})
+    else:
+        counts["validation rows"] = len(val)
+    counts.update({"base set rows": len(result.base_indices), "epochs": len(result.history),
+                   "LoRA rank": _lora_rank(model, args.lora_rank)})
+    if named:
+        chosen = {name: _chosen(files[TARGET_SELECTED_FILE.format(name)]) for name in val}
+    else:
+        chosen = {None: _chosen(files[SELECTED_FILE])}
+    for name, (rows, from_score) in chosen.items():
+        target = "" if name is None else f" for {name}"
+        counts.update({f"selected{target} (n)": len(rows),
+                       f"selected{target} by score": int(from_score.sum()),
+                       f"selected{target} at random": int((~from_score).sum())})
+    if named:
+        counts["selected by any target (union)"] = files[SELECTED_FILE].num_rows
+    counts.update({"random fraction": args.random_fraction, "length bins": args.bins,
+                   "resumed": "yes" if resumed else "no"})
     with stages("report"):
-        _select_report(args, out, pool, pool_format, val, inputs, scores, selected, from_score,
+        _select_report(args, out, pool, pool_format, val, inputs, scores, chosen, result,
                        counts, stages)
     write_run_json(
         out / RUN_FILE, command="select", arguments=_arguments(args), inputs=inputs,
         timings=stages.seconds, trajectory_timings=result.timings, history=result.history,
         resumed=resumed, counts=counts, device=device_name(model),
         disk_bytes={"trajectory": result.disk_bytes, "total": directory_bytes(out)},
-        sha256={name: sha256_file(out / name) for name in (SELECTED_FILE, SCORES_FILE)},
+        sha256={name: sha256_file(out / name) for name in (*files, SCORES_FILE)},
     )
-    log.info("selected %d of %d rows -> %s", len(selected), len(pool), out / SELECTED_FILE)
+    log.info("selected %d of %d rows -> %s", files[SELECTED_FILE].num_rows, len(pool),
+             out / SELECTED_FILE)
 
 
 def _select_report(args: argparse.Namespace, out: Path, pool: Any, pool_format: str, val: Any,
-                   inputs: Mapping[str, Any], scores: Any, selected: np.ndarray,
-                   from_score: np.ndarray, counts: Mapping[str, Any], stages: Any) -> None:
-    """report.md of a ``tov select`` run: inputs, counts, the ranking's ends, bins, plots."""
-    from tov_datasets.report import example_rows, markdown_table, report_data, write_report
+                   inputs: Mapping[str, Any], scores: Any,
+                   chosen: Mapping[str | None, tuple[np.ndarray, np.ndarray]], result: Any,
+                   counts: Mapping[str, Any], stages: Any) -> None:
+    """report.md of a ``tov select`` run: inputs, counts, the ranking's ends, bins, plots;
+    named targets: the overlap of their selections and a section per target.
+    chosen: {target name (None: one validation set): (selected rows, chosen by score)}."""
+    from tov_datasets.report import (
+        example_rows,
+        markdown_table,
+        report_data,
+        targets_report,
+        write_report,
+    )
+    from tov_datasets.scorer import NUM_TOKENS, SCORE, score_column
 
     groups = np.asarray(pool[args.group_column]) if args.group_column else None
-    examples = example_rows(
-        scores.column("tov_score").to_numpy(), scores.column("tov_num_tokens").to_numpy(),
-        lambda row: _preview_text(pool[row], pool_format), selected, from_score,
-    )
-    sections = {
-        "Inputs": markdown_table(["input", "path or name", "rows"], [
-            ["--model", inputs["model"], "-"], ["--pool", inputs["pool"], len(pool)],
-            ["--val", inputs["val"], len(val)]]),
-        "Top and bottom of the ranking": markdown_table(
-            ["rank", "tov_row", "tov_score", "tokens", "selected", "text"], examples),
-    }
-    write_report(out, report_data(
-        f"ToV selection: {len(selected)} of {len(pool)} rows", scores, {"ToV": selected},
-        num_bins=args.bins, groups=groups, group_column=args.group_column, counts=counts,
-        timings=stages.seconds, sections=sections,
+    named = isinstance(val, Mapping)
+    vals = ([[f"--val {name}", inputs["val"][name], len(ds)] for name, ds in val.items()]
+            if named else [["--val", inputs["val"], len(val)]])
+    inputs_table = markdown_table(["input", "path or name", "rows"], [
+        ["--model", inputs["model"], "-"], ["--pool", inputs["pool"], len(pool)], *vals])
+    examples = {}
+    for name, (rows, from_score) in chosen.items():
+        column = SCORE if name is None else score_column(name)
+        examples[name] = markdown_table(
+            ["rank", "tov_row", column, "tokens", "selected", "text"],
+            example_rows(scores.column(column).to_numpy(), scores.column(NUM_TOKENS).to_numpy(),
+                         lambda row: _preview_text(pool[row], pool_format), rows, from_score))
+    options = {"num_bins": args.bins, "groups": groups, "group_column": args.group_column}
+    if not named:
+        rows = chosen[None][0]
+        write_report(out, report_data(
+            f"ToV selection: {len(rows)} of {len(pool)} rows", scores, {"ToV": rows},
+            counts=counts, timings=stages.seconds, sections={
+                "Inputs": inputs_table, "Top and bottom of the ranking": examples[None]},
+            **options,
+        ))
+        return
+    write_report(out, targets_report(
+        f"ToV selection for {len(chosen)} targets: {counts['selected by any target (union)']} "
+        f"of {len(pool)} rows", scores, {name: rows for name, (rows, _) in chosen.items()},
+        result.overlap["selected"], from_score=result.overlap["from_score"], counts=counts,
+        timings=stages.seconds, sections={"Inputs": inputs_table},
+        target_sections={name: {"Top and bottom of the ranking": table}
+                         for name, table in examples.items()},
+        **options,
     ))
 
 
@@ -819,8 +976,13 @@ def _add_trajectory_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed")
 
 
-def _add_selection_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n", type=int, required=True, help="rows to select")
+def _add_selection_options(p: argparse.ArgumentParser, targets: bool = False) -> None:
+    if targets:  # tov select: an n per named target, checked by _parse_targets
+        p.add_argument("--n", action="append", required=True, metavar="N | NAME=N",
+                       help="rows to select (named targets: for each); NAME=N: for the "
+                            "--val NAME target")
+    else:
+        p.add_argument("--n", type=int, required=True, help="rows to select")
     p.add_argument("--bins", type=int, help=(
         f"equal-count length bins (default: {DEFAULT_BINS}, or the pool's rows if fewer)"))
     p.add_argument("--random-fraction", type=float, default=0.5,
@@ -850,7 +1012,17 @@ SELECT_FILES = f"""files written in --out:
                     with --group-column)
   {RUN_FILE}          options, inputs (resolved paths, content digests), versions,
                     timings, disk use; written last: without it the run is unfinished
-  {TRAJECTORY_DIR}/       the resumable state (adapters and score shards of each epoch)"""
+  {TRAJECTORY_DIR}/       the resumable state (adapters and score shards of each epoch)
+
+several targets (--val NAME=PATH each; --n N for each, or --n NAME=N each):
+  {TARGET_SELECTED_FILE.format("NAME")}  each target's n rows, as {SELECTED_FILE} above
+  {SELECTED_FILE}  their union (a row chosen by several targets once), with tov_targets
+                    (the targets that chose it) and every target's scores
+  {SCORES_FILE}    tov_score_NAME and tov_score_NAME_epoch_K per target
+  report.md         the overlap of the targets' selections and a section per target
+                    (plots: <plot>_NAME.png)
+  e.g. tov select --model M --pool pool.jsonl --val code=code.jsonl --val math=math.jsonl
+       --n code=300 --n math=100 --out run/"""
 
 
 def _version() -> str:
@@ -880,11 +1052,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("select", "score a pool with ToV and select n rows", SELECT_FILES)
     _add_model_options(p)
     p.add_argument("--pool", required=True, help=f"candidate samples: {data_help}")
-    p.add_argument("--val", required=True, help=f"validation samples: {data_help}")
+    p.add_argument("--val", required=True, action="append", metavar="PATH | NAME=PATH",
+                   help=f"validation samples: {data_help}; several targets: NAME=PATH each "
+                        "(repeat --val; NAME: letters, digits, _ and -)")
     p.add_argument("--out", required=True, help="output directory (rerun to resume)")
     p.add_argument("--group-column", help="pool column for the composition table and plot")
     _add_trajectory_options(p)
-    _add_selection_options(p)
+    _add_selection_options(p, targets=True)
     p.set_defaults(func=cmd_select)
 
     p = add("score", "ToV scores only (no selection)",
@@ -957,6 +1131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.quiet)
     try:
+        if args.command == "select":
+            _parse_targets(args)
         _check_numbers(args)
         args.func(args)
     except KeyboardInterrupt:

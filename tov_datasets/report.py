@@ -4,7 +4,9 @@ The report holds tables of counts, which direction of the score is better, score
 per length bin, the composition of each selection against the pool (by a group column), the
 agreement of each epoch's scores with their mean and with the epoch before (Spearman; one
 row per epoch, so it grows linearly with the epochs) and the time per stage, plus up to three
-plots. Plots use matplotlib's Agg canvas
+plots. A report of several named targets (`TargetsReport`) holds the overlap matrix of the
+per-target selections and one section per target with those tables (and its plots, named
+``<plot>_<target>.png``). Plots use matplotlib's Agg canvas
 directly (no pyplot state); every file is written atomically through ``storage.atomic_write``.
 """
 
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tov_datasets.select import length_bins
+from tov_datasets.select import SelectionOverlap, length_bins
 from tov_datasets.storage import atomic_write
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "REPORT_NAME",
     "ReportData",
     "Stages",
+    "TargetsReport",
     "Timer",
     "TRAJECTORY_STAGES",
     "SCORE_DIRECTION",
@@ -42,10 +45,12 @@ __all__ = [
     "epoch_agreement_rows",
     "example_rows",
     "markdown_table",
+    "overlap_rows",
     "plot_loss_gains",
     "plot_roc",
     "plot_target_share",
     "report_data",
+    "targets_report",
     "write_report",
     "write_run_json",
 ]
@@ -134,6 +139,27 @@ class ReportData:
     num_bins: int = 10
     groups: np.ndarray | None = None
     group_column: str | None = None
+    counts: Mapping[str, Any] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
+    sections: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TargetsReport:
+    """What a report of several named targets shows: a summary, the overlap of the
+    per-target selections, then one section per target.
+
+    targets: {name: the target's `ReportData`} (its scores, lengths, selections with its
+    own first, epoch scores, groups; its ``sections`` become subsections); overlap: shared
+    rows between the per-target selections (`select.selection_overlap`); from_score: the
+    same for their score-chosen parts, or None; counts, timings, sections: as in
+    `ReportData`.
+    """
+
+    title: str
+    targets: Mapping[str, ReportData]
+    overlap: SelectionOverlap
+    from_score: SelectionOverlap | None = None
     counts: Mapping[str, Any] = field(default_factory=dict)
     timings: Mapping[str, float] = field(default_factory=dict)
     sections: Mapping[str, str] = field(default_factory=dict)
@@ -231,6 +257,12 @@ def epoch_agreement_rows(data: ReportData) -> list[list[Any]]:
                      float("nan") if previous is None else _correlation(ranks, previous)])
         previous = ranks
     return rows
+
+
+def overlap_rows(overlap: SelectionOverlap) -> list[list[Any]]:
+    """The K x K shared-row counts, one row per selection: its name, then the rows it
+    shares with each selection (the diagonal: its size)."""
+    return [[name, *map(int, overlap.counts[i])] for i, name in enumerate(overlap.names)]
 
 
 def _preview(text: str) -> str:
@@ -419,71 +451,157 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, label: str, path: Pat
     return _save(fig, path)
 
 
-def _markdown(data: ReportData, plots: Mapping[str, Path]) -> str:
-    parts = [f"# {data.title}", "## Summary",
-             markdown_table(["", "value"], [[k, v] for k, v in data.counts.items()]),
-             SCORE_DIRECTION]
+def _score_parts(data: ReportData, level: str) -> list[str]:
+    """The sections, composition, length-bin and epoch-agreement parts of one target, with
+    headings at ``level`` ("##" or "###")."""
+    parts = []
     for heading, body in data.sections.items():
-        parts += [f"## {heading}", body]
+        parts += [f"{level} {heading}", body]
     names = list(data.selections)
     if data.groups is not None:
         headers = [data.group_column or "group", "pool", "pool share"]
         for name in names:
             headers += [name, f"{name} share"]
-        parts += [f"## Composition by `{data.group_column}`",
+        parts += [f"{level} Composition by `{data.group_column}`",
                   markdown_table(headers, composition_rows(data))]
     parts += [
-        "## Scores per length bin",
+        f"{level} Scores per length bin",
         "Equal-count bins of the rows with scored tokens, as the selection cuts them; the last "
         "columns count the rows each selection takes from the bin.",
         markdown_table(["bin", "tokens", "rows", "mean", "std", "min", "median", "max", *names],
                        bin_rows(data)),
     ]
     if data.epoch_scores:
-        parts += ["## Agreement between epochs (Spearman)",
+        parts += [f"{level} Agreement between epochs (Spearman)",
                   markdown_table(["epoch", "vs mean score", "vs previous epoch"],
                                  epoch_agreement_rows(data))]
-    if data.timings:
-        total = sum(data.timings.values())
+    return parts
+
+
+def _summary_parts(title: str, counts: Mapping[str, Any], direction: str) -> list[str]:
+    return [f"# {title}", "## Summary",
+            markdown_table(["", "value"], [[k, v] for k, v in counts.items()]), direction]
+
+
+def _closing_parts(timings: Mapping[str, float], plots: Mapping[str, Path]) -> list[str]:
+    """Time per stage and the plots."""
+    parts = []
+    if timings:
+        total = sum(timings.values())
         rows = [[stage, f"{seconds:.1f}", f"{seconds / total:.0%}" if total else "-"]
-                for stage, seconds in data.timings.items()]
+                for stage, seconds in timings.items()]
         parts += ["## Time per stage (s)", markdown_table(["stage", "seconds", "share"],
                                                           [*rows, ["total", f"{total:.1f}", ""]])]
-    parts += ["## Plots", *(f"![{key}]({p.name})" for key, p in plots.items())]
+    return parts + ["## Plots", *(f"![{key}]({p.name})" for key, p in plots.items())]
+
+
+def _markdown(data: ReportData, plots: Mapping[str, Path]) -> str:
+    parts = [*_summary_parts(data.title, data.counts, SCORE_DIRECTION),
+             *_score_parts(data, "##"), *_closing_parts(data.timings, plots)]
     return "\n\n".join(parts) + "\n"
+
+
+def _overlap_table(overlap: SelectionOverlap) -> str:
+    return markdown_table(["", *overlap.names], overlap_rows(overlap))
+
+
+def _targets_markdown(data: TargetsReport, plots: Mapping[str, Path]) -> str:
+    direction = SCORE_DIRECTION.replace("`tov_score`", "`tov_score_<target>`").replace(
+        "selected.parquet", "each selected_<target>.parquet")
+    parts = [*_summary_parts(data.title, data.counts, direction)]
+    for heading, body in data.sections.items():
+        parts += [f"## {heading}", body]
+    parts += [
+        "## Overlap of the per-target selections",
+        "Rows each pair of targets' selections share (the diagonal: each selection's size). "
+        f"The combined selection is their union: {data.overlap.union} rows.",
+        _overlap_table(data.overlap),
+    ]
+    if data.from_score is not None:
+        parts += ["The same for the parts chosen by score (without the random parts): "
+                  f"{data.from_score.union} rows in their union.", _overlap_table(data.from_score)]
+    for name, target in data.targets.items():
+        parts += [f"## Target `{name}`", *_score_parts(target, "###")]
+    return "\n\n".join([*parts, *_closing_parts(data.timings, plots)]) + "\n"
 
 
 def report_data(
     title: str,
     scores: Any,
     selections: Mapping[str, np.ndarray],
+    *,
+    target: str | None = None,
     **options: Any,
 ) -> ReportData:
     """`ReportData` from a pyarrow scores table (``tov_score``, ``tov_num_tokens`` and the
-    ``tov_score_epoch_k`` columns); ``options`` are the other `ReportData` fields."""
+    ``tov_score_epoch_k`` columns; the named ``target``: ``tov_score_<target>`` and
+    ``tov_score_<target>_epoch_k``); ``options`` are the other `ReportData` fields."""
+    score = SCORE if target is None else f"{SCORE}_{target}"
     column = lambda name: scores.column(name).to_numpy()
-    epochs = {c: column(c) for c in scores.column_names if c.startswith(f"{SCORE}_epoch_")}
-    return ReportData(title=title, scores=column(SCORE), lengths=column(NUM_TOKENS),
+    epochs = {c: column(c) for c in scores.column_names if c.startswith(f"{score}_epoch_")}
+    return ReportData(title=title, scores=column(score), lengths=column(NUM_TOKENS),
                       selections=selections, epoch_scores=epochs, **options)
 
 
-def write_report(out_dir: str | Path, data: ReportData) -> dict[str, Path]:
+def targets_report(
+    title: str,
+    scores: Any,
+    selections: Mapping[str, np.ndarray],
+    overlap: SelectionOverlap,
+    *,
+    from_score: SelectionOverlap | None = None,
+    counts: Mapping[str, Any] | None = None,
+    timings: Mapping[str, float] | None = None,
+    sections: Mapping[str, str] | None = None,
+    target_sections: Mapping[str, Mapping[str, str]] | None = None,
+    **options: Any,
+) -> TargetsReport:
+    """`TargetsReport` from a pyarrow scores table of named targets (``tov_score_<name>``,
+    ``tov_num_tokens``, ``tov_score_<name>_epoch_k``) and each target's selection
+    ({name: row indices}); target_sections: {name: its subsections}; ``options``: the
+    per-target `ReportData` fields (num_bins, groups, group_column)."""
+    targets = {
+        name: report_data(name, scores, {name: rows}, target=name,
+                          sections=(target_sections or {}).get(name, {}), **options)
+        for name, rows in selections.items()
+    }
+    return TargetsReport(title=title, targets=targets, overlap=overlap, from_score=from_score,
+                         counts=counts or {}, timings=timings or {}, sections=sections or {})
+
+
+def _plots(data: ReportData, out_dir: Path, suffix: str = "") -> dict[str, Path]:
+    """Draw one target's plots as ``<plot><suffix>.png``: {key<suffix>: path}. The
+    composition plot only with ``data.groups``, the agreement plot only with epoch scores."""
+    path = lambda key: out_dir / PLOTS[key].replace(".png", f"{suffix}.png")
+    plots = {f"bins{suffix}": plot_bins(data, path("bins"))}
+    if data.groups is not None:
+        plots[f"composition{suffix}"] = plot_composition(data, path("composition"))
+    if data.epoch_scores:
+        plots[f"agreement{suffix}"] = plot_agreement(data, path("agreement"))
+    return plots
+
+
+def write_report(out_dir: str | Path, data: ReportData | TargetsReport) -> dict[str, Path]:
     """Write report.md and the plots into ``out_dir``; returns {name: path} of each file.
 
     The composition plot is drawn only when ``data.groups`` is given, the agreement plot
-    only with per-epoch scores; a plot not drawn is removed (an earlier report's would be
+    only with per-epoch scores; several targets (`TargetsReport`): each target's plots as
+    ``<plot>_<target>.png``. A plot not drawn is removed (an earlier report's would be
     stale).
     """
     out_dir = Path(out_dir)
-    plots = {"bins": plot_bins(data, out_dir / PLOTS["bins"])}
-    if data.groups is not None:
-        plots["composition"] = plot_composition(data, out_dir / PLOTS["composition"])
-    if data.epoch_scores:
-        plots["agreement"] = plot_agreement(data, out_dir / PLOTS["agreement"])
-    for key, name in PLOTS.items():
-        if key not in plots:
-            (out_dir / name).unlink(missing_ok=True)
-    text = _markdown(data, plots)
+    if isinstance(data, TargetsReport):
+        plots = {key: path for name, target in data.targets.items()
+                 for key, path in _plots(target, out_dir, f"_{name}").items()}
+        text = _targets_markdown(data, plots)
+    else:
+        plots = _plots(data, out_dir)
+        text = _markdown(data, plots)
+    drawn = {path.name for path in plots.values()}
+    for name in PLOTS.values():
+        for stale in (out_dir / name, *out_dir.glob(name.replace(".png", "_*.png"))):
+            if stale.name not in drawn:
+                stale.unlink(missing_ok=True)
     report = atomic_write(out_dir / REPORT_NAME, lambda tmp: tmp.write_text(text))
     return {"report": report, **plots}
 
