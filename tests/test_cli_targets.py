@@ -1,0 +1,229 @@
+"""`tov select` with several named targets (--val NAME=PATH, --n N | NAME=N) end to end on the
+tiny saved Llama (tests/_cli_fixtures.py): the files and columns, each target's selection
+recomputed from the written scores, the union and its overlap in the report, one named
+target against the plain --val run, resume, and bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests import _cli_fixtures as fx
+from tov_datasets import cli, report
+from tov_datasets.select import select_indices
+from tov_datasets.storage import MANIFEST_NAME
+
+TARGETS = {"math": 12, "music": 8}
+PER_TARGET_OUTPUTS = tuple(cli.TARGET_SELECTED_FILE.format(t) for t in TARGETS)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """The tiny model and pool, the math validation set and a music one."""
+    root = tmp_path_factory.mktemp("targets")
+    inputs = fx.make_inputs(root)
+    inputs["music"] = fx.write_jsonl(root / "music.jsonl", fx.text_rows(8, 2, topics=("music",)))
+    return inputs
+
+
+def targets_argv(inputs, out, *extra):
+    """tov select over the math and music targets (n: 12 and 8; ``extra`` last)."""
+    argv = fx.select_argv(inputs, out, "--n", "math=12", "--n", "music=8", "--group-column",
+                          "topic", *extra)
+    i = argv.index("--val")
+    argv[i + 1:i + 2] = [f"math={inputs['val']}", "--val", f"music={inputs['music']}"]
+    return argv
+
+
+@pytest.fixture(scope="module")
+def run(inputs, tmp_path_factory):
+    """One two-target run, then a rerun on the same directory: (out, first run.json, second
+    run.json, sha256 of the outputs after the first run)."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    assert cli.main(targets_argv(inputs, out)) == 0
+    first = json.loads((out / cli.RUN_FILE).read_text())
+    hashes = {name: fx.sha256(out / name) for name in (*fx.OUTPUTS, *PER_TARGET_OUTPUTS)}
+    assert cli.main(targets_argv(inputs, out)) == 0
+    return out, first, json.loads((out / cli.RUN_FILE).read_text()), hashes
+
+
+def _rows(path) -> np.ndarray:
+    return pq.read_table(path).column("tov_row").to_numpy()
+
+
+def test_files_and_columns(inputs, run):
+    out, first, _, _ = run
+    scores = pq.read_table(out / cli.SCORES_FILE)
+    assert scores.num_rows == 48
+    assert scores.column_names == [
+        "tov_row", "tov_score_math", "tov_score_music", "tov_num_tokens",
+        "tov_score_math_epoch_1", "tov_score_math_epoch_2", "tov_score_music_epoch_1",
+        "tov_score_music_epoch_2", cli.IN_BASE]
+    for target in TARGETS:
+        epochs = np.stack([scores.column(f"tov_score_{target}_epoch_{k}").to_numpy()
+                           for k in (1, 2)])
+        np.testing.assert_allclose(scores.column(f"tov_score_{target}").to_numpy(),
+                                   epochs.mean(0), rtol=1e-5, atol=1e-7)
+    math, music = (scores.column(f"tov_score_{t}").to_numpy() for t in TARGETS)
+    assert np.abs(math - music).max() > 1e-5  # two targets, two rankings
+    pool = [json.loads(line) for line in inputs["pool"].read_text().splitlines()]
+    for name, n in TARGETS.items():
+        table = pq.read_table(out / cli.TARGET_SELECTED_FILE.format(name))
+        assert table.num_rows == n
+        assert {"text", "topic", "id", "tov_row", "tov_score", "tov_from_score"} <= set(
+            table.column_names)
+        for row in table.to_pylist():  # the pool row it claims to be, with its target's score
+            assert {k: row[k] for k in ("text", "topic", "id")} == pool[row["tov_row"]]
+            assert row["tov_score"] == scores.column(f"tov_score_{name}")[row["tov_row"]].as_py()
+    for name in (*fx.OUTPUTS, *PER_TARGET_OUTPUTS, report.REPORT_NAME):
+        assert (out / name).is_file()
+    assert set(first["sha256"]) == {*fx.OUTPUTS, *PER_TARGET_OUTPUTS}
+    assert first["inputs"]["val"] == {"math": str(inputs["val"]), "music": str(inputs["music"])}
+    assert first["arguments"]["n"] == TARGETS
+    for plot in report.PLOTS.values():
+        assert not (out / plot).exists()
+        for name in TARGETS:
+            assert (out / plot.replace(".png", f"_{name}.png")).is_file()
+
+
+def test_each_target_selection_is_recomputed_from_the_written_scores(run):
+    out, *_ = run
+    scores = pq.read_table(out / cli.SCORES_FILE)
+    lengths = scores.column("tov_num_tokens").to_numpy()
+    base = np.flatnonzero(scores.column(cli.IN_BASE).to_numpy())
+    for name, n in TARGETS.items():
+        expected = select_indices(scores.column(f"tov_score_{name}").to_numpy(), lengths, n,
+                                  num_bins=4, random_fraction=0.5, random_pool=base, seed=0)
+        np.testing.assert_array_equal(_rows(out / cli.TARGET_SELECTED_FILE.format(name)),
+                                      np.sort(expected))
+
+
+def test_the_combined_selection_is_the_union_and_the_report_counts_the_overlap(run):
+    out, first, _, _ = run
+    chosen = {name: set(_rows(out / cli.TARGET_SELECTED_FILE.format(name)).tolist())
+              for name in TARGETS}
+    union = sorted(chosen["math"] | chosen["music"])
+    combined = pq.read_table(out / cli.SELECTED_FILE)
+    assert combined.column("tov_row").to_pylist() == union
+    for row, targets in zip(union, combined.column("tov_targets").to_pylist(), strict=True):
+        assert targets == [name for name in TARGETS if row in chosen[name]]
+    shared = len(chosen["math"] & chosen["music"])
+    text = (out / report.REPORT_NAME).read_text()
+    assert f"| math | 12 | {shared} |\n| music | {shared} | 8 |" in text
+    assert f"their union: {len(union)} rows" in text
+    assert first["counts"]["selected by any target (union)"] == len(union)
+    sections = [line for line in text.splitlines() if line.startswith("## ")]
+    assert sections.index("## Overlap of the per-target selections") < sections.index(
+        "## Target `math`") < sections.index("## Target `music`")
+    for name in TARGETS:
+        section = text.split(f"## Target `{name}`")[1].split("\n## ")[0]
+        assert "### Scores per length bin" in section and "### Composition by `topic`" in section
+        assert f"| rank | tov_row | tov_score_{name} |" in section
+
+
+def test_rerun_resumes_and_rewrites_the_same_files(run):
+    out, first, second, hashes = run
+    assert first["resumed"] is False and second["resumed"] is True
+    assert second["trajectory_timings"]["train_base"] < 0.5 * first["trajectory_timings"][
+        "train_base"]  # nothing trained again
+    assert {name: fx.sha256(out / name) for name in hashes} == hashes
+
+
+def test_a_lost_epoch_is_redone_bit_identically(inputs, run, tmp_path):
+    """Resume mid-run: a copy of the finished run without its last epoch (as after a kill
+    during epoch 2) finishes with the same files."""
+    out, _, _, hashes = run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    (copy / cli.RUN_FILE).unlink()
+    manifest = copy / cli.TRAJECTORY_DIR / MANIFEST_NAME
+    record = json.loads(manifest.read_text())
+    record["steps"] = {k: v for k, v in record["steps"].items() if not k.startswith("epoch_2/")}
+    manifest.write_text(json.dumps(record))
+    shutil.rmtree(copy / cli.TRAJECTORY_DIR / "epoch_002")
+    assert cli.main(targets_argv(inputs, copy)) == 0
+    assert json.loads((copy / cli.RUN_FILE).read_text())["resumed"] is True
+    assert {"epoch_2/train", "epoch_2/scores/0"} <= set(json.loads(manifest.read_text())["steps"])
+    assert {name: fx.sha256(copy / name) for name in hashes} == hashes
+
+
+def test_one_named_target_scores_like_the_plain_val(inputs, tmp_path):
+    """--val math=PATH (K = 1, named) trains and scores exactly what --val PATH does."""
+    plain, named = tmp_path / "plain", tmp_path / "named"
+    assert cli.main(fx.select_argv(inputs, plain)) == 0
+    argv = fx.select_argv(inputs, named)
+    argv[argv.index("--val") + 1] = f"math={inputs['val']}"
+    assert cli.main(argv) == 0
+    plain_scores = pq.read_table(plain / cli.SCORES_FILE)
+    named_scores = pq.read_table(named / cli.SCORES_FILE)
+    for column in ("tov_score", "tov_score_epoch_1", "tov_score_epoch_2"):
+        np.testing.assert_array_equal(named_scores.column(column.replace(
+            "tov_score", "tov_score_math")).to_numpy(), plain_scores.column(column).to_numpy())
+    assert pq.read_table(named / "selected_math.parquet").equals(
+        pq.read_table(plain / cli.SELECTED_FILE))
+
+
+def without_n(argv):
+    """``argv`` without its --n options."""
+    return [a for i, a in enumerate(argv) if a != "--n" and (i == 0 or argv[i - 1] != "--n")]
+
+
+def test_n_defaults_and_overrides(inputs, monkeypatch, tmp_path):
+    """A plain --n gives every target its n (the last plain one counts); --n NAME=N
+    overrides one target's."""
+    seen = []
+    monkeypatch.setattr(cli, "_select", lambda args, *_: seen.append(args.n))
+    argv = without_n(targets_argv(inputs, tmp_path / "out"))
+    for extra, expected in ((["--n", "7", "--n", "5"], 5),
+                            (["--n", "5", "--n", "music=3"], {"math": 5, "music": 3}),
+                            (["--n", "math=4", "--n", "music=3"], {"math": 4, "music": 3})):
+        assert cli.main([*argv, *extra]) == 0
+        assert seen[-1] == expected
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--val", "math=x.jsonl"], "--val: names ['math'] appear more than once"),
+    (["--val", "other=missing.jsonl"], "--val other=missing.jsonl: no such file or directory"),
+    (["--val", "other="], "--val other=: give the validation data after '='"),
+    (["--val", "a.b=x.jsonl"], "--val: 'a.b' cannot name a score column"),
+    (["--n", "art=3"], "--n names ['art', 'math', 'music'] but --val names ['math', 'music']"),
+    (["--n", "math=3"], "--n math= is given twice"),
+    (["--n", "math=x"], "--n math=x: give a whole number N"),
+    (["--n", "music=0"], "--n music=0 must be >= 1"),
+    (["--n", "music=49"], "--n music=49 exceeds the pool's 48 rows"),
+])
+def test_bad_targets_exit_2_naming_the_flag(inputs, tmp_path, capsys, change, message):
+    argv = [*without_n(targets_argv(inputs, tmp_path / "out")), "--n", "math=12", *change]
+    if "music=" not in " ".join(change):
+        argv += ["--n", "music=8"]
+    code, err = fx.run_cli(argv, capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("tov select: error: ") and message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unnamed_and_unmatched_combinations_exit_2(inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    plain = fx.select_argv(inputs, out)
+    cases = {
+        "--val: name each of several validation sets": [*plain, "--val", str(inputs["music"])],
+        "--n NAME=N names targets, but --val gives one unnamed": [*plain, "--n", "math=3"],
+        "--n names ['math'] but --val names ['math', 'music']": [
+            *without_n(targets_argv(inputs, out)), "--n", "math=3"],
+    }
+    for message, argv in cases.items():
+        code, err = fx.run_cli(argv, capsys)
+        assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_an_output_that_is_a_target_input_is_refused(inputs, capsys):
+    snapshot = fx.snapshot(inputs["music"].parent)
+    for out, how in ((inputs["music"], "is"), (inputs["music"].parent, "contains")):
+        code, err = fx.run_cli(targets_argv(inputs, out), capsys)
+        assert code == 2 and f"--out {out} {how} --" in err
+    code, err = fx.run_cli(targets_argv(inputs, inputs["music"]), capsys)
+    assert f"is --val music {inputs['music']}" in err
+    assert fx.snapshot(inputs["music"].parent) == snapshot
