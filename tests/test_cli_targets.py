@@ -189,7 +189,7 @@ def test_n_defaults_and_overrides(inputs, monkeypatch, tmp_path):
     (["--val", "other="], "--val other=: give the validation data after '='"),
     (["--val", "a.b=x.jsonl"], "--val: 'a.b' cannot name a score column"),
     (["--n", "art=3"], "--n names ['art', 'math', 'music'] but --val names ['math', 'music']"),
-    (["--n", "math=3"], "--n math= is given twice"),
+    (["--n", "math=3"], "--n math=N is given twice"),
     (["--n", "math=x"], "--n math=x: give a whole number N"),
     (["--n", "music=0"], "--n music=0 must be >= 1"),
     (["--n", "music=49"], "--n music=49 exceeds the pool's 48 rows"),
@@ -227,3 +227,20 @@ def test_an_output_that_is_a_target_input_is_refused(inputs, capsys):
     code, err = fx.run_cli(targets_argv(inputs, inputs["music"]), capsys)
     assert f"is --val music {inputs['music']}" in err
     assert fx.snapshot(inputs["music"].parent) == snapshot
+
+
+def test_select_only_selects_for_one_target(inputs, run, tmp_path, capsys):
+    out, *_ = run
+    scores = str(out / cli.SCORES_FILE)
+    again = tmp_path / "math.parquet"
+    argv = ["select-only", "--quiet", "--scores", scores, "--n", "12", "--bins", "4"]
+    assert cli.main([*argv, "--target", "math", "--out", str(again),
+                     "--pool", str(inputs["pool"])]) == 0
+    expected = pq.read_table(out / "selected_math.parquet")
+    got = pq.read_table(again)
+    assert got.column("tov_row").equals(expected.column("tov_row"))
+    assert got.column("tov_from_score").equals(expected.column("tov_from_score"))
+    assert got.column("text").equals(expected.column("text"))
+    for extra, message in ((["--target", "art"], "--target art: "), ([], "pass --target NAME")):
+        code, err = fx.run_cli([*argv, *extra, "--out", str(tmp_path / "o.parquet")], capsys)
+        assert code == 2 and message in err and "['math', 'music']" in err

@@ -412,7 +412,7 @@ def _parse_targets(args: argparse.Namespace) -> None:
         if name is None:
             default = number  # a plain --n: the last one given counts, as for any option
         elif name in per_target:
-            raise CliError(f"--n {name}= is given twice; give one --n NAME=N per target")
+            raise CliError(f"--n {name}=N is given twice; give one --n NAME=N per target")
         else:
             per_target[name] = number
     if not per_target:
@@ -877,6 +877,24 @@ def _check_scored_pool(args: argparse.Namespace, path: Path, scores: Any, pool: 
         )
 
 
+def _score_column(args: argparse.Namespace, columns: Sequence[str]) -> str:
+    """The score column select-only selects by: ``tov_score``, or with ``--target NAME``
+    (a scores file of several targets) ``tov_score_NAME``."""
+    from tov_datasets.scorer import SCORE, score_column
+
+    targets = [c.removeprefix(f"{SCORE}_") for c in columns
+               if c.startswith(f"{SCORE}_") and "_epoch_" not in c]
+    if args.target is None:
+        if SCORE not in columns and targets:
+            raise CliError(f"--scores {args.scores} holds the scores of targets {targets}; "
+                           "pass --target NAME")
+        return SCORE
+    if score_column(args.target) not in columns:
+        raise CliError(f"--target {args.target}: {args.scores} has no column "
+                       f"{score_column(args.target)!r}; its targets: {targets or 'none'}")
+    return score_column(args.target)
+
+
 def cmd_select_only(args: argparse.Namespace) -> None:
     """Re-select from a scores file: the score rows, or with --pool the pool rows."""
     import datasets
@@ -899,12 +917,13 @@ def cmd_select_only(args: argparse.Namespace) -> None:
     if args.pool:
         pool = load_data(args.pool, "pool")
         _check_scored_pool(args, path, scores, pool)
+    score = _score_column(args, scores.column_names)
     random_pool = None
     if IN_BASE in scores.column_names and not args.random_from_all:
         random_pool = np.flatnonzero(scores.column(IN_BASE).to_numpy())
     try:
         chosen = _table(select_by_score(
-            datasets.Dataset(scores), args.n, num_bins=args.bins,
+            datasets.Dataset(scores), args.n, score_column=score, num_bins=args.bins,
             random_fraction=args.random_fraction, random_pool=random_pool, seed=args.seed,
             mark_from_score=True,
         ))
@@ -1082,6 +1101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--random-from-all", action="store_true",
                    help=f"draw the random part from all rows, not only those with {IN_BASE}")
+    p.add_argument("--target", help="scores of several targets: select for this one (its "
+                                    "column tov_score_TARGET)")
     _add_selection_options(p)
     p.set_defaults(func=cmd_select_only)
 
