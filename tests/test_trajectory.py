@@ -834,3 +834,156 @@ def test_interleaved_targets_match_a_reference_loop(tiny_tokenizer, pool, target
     for name in named_targets:
         assert not np.allclose(parallel.scores[trajectory.epoch_column(2, name)],
                                reference[name][1], rtol=1e-4, atol=1e-6)
+
+
+def test_combined_selection_is_the_union_and_overlap_counts_shared_rows(
+        tiny_tokenizer, pool, targets, lora):
+    """Per-target n; combined = the union of the per-target selections, each row once, with
+    the targets that chose it; overlap counts against a brute-force set computation, for
+    whole selections and their score-chosen parts."""
+    quotas = {"a": 6, "b-2": 10, "c_x": 8}
+    result = _run(tiny_tokenizer, pool, targets, lora=lora, n=quotas)
+    chosen = {name: set(sel["tov_row"]) for name, sel in result.per_target.items()}
+    by_score = {name: {r for r, s in zip(sel["tov_row"], sel["tov_from_score"], strict=True)
+                       if s} for name, sel in result.per_target.items()}
+    assert {name: len(rows) for name, rows in chosen.items()} == quotas
+    for name, sel in result.per_target.items():  # each the single-target selection rule
+        expected = select_indices(np.asarray(result.scores[f"tov_score_{name}"]),
+                                  np.asarray(result.scores["tov_num_tokens"]), quotas[name],
+                                  random_pool=result.base_indices, seed=0)
+        assert sel["tov_row"] == expected.tolist()
+        assert sel["tov_score"] == result.scores[f"tov_score_{name}"][sel["tov_row"]]
+    union = sorted(set().union(*chosen.values()))
+    combined = result.selected
+    assert combined["tov_row"] == union and len(union) < sum(quotas.values())
+    assert combined["tov_targets"] == [[n for n in NAMES if row in chosen[n]] for row in union]
+    assert combined["id"] == union  # the pool's own columns, row by row
+    assert combined.column_names == ["text", "id", *result.scores.column_names, "tov_targets"]
+    for column in result.scores.column_names:
+        assert combined[column] == [result.scores[column][r] for r in union]
+    for key, sets in (("selected", chosen), ("from_score", by_score)):
+        overlap = result.overlap[key]
+        assert overlap.names == NAMES and overlap.union == len(set().union(*sets.values()))
+        assert overlap.counts.tolist() == [[len(sets[a] & sets[b]) for b in NAMES]
+                                           for a in NAMES]
+        assert overlap.as_dict()["a"]["c_x"] == len(sets["a"] & sets["c_x"])
+
+
+def test_named_targets_resume_after_interruptions_bit_identical(
+        tiny_tokenizer, pool, targets, lora, tmp_path, monkeypatch):
+    """K = 3, dropout on, 5 shards per epoch: one run interrupted in epoch 2 while the second
+    target's val adapter trains, its rerun interrupted while scoring epoch 2's third shard;
+    the last rerun trains and scores only what is missing and ends bit-identical to an
+    uninterrupted run (scores, combined and per-target selections, overlap)."""
+    monkeypatch.setattr(trajectory, "SHARD_ROWS", 7)
+    kw = {"lora": lora, "epochs": 3, "output_dir": tmp_path}
+    reference = _run(tiny_tokenizer, pool, targets, **{**kw, "output_dir": None})
+    real_fit, real_score = training.fit, ToVScorer.score_columns
+    fits, scored, interrupt = [], [], {"fit": 7, "score": None}
+
+    def interrupted_fit(model, samples, **fit_kw):
+        fits.append(fit_kw["adapter"])
+        if len(fits) == interrupt["fit"]:
+            raise _Interrupted
+        return real_fit(model, samples, **fit_kw)
+
+    def interrupted_score(self, columns):
+        scored.append(self.val_adapter)
+        if len(scored) == interrupt["score"]:
+            raise _Interrupted
+        return real_score(self, columns)
+
+    monkeypatch.setattr(training, "fit", interrupted_fit)
+    monkeypatch.setattr(ToVScorer, "score_columns", interrupted_score)
+    vals = ["tov_val_a", "tov_val_b-2", "tov_val_c_x"]
+    with pytest.raises(_Interrupted):  # fit 7: epoch 2's tov_val_b-2
+        _run(tiny_tokenizer, pool, targets, **kw)
+    assert fits == ["tov_base", *vals, "tov_base", *vals[:2]]
+    assert len(scored) == 5  # epoch 1 complete
+    assert sorted(p.name for p in (tmp_path / "epoch_001").iterdir()) == [
+        "base", "optimizer.safetensors", "scores", "val_a", "val_b-2", "val_c_x"]
+    shard = pa.parquet.read_table(tmp_path / "epoch_001" / "scores" / "shard_00004.parquet")
+    assert shard.column_names == ["tov_score_a", "tov_score_b-2", "tov_score_c_x",
+                                  "tov_num_tokens"]
+
+    fits.clear()
+    scored.clear()
+    interrupt.update(fit=None, score=3)
+    with pytest.raises(_Interrupted):  # epoch 2 trained, then its third shard
+        _run(tiny_tokenizer, pool, targets, **kw)
+    assert fits == ["tov_base", *vals] and len(scored) == 3
+    assert scored[0] == vals  # one scorer for all targets
+
+    fits.clear()
+    scored.clear()
+    interrupt.update(score=None)
+    resumed = _run(tiny_tokenizer, pool, targets, **kw)
+    assert fits == ["tov_base", *vals]  # epoch 3 only
+    assert len(scored) == 3 + 5  # epoch 2's shards 2-4, all of epoch 3
+    assert _tables_equal(resumed.scores, reference.scores)
+    assert _tables_equal(resumed.selected, reference.selected)
+    for name in NAMES:
+        assert _tables_equal(resumed.per_target[name], reference.per_target[name])
+    for key in ("selected", "from_score"):
+        assert np.array_equal(resumed.overlap[key].counts, reference.overlap[key].counts)
+    assert resumed.history == reference.history
+
+
+def test_named_targets_changed_with_the_same_output_dir(tiny_tokenizer, pool, targets, lora,
+                                                        tmp_path):
+    """The manifest records every target's name (in order) and validation rows."""
+    kw = {"lora": lora, "epochs": 1, "output_dir": tmp_path}
+    _run(tiny_tokenizer, pool, targets, **kw)
+    changed = {**targets, "c_x": targets["c_x"].select([0])}
+    renamed = {("d" if name == "c_x" else name): ds for name, ds in targets.items()}
+    reordered = dict(reversed(list(targets.items())))
+    for other, message in ((changed, "val: changed"), (renamed, "targets"),
+                           (reordered, "targets"), (targets["a"], "val")):
+        with pytest.raises(storage.ManifestMismatchError, match=message):
+            _run(tiny_tokenizer, pool, other, **kw)
+    again = _run(tiny_tokenizer, pool, targets, **{**kw, "n": {"a": 4, "b-2": 5, "c_x": 6}})
+    assert [len(again.per_target[name]) for name in NAMES] == [4, 5, 6]
+
+
+@pytest.mark.parametrize(
+    ("val_arg", "n", "error", "message"),
+    [
+        ({}, 10, ValueError, "val: give at least one target name"),
+        ({"a b": "v"}, 10, ValueError, r"val: 'a b' cannot name a score column"),
+        ({"": "v"}, 10, ValueError, r"val: '' cannot name a score column"),
+        ({1: "v"}, 10, ValueError, r"val: 1 cannot name a score column"),
+        ({"a": "v", "a_epoch_2": "v"}, 10, ValueError,
+         r"val: target 'a_epoch_2' would share its score column 'tov_score_a_epoch_2' with "
+         r"the epoch columns of target 'a'"),
+        ({"a": "v", "b": "v"}, {"a": 4}, ValueError,
+         r"n: its keys \['a'\] must be the targets of val \['a', 'b'\]"),
+        ({"a": "v"}, {"a": 4, "b": 4}, ValueError, "n: its keys"),
+        ("v", {"a": 4}, ValueError, "n: a mapping of per-target counts needs val as a mapping"),
+        ({"a": "v", "b": "v"}, {"a": 4, "b": 31}, ValueError,
+         r"n\['b'\]=31 must be in \[1, len\(pool\)=30\]"),
+        ({"a": "v", "b": "v"}, {"a": 4, "b": 2.5}, ValueError, r"n\['b'\]=2.5 must be an int"),
+        ({"a": "v", "b": "v"}, {"a": 4, "b": 0}, ValueError, r"n\['b'\]=0"),
+        ({"a": "v", "b": "empty"}, 10, ValueError,
+         "the validation set of target 'b' is empty"),
+        ({"a": "v", "b": "unscored"}, 10, ValueError,
+         "the validation set of target 'b' has no scored tokens"),
+        ({"a": "v", "b": ["rows"]}, 10, TypeError,
+         "the validation set of target 'b' must be a datasets.Dataset, got list"),
+        ("v", 0, ValueError, r"n=0 must be in"),
+    ],
+)
+def test_named_targets_bad_arguments(tiny_tokenizer, pool, val, val_arg, n, error, message):
+    named = {"v": val, "empty": val.select([]),  # "oneword": [UNK] alone, nothing predicted
+             "unscored": Dataset.from_dict({"text": ["oneword"]})}
+
+    def resolve(v):
+        return named.get(v, v) if isinstance(v, str) else v
+
+    if isinstance(val_arg, dict):
+        val_arg = {name: resolve(v) for name, v in val_arg.items()}
+    else:
+        val_arg = resolve(val_arg)
+    model = tiny.causal_lm(tiny_tokenizer)
+    with pytest.raises(error, match=message):
+        trajectory.tov_select(model, tiny_tokenizer, pool, val_arg, n=n, base_size=20)
+    assert not hasattr(model, "peft_config")

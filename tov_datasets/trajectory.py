@@ -771,9 +771,9 @@ def tov_select(
     ``default_lora_config(task, model=model)``, fresh weights drawn from ``seed``), or a peft
     model: the trajectory starts from a copy of its ACTIVE adapter, with that adapter's config.
     The model is trained in place through temporary adapters ("tov_base", "tov_val"; named
-    targets: "tov_val_<name>" each) that are removed on return (a plain model gets its original modules back); its own weights,
-    adapters, mode and requires_grad flags are left as they were. The trained adapters live
-    only in ``output_dir``.
+    targets: "tov_val_<name>" each) that are removed on return (a plain model gets its
+    original modules back); its own weights, adapters, mode and requires_grad flags are
+    left as they were. The trained adapters live only in ``output_dir``.
     pool, val: ``datasets.Dataset`` in any format of `tov_datasets.formats`; or ``val`` a
     mapping {target name: Dataset} of K >= 1 named targets (names: letters, digits, ``_`` and
     ``-``; no name may be another's plus ``_epoch_<k>``, which would clash with its epoch
@@ -782,11 +782,12 @@ def tov_select(
     n: rows to select; with named targets, per target: an int (the same for each) or a
     mapping {target name: n} with the targets' names as keys.
     output_dir: per-epoch adapters (``epoch_KKK/base``, ``epoch_KKK/val``, named targets
-    ``epoch_KKK/val_<name>``, peft safetensors), base optimizer state, score shards (``epoch_KKK/scores/shard_SSSSS.parquet``, one
-    score column per target) and ``manifest.json`` (recording every target's name and
-    validation rows). A rerun with the same arguments resumes (finished epochs and shards
-    are verified by checksum and skipped; the results are bit-identical on CPU, and on CUDA
-    with ``torch.use_deterministic_algorithms(True)``); other arguments
+    ``epoch_KKK/val_<name>``, peft safetensors), base optimizer state, score shards
+    (``epoch_KKK/scores/shard_SSSSS.parquet``, one score column per target) and
+    ``manifest.json`` (recording every target's name and validation rows). A rerun with the
+    same arguments resumes (finished epochs and shards are verified by checksum and
+    skipped; the results are bit-identical on CPU, and on CUDA with
+    ``torch.use_deterministic_algorithms(True)``); other arguments
     raise `storage.ManifestMismatchError`. ``n``, ``num_bins`` and ``random_fraction`` only
     act on the final selection, so they may change between reruns (the scores are reused).
     progress: a tqdm-like factory, ``progress(total=..., desc=...)`` -> object with
