@@ -19,6 +19,8 @@ diversity:
    in ascending order (so the order of ``random_pool`` does not matter). Too few candidates is
    a ValueError, never a silent fill.
 
+`selection_overlap` counts the rows that named selections share (several targets' picks).
+
 Nothing is fully sorted (a numpy sort of 10M values alone takes ~1 s): rows are binned by a
 counting sort over length values in numba, each bin's threshold score comes from numpy's
 partition, and one numba pass marks the rows. The numba loops are serial: they are memory
