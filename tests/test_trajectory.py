@@ -452,13 +452,17 @@ def test_plain_model_is_left_as_it_was(tiny_tokenizer, pool, val, lora):
     assert torch.equal(torch.get_rng_state(), rng)
 
 
+@pytest.mark.parametrize("named", [False, True])
 def test_peft_model_starts_from_its_active_adapter(tiny_tokenizer, tiny_causal_lm, pool, val,
-                                                   fit_calls):
+                                                   fit_calls, named):
     model = tiny_causal_lm  # adapters "base" (active) and "val", randomised
     model.set_adapter("val")
     own = {name: _weights(model, name) for name in ("base", "val")}
-    trajectory.tov_select(model, tiny_tokenizer, pool, val, n=10, base_size=20, epochs=1)
+    targets = {"a": val, "b": val.select([0])} if named else val
+    trajectory.tov_select(model, tiny_tokenizer, pool, targets, n=10, base_size=20, epochs=1)
     assert _same(fit_calls[0]["before"], own["val"])
+    assert [c["adapter"] for c in fit_calls] == (
+        ["tov_base", "tov_val_a", "tov_val_b"] if named else ["tov_base", "tov_val"])
     assert sorted(model.peft_config) == ["base", "val"] and model.active_adapter == "val"
     assert all(_same(_weights(model, name), w) for name, w in own.items())
     with pytest.raises(ValueError, match="lora= applies to plain models"):
@@ -731,13 +735,20 @@ def test_one_target_mapping_is_the_plain_path(tiny_tokenizer, pool, val, lora, t
     assert "targets" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())["args"]
 
 
-@pytest.mark.parametrize("kind", ["causal_lm", "token_classification"])
-def test_parallel_targets_score_as_single_target_runs(tiny_tokenizer, pool, targets, kind):
+@pytest.mark.parametrize(("kind", "settings"), [
+    ("causal_lm", {}),
+    ("token_classification", {}),
+    ("causal_lm", {"val_optimizer": "continue"}),
+    ("causal_lm", {"val_optimizer": "sgd", "val_mode": "step"}),
+])
+def test_parallel_targets_score_as_single_target_runs(tiny_tokenizer, pool, targets, kind,
+                                                      settings):
     """Parallel: the base never sees the val adapters, so each target's per-epoch scores and
     selection equal those of a single-target run on it with the same seed, bit for bit,
-    while K = 3 targets share one base trajectory and one scoring pass."""
+    while K = 3 targets share one base trajectory and one scoring pass (for every val
+    update rule)."""
     make, data, named_targets, kw = _task_case(kind, tiny_tokenizer, pool, targets)
-    kw = _select_kw(variant="parallel", **kw)
+    kw = _select_kw(variant="parallel", **kw, **settings)
     many = trajectory.tov_select(make(), tiny_tokenizer, data, named_targets, **kw)
     for name, target_val in named_targets.items():
         alone = trajectory.tov_select(make(), tiny_tokenizer, data, target_val, **kw)
@@ -968,7 +979,7 @@ def test_named_targets_changed_with_the_same_output_dir(tiny_tokenizer, pool, ta
         ({"a": "v", "b": "unscored"}, 10, ValueError,
          "the validation set of target 'b' has no scored tokens"),
         ({"a": "v", "b": ["rows"]}, 10, TypeError,
-         "the validation set of target 'b' must be a datasets.Dataset, got list"),
+         r"val\['b'\] must be a datasets.Dataset, got list"),
         ("v", 0, ValueError, r"n=0 must be in"),
     ],
 )

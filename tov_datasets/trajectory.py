@@ -134,6 +134,11 @@ class _Target:
         return _score_name(self.name)
 
     @property
+    def argument(self) -> str:
+        """Where the caller passed its validation set: ``val`` or ``val['<name>']``."""
+        return "val" if self.name is None else f"val[{self.name!r}]"
+
+    @property
     def described(self) -> str:
         return "the validation set" + ("" if self.name is None else f" of target {self.name!r}")
 
@@ -326,11 +331,10 @@ def _check_data(config: ToVConfig, pool: Any, targets: list[_Target],
     each n and base_size within the pool, each random part within the base set."""
     import datasets
 
-    for name, ds in (("pool", pool), *((t.described, t.val) for t in targets)):
+    for name, ds in (("pool", pool), *((t.argument, t.val) for t in targets)):
         if not isinstance(ds, datasets.Dataset):
             raise TypeError(
-                f"{'val' if name == 'the validation set' else name} must be a "
-                f"datasets.Dataset, got {type(ds).__name__}; build one with "
+                f"{name} must be a datasets.Dataset, got {type(ds).__name__}; build one with "
                 "datasets.Dataset.from_list(rows) or datasets.load_dataset(...)"
             )
     if len(pool) == 0:
