@@ -728,7 +728,8 @@ def _named_scores(single: Mapping[str, pa.Table], epochs: int) -> pa.Table:
 
 def _combined(pool: Any, scores: pa.Table, rows: Mapping[str, np.ndarray]) -> Any:
     """The union of the per-target selections ``rows`` ({name: pool rows}) as a flat
-    dataset: pool columns, ``scores`` columns and ``tov_targets`` (list of names)."""
+    dataset: pool columns, ``scores`` columns and ``tov_targets`` (list of names; a pool
+    column of that name is replaced)."""
     import datasets
 
     union = np.unique(np.concatenate(list(rows.values())))
@@ -738,10 +739,13 @@ def _combined(pool: Any, scores: pa.Table, rows: Mapping[str, np.ndarray]) -> An
     chosen_by = pa.ListArray.from_arrays(pa.array(offsets),
                                          pa.array(np.asarray(list(rows))[target_of]))
     full = _with_columns(pool, scores)
-    table = full.data.table.take(union).append_column(TARGETS, chosen_by)
-    features = datasets.Features({**full.features, TARGETS: datasets.Features.from_arrow_schema(
-        pa.schema([table.schema.field(TARGETS)]))[TARGETS]})
-    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features))
+    table = full.data.table.take(union)
+    if TARGETS in table.column_names:
+        table = table.drop_columns([TARGETS])
+    features = {name: full.features[name] for name in table.column_names}
+    table = table.append_column(TARGETS, chosen_by)
+    features.update(datasets.Features.from_arrow_schema(pa.schema([table.schema.field(TARGETS)])))
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=datasets.Features(features)))
 
 
 def _overlap(rows: Mapping[str, np.ndarray],
