@@ -770,7 +770,7 @@ def tov_select(
     **overrides: Any,
 ) -> ToVResult:
     """Score ``pool`` by ToV along a short trajectory and select ``n`` rows (module doc).
-    (Over 60 lines through this documentation: the body is ~25.)
+    (Over 60 lines through this documentation: the body is ~45.)
 
     Settings: ``config`` (default ``ToVConfig()``) with ``overrides`` (any `ToVConfig`
     field by name, e.g. ``lr=1e-4``) replacing its fields; `ToVConfig` describes each.
