@@ -5,8 +5,8 @@ LM or token-classification head; EOS as pad token), task inference, the label ma
 pad-id rule; the default LoRA config and rank; adapter parameters, copies, saving and
 loading, and their parameter-wise mean (`average_adapters`); attaching the trajectory's
 adapters to a model and detaching them (`attached`; several targets get one val adapter
-each, `val_adapter_name`); `adapter_mode`, the one context manager that activates adapters and a
-train/eval mode and restores both; and `mixed_adapter_forward`, one forward over a batch
+each, `val_adapter_name`); `adapter_mode`, the one context manager that activates adapters
+and a train/eval mode and restores both; and `mixed_adapter_forward`, one forward over a batch
 repeated once per adapter (peft mixed-adapter batches).
 
 Ground floor: imports nothing from ``cli``, ``trajectory`` or ``demo``; raises ordinary

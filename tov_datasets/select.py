@@ -19,6 +19,8 @@ diversity:
    in ascending order (so the order of ``random_pool`` does not matter). Too few candidates is
    a ValueError, never a silent fill.
 
+`selection_overlap` counts the rows that named selections share (several targets' picks).
+
 Nothing is fully sorted (a numpy sort of 10M values alone takes ~1 s): rows are binned by a
 counting sort over length values in numba, each bin's threshold score comes from numpy's
 partition, and one numba pass marks the rows. The numba loops are serial: they are memory
@@ -371,7 +373,7 @@ def select_by_score(
     return datasets.Dataset(table, info=info, split=dataset.split, fingerprint=digest.hexdigest())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: == on the counts array is ambiguous
 class SelectionOverlap:
     """How much named selections share.
 

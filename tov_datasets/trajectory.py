@@ -134,6 +134,11 @@ class _Target:
         return _score_name(self.name)
 
     @property
+    def argument(self) -> str:
+        """Where the caller passed its validation set: ``val`` or ``val['<name>']``."""
+        return "val" if self.name is None else f"val[{self.name!r}]"
+
+    @property
     def described(self) -> str:
         return "the validation set" + ("" if self.name is None else f" of target {self.name!r}")
 
@@ -326,11 +331,10 @@ def _check_data(config: ToVConfig, pool: Any, targets: list[_Target],
     each n and base_size within the pool, each random part within the base set."""
     import datasets
 
-    for name, ds in (("pool", pool), *((t.described, t.val) for t in targets)):
+    for name, ds in (("pool", pool), *((t.argument, t.val) for t in targets)):
         if not isinstance(ds, datasets.Dataset):
             raise TypeError(
-                f"{'val' if name == 'the validation set' else name} must be a "
-                f"datasets.Dataset, got {type(ds).__name__}; build one with "
+                f"{name} must be a datasets.Dataset, got {type(ds).__name__}; build one with "
                 "datasets.Dataset.from_list(rows) or datasets.load_dataset(...)"
             )
     if len(pool) == 0:
@@ -724,7 +728,8 @@ def _named_scores(single: Mapping[str, pa.Table], epochs: int) -> pa.Table:
 
 def _combined(pool: Any, scores: pa.Table, rows: Mapping[str, np.ndarray]) -> Any:
     """The union of the per-target selections ``rows`` ({name: pool rows}) as a flat
-    dataset: pool columns, ``scores`` columns and ``tov_targets`` (list of names)."""
+    dataset: pool columns, ``scores`` columns and ``tov_targets`` (list of names; a pool
+    column of that name is replaced)."""
     import datasets
 
     union = np.unique(np.concatenate(list(rows.values())))
@@ -734,10 +739,13 @@ def _combined(pool: Any, scores: pa.Table, rows: Mapping[str, np.ndarray]) -> An
     chosen_by = pa.ListArray.from_arrays(pa.array(offsets),
                                          pa.array(np.asarray(list(rows))[target_of]))
     full = _with_columns(pool, scores)
-    table = full.data.table.take(union).append_column(TARGETS, chosen_by)
-    features = datasets.Features({**full.features, TARGETS: datasets.Features.from_arrow_schema(
-        pa.schema([table.schema.field(TARGETS)]))[TARGETS]})
-    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features))
+    table = full.data.table.take(union)
+    if TARGETS in table.column_names:
+        table = table.drop_columns([TARGETS])
+    features = {name: full.features[name] for name in table.column_names}
+    table = table.append_column(TARGETS, chosen_by)
+    features.update(datasets.Features.from_arrow_schema(pa.schema([table.schema.field(TARGETS)])))
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=datasets.Features(features)))
 
 
 def _overlap(rows: Mapping[str, np.ndarray],
@@ -762,7 +770,7 @@ def tov_select(
     **overrides: Any,
 ) -> ToVResult:
     """Score ``pool`` by ToV along a short trajectory and select ``n`` rows (module doc).
-    (Over 60 lines through this documentation: the body is ~25.)
+    (Over 60 lines through this documentation: the body is ~45.)
 
     Settings: ``config`` (default ``ToVConfig()``) with ``overrides`` (any `ToVConfig`
     field by name, e.g. ``lr=1e-4``) replacing its fields; `ToVConfig` describes each.
@@ -771,9 +779,9 @@ def tov_select(
     ``default_lora_config(task, model=model)``, fresh weights drawn from ``seed``), or a peft
     model: the trajectory starts from a copy of its ACTIVE adapter, with that adapter's config.
     The model is trained in place through temporary adapters ("tov_base", "tov_val"; named
-    targets: "tov_val_<name>" each) that are removed on return (a plain model gets its original modules back); its own weights,
-    adapters, mode and requires_grad flags are left as they were. The trained adapters live
-    only in ``output_dir``.
+    targets: "tov_val_<name>" each) that are removed on return (a plain model gets its
+    original modules back); its own weights, adapters, mode and requires_grad flags are
+    left as they were. The trained adapters live only in ``output_dir``.
     pool, val: ``datasets.Dataset`` in any format of `tov_datasets.formats`; or ``val`` a
     mapping {target name: Dataset} of K >= 1 named targets (names: letters, digits, ``_`` and
     ``-``; no name may be another's plus ``_epoch_<k>``, which would clash with its epoch
@@ -782,11 +790,12 @@ def tov_select(
     n: rows to select; with named targets, per target: an int (the same for each) or a
     mapping {target name: n} with the targets' names as keys.
     output_dir: per-epoch adapters (``epoch_KKK/base``, ``epoch_KKK/val``, named targets
-    ``epoch_KKK/val_<name>``, peft safetensors), base optimizer state, score shards (``epoch_KKK/scores/shard_SSSSS.parquet``, one
-    score column per target) and ``manifest.json`` (recording every target's name and
-    validation rows). A rerun with the same arguments resumes (finished epochs and shards
-    are verified by checksum and skipped; the results are bit-identical on CPU, and on CUDA
-    with ``torch.use_deterministic_algorithms(True)``); other arguments
+    ``epoch_KKK/val_<name>``, peft safetensors), base optimizer state, score shards
+    (``epoch_KKK/scores/shard_SSSSS.parquet``, one score column per target) and
+    ``manifest.json`` (recording every target's name and validation rows). A rerun with the
+    same arguments resumes (finished epochs and shards are verified by checksum and
+    skipped; the results are bit-identical on CPU, and on CUDA with
+    ``torch.use_deterministic_algorithms(True)``); other arguments
     raise `storage.ManifestMismatchError`. ``n``, ``num_bins`` and ``random_fraction`` only
     act on the final selection, so they may change between reruns (the scores are reused).
     progress: a tqdm-like factory, ``progress(total=..., desc=...)`` -> object with
