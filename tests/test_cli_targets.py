@@ -219,6 +219,16 @@ def test_unnamed_and_unmatched_combinations_exit_2(inputs, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_name_that_clashes_with_epoch_columns_is_refused(inputs, tmp_path, capsys):
+    """tov_select's own rule (a name may not be another's plus _epoch_K) reads as --val."""
+    argv = targets_argv(inputs, tmp_path / "out")
+    argv[argv.index(f"music={inputs['music']}")] = f"math_epoch_1={inputs['music']}"
+    code, err = fx.run_cli(without_n(argv) + ["--n", "5"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("tov select: error: --val: target 'math_epoch_1' would share")
+    assert not (tmp_path / "out" / cli.RUN_FILE).exists()
+
+
 def test_an_output_that_is_a_target_input_is_refused(inputs, capsys):
     snapshot = fx.snapshot(inputs["music"].parent)
     for out, how in ((inputs["music"], "is"), (inputs["music"].parent, "contains")):

@@ -564,6 +564,10 @@ def _trajectory(args: argparse.Namespace, flag: str, shown: Path, state_dir: Pat
             f"({describe_changes(e.changes, OPTION_NAMES)}); rerun with the same options to "
             f"resume, or pass another {flag}"
         ) from e
+    except ValueError as e:  # tov_select's checks of the target names (argument val)
+        if not str(e).startswith("val: "):
+            raise
+        raise CliError(f"--{_one_line(e)}") from e
 
 
 def _preview_text(row: Mapping[str, Any], data_format: str) -> str:
