@@ -254,3 +254,16 @@ def test_select_only_selects_for_one_target(inputs, run, tmp_path, capsys):
     for extra, message in ((["--target", "art"], "--target art: "), ([], "pass --target NAME")):
         code, err = fx.run_cli([*argv, *extra, "--out", str(tmp_path / "o.parquet")], capsys)
         assert code == 2 and message in err and "['math', 'music']" in err
+
+
+def test_a_path_holding_an_equals_sign_is_one_validation_set(tmp_path, monkeypatch):
+    import argparse
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lr=0.1.jsonl").write_text("{}\n")
+    args = argparse.Namespace(val=["lr=0.1.jsonl"], n=["3"])
+    cli._parse_targets(args)
+    assert args.val == "lr=0.1.jsonl" and args.n == 3
+    args = argparse.Namespace(val=["lr=0.1.jsonl", "b=data/b.jsonl"], n=["3"])
+    with pytest.raises(cli.CliError, match="--val: name each of several"):
+        cli._parse_targets(args)
