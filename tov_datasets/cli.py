@@ -656,6 +656,31 @@ def _chosen(table: Any) -> tuple[np.ndarray, np.ndarray]:
             table.column(FROM_SCORE_COLUMN).to_numpy(zero_copy_only=False))
 
 
+def _select_counts(args: argparse.Namespace, pool: Any, val: Any, model: Any, result: Any,
+                   chosen: Mapping[str | None, tuple[np.ndarray, np.ndarray]], resumed: bool,
+                   ) -> dict[str, Any]:
+    """The summary of a ``tov select`` run (report.md, run.json); chosen: {target name
+    (None: one validation set): (selected rows, chosen by score)}."""
+    named = isinstance(val, Mapping)
+    counts: dict[str, Any] = {"pool rows": len(pool)}
+    if named:
+        counts.update({f"validation rows ({name})": len(ds) for name, ds in val.items()})
+    else:
+        counts["validation rows"] = len(val)
+    counts.update({"base set rows": len(result.base_indices), "epochs": len(result.history),
+                   "LoRA rank": _lora_rank(model, args.lora_rank)})
+    for name, (rows, from_score) in chosen.items():
+        target = "" if name is None else f" for {name}"
+        counts.update({f"selected{target} (n)": len(rows),
+                       f"selected{target} by score": int(from_score.sum()),
+                       f"selected{target} at random": int((~from_score).sum())})
+    if named:
+        counts["selected by any target (union)"] = len(result.selected)
+    counts.update({"random fraction": args.random_fraction, "length bins": args.bins,
+                   "resumed": "yes" if resumed else "no"})
+    return counts
+
+
 def _select(args: argparse.Namespace, out: Path, pool: Any, pool_format: str, val: Any,
             model: Any, tokenizer: Any, stages: Any) -> None:
     """The trajectory (resumed from ``out``), then the outputs, ``run.json`` last."""
@@ -680,26 +705,11 @@ def _select(args: argparse.Namespace, out: Path, pool: Any, pool_format: str, va
         for name, table in files.items():
             write_parquet(out / name, table)
         write_parquet(out / SCORES_FILE, scores)
-    counts: dict[str, Any] = {"pool rows": len(pool)}
-    if named:
-        counts.update({f"validation rows ({name})": len(ds) for name, ds in val.items()})
-    else:
-        counts["validation rows"] = len(val)
-    counts.update({"base set rows": len(result.base_indices), "epochs": len(result.history),
-                   "LoRA rank": _lora_rank(model, args.lora_rank)})
     if named:
         chosen = {name: _chosen(files[TARGET_SELECTED_FILE.format(name)]) for name in val}
     else:
         chosen = {None: _chosen(files[SELECTED_FILE])}
-    for name, (rows, from_score) in chosen.items():
-        target = "" if name is None else f" for {name}"
-        counts.update({f"selected{target} (n)": len(rows),
-                       f"selected{target} by score": int(from_score.sum()),
-                       f"selected{target} at random": int((~from_score).sum())})
-    if named:
-        counts["selected by any target (union)"] = files[SELECTED_FILE].num_rows
-    counts.update({"random fraction": args.random_fraction, "length bins": args.bins,
-                   "resumed": "yes" if resumed else "no"})
+    counts = _select_counts(args, pool, val, model, result, chosen, resumed)
     with stages("report"):
         _select_report(args, out, pool, pool_format, val, inputs, scores, chosen, result,
                        counts, stages)
