@@ -757,6 +757,23 @@ def _overlap(rows: Mapping[str, np.ndarray],
     return {"selected": selection_overlap(rows), "from_score": selection_overlap(by_score)}
 
 
+def _selections(
+    pool: Any, targets: list[_Target], per_epoch: list[np.ndarray], counts: np.ndarray,
+    counts_by_target: Mapping[str | None, int], config: ToVConfig, base_indices: np.ndarray,
+) -> tuple[pa.Table, Any, dict[str, Any] | None, dict[str, SelectionOverlap] | None]:
+    """(scores table, selected, per_target, overlap) of `ToVResult` from the per-epoch
+    scores float32 (K, N) and token counts (N,)."""
+    single = {t.name: _scores_dataset([e[i] for e in per_epoch], counts)
+              for i, t in enumerate(targets)}
+    per_target = {name: _select(pool, single[name], counts_by_target[name], config,
+                                base_indices) for name in single}
+    if None in single:  # one validation set
+        return single[None], per_target[None], None, None
+    scores = _named_scores(single, len(per_epoch))
+    rows = {name: sel.data.column(ROW).to_numpy() for name, sel in per_target.items()}
+    return scores, _combined(pool, scores, rows), per_target, _overlap(rows, per_target)
+
+
 def tov_select(
     model: nn.Module,
     tokenizer: Any,
@@ -770,7 +787,7 @@ def tov_select(
     **overrides: Any,
 ) -> ToVResult:
     """Score ``pool`` by ToV along a short trajectory and select ``n`` rows (module doc).
-    (Over 60 lines through this documentation: the body is ~45.)
+    (Over 60 lines through this documentation: the body is ~35.)
 
     Settings: ``config`` (default ``ToVConfig()``) with ``overrides`` (any `ToVConfig`
     field by name, e.g. ``lr=1e-4``) replacing its fields; `ToVConfig` describes each.
@@ -822,18 +839,9 @@ def tov_select(
         run.timed.seconds["setup"] = time.perf_counter() - started
         per_epoch, counts, history = _trajectory(run)
     with run.timed("select"):
-        single = {t.name: _scores_dataset([e[i] for e in per_epoch], counts)
-                  for i, t in enumerate(targets)}
-        per_target = {name: _select(pool, single[name], counts_by_target[name], config,
-                                    base_indices) for name in single}
-        if run.named:
-            scores = _named_scores(single, len(per_epoch))
-            rows = {name: sel.data.column(ROW).to_numpy() for name, sel in per_target.items()}
-            selected = _combined(pool, scores, rows)
-            overlap = _overlap(rows, per_target)
-        else:
-            scores, selected = single[None], per_target.pop(None)
-            per_target = overlap = None
+        scores, selected, per_target, overlap = _selections(
+            pool, targets, per_epoch, counts, counts_by_target, config, base_indices
+        )
     import datasets
 
     run.timed.seconds["total"] = time.perf_counter() - started
