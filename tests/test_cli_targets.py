@@ -186,7 +186,7 @@ def test_n_defaults_and_overrides(inputs, monkeypatch, tmp_path):
 @pytest.mark.parametrize("change, message", [
     (["--val", "math=x.jsonl"], "--val: names ['math'] appear more than once"),
     (["--val", "other=missing.jsonl"], "--val other=missing.jsonl: no such file or directory"),
-    (["--val", "other="], "--val other=: give the validation data after '='"),
+    (["--val", "other="], "--val other=: give the path after '='"),
     (["--val", "a.b=x.jsonl"], "--val: 'a.b' cannot name a score column"),
     (["--n", "art=3"], "--n names ['art', 'math', 'music'] but --val names ['math', 'music']"),
     (["--n", "math=3"], "--n math=N is given twice"),
@@ -267,3 +267,34 @@ def test_a_path_holding_an_equals_sign_is_one_validation_set(tmp_path, monkeypat
     args = argparse.Namespace(val=["lr=0.1.jsonl", "b=data/b.jsonl"], n=["3"])
     with pytest.raises(cli.CliError, match="--val: name each of several"):
         cli._parse_targets(args)
+
+
+def test_score_with_several_saved_val_adapters(inputs, tmp_path, capsys):
+    """tov score --val-adapter NAME=DIR (repeated): a tov_score_NAME column per target,
+    each equal to the one-adapter tov score of that directory."""
+    from tests.test_pipelines import save_tiny_model
+
+    _, base, val = save_tiny_model(tmp_path / "saved", more_targets=["other"])
+    targets = {"val": val, "other": val.parent / "other"}
+    argv = ["score", "--quiet", "--model", str(inputs["model"]), "--pool", str(inputs["pool"]),
+            "--base-adapter", str(base)]
+    out = tmp_path / "scores.parquet"
+    assert cli.main([*argv, *(a for name, path in targets.items()
+                              for a in ("--val-adapter", f"{name}={path}")),
+                     "--out", str(out)]) == 0
+    got = pq.read_table(out)
+    assert got.column_names == ["tov_row", "tov_score_val", "tov_score_other",
+                                "tov_num_tokens"]
+    for name, path in targets.items():
+        single = tmp_path / f"{name}.parquet"
+        assert cli.main([*argv, "--val-adapter", str(path), "--out", str(single)]) == 0
+        expected = pq.read_table(single)
+        np.testing.assert_allclose(got.column(f"tov_score_{name}").to_numpy(),
+                                   expected.column("tov_score").to_numpy(), rtol=1e-5, atol=1e-6)
+        assert got.column("tov_num_tokens").equals(expected.column("tov_num_tokens"))
+    code, err = fx.run_cli([*argv, "--val-adapter", str(val), "--val-adapter", str(val),
+                            "--out", str(tmp_path / "o.parquet")], capsys)
+    assert code == 2 and "--val-adapter: name each of several adapters" in err
+    code, err = fx.run_cli([*argv, "--val-adapter", f"x={tmp_path / 'none'}",
+                            "--out", str(tmp_path / "o.parquet")], capsys)
+    assert code == 2 and "adapter" in err and "no such" in err

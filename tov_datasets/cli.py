@@ -376,31 +376,35 @@ def _split_named(value: str) -> tuple[str | None, str]:
     return name, rest
 
 
+def _named_specs(flag: str, values: Sequence[str], what: str) -> str | dict[str, str]:
+    """A repeatable input option: one plain ``PATH`` as given, or {target name: PATH} from
+    ``NAME=PATH`` each (names checked, paths that look like paths must exist)."""
+    from tov_datasets.scorer import check_target_names
+
+    specs = [_split_named(v) for v in values]
+    if len(specs) == 1 and specs[0][0] is None:
+        return specs[0][1]
+    if any(name is None for name, _ in specs):
+        raise CliError(f"{flag}: name each of several {what}: {flag} NAME=PATH {flag} "
+                       "NAME=PATH ...")
+    try:
+        check_target_names([name for name, _ in specs], flag)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    for name, spec in specs:
+        if not spec:
+            raise CliError(f"{flag} {name}=: give the path after '=' (NAME=PATH)")
+        if _looks_like_path(spec) and not Path(spec).expanduser().exists():
+            raise CliError(f"{flag} {name}={spec}: no such file or directory")
+    return dict(specs)
+
+
 def _parse_targets(args: argparse.Namespace) -> None:
     """``tov select``'s repeatable ``--val`` and ``--n``, checked before anything loads:
     ``args.val`` becomes one spec (a plain ``--val PATH``) or {target name: spec}
     (``--val NAME=PATH`` each); ``args.n`` an int (``--n N``; repeated, the last counts)
     or {target name: n} (``--n NAME=N`` per target; a plain ``--n N`` gives the rest)."""
-    from tov_datasets.scorer import check_target_names
-
-    vals = [_split_named(v) for v in args.val]
-    if len(vals) == 1 and vals[0][0] is None:
-        args.val = vals[0][1]
-    else:
-        if any(name is None for name, _ in vals):
-            raise CliError("--val: name each of several validation sets: --val NAME=PATH "
-                           "--val NAME=PATH ...")
-        try:
-            check_target_names([name for name, _ in vals], "--val")
-        except ValueError as e:
-            raise CliError(str(e)) from e
-        for name, spec in vals:
-            if not spec:
-                raise CliError(f"--val {name}=: give the validation data after '=' "
-                               "(NAME=PATH)")
-            if _looks_like_path(spec) and not Path(spec).expanduser().exists():
-                raise CliError(f"--val {name}={spec}: no such file or directory")
-        args.val = dict(vals)
+    args.val = _named_specs("--val", args.val, "validation sets")
     default, per_target = None, {}
     for value in args.n:
         name, count = _split_named(value)
@@ -783,17 +787,19 @@ def _adapter_scorer(args: argparse.Namespace, model: Any, tokenizer: Any) -> Any
     from tov_datasets.scorer import ToVScorer
     from tov_datasets.storage import ADAPTER_WEIGHTS, sha256_file
 
-    weights = [Path(adapter) / ADAPTER_WEIGHTS for adapter in (args.base_adapter,
-                                                                args.val_adapter)]
-    for adapter, path in zip((args.base_adapter, args.val_adapter), weights, strict=True):
-        if not path.is_file():
+    targets = _flag_values(args, ["--val-adapter"])
+    for adapter in (args.base_adapter, *(spec for _, spec in targets)):
+        if not (Path(adapter) / ADAPTER_WEIGHTS).is_file():
             raise CliError(
                 f"adapter {adapter} has no {ADAPTER_WEIGHTS}; tov loads adapters only as "
                 "safetensors (peft: save_pretrained(..., safe_serialization=True))"
             )
-    if sha256_file(weights[0]) == sha256_file(weights[1]):
-        log.warning("--base-adapter and --val-adapter hold the same weights: every score "
-                    "will be 0 (pass the adapter trained on the validation set as --val-adapter)")
+    base = sha256_file(Path(args.base_adapter) / ADAPTER_WEIGHTS)
+    for flag, adapter in targets:
+        if sha256_file(Path(adapter) / ADAPTER_WEIGHTS) == base:
+            log.warning("--base-adapter and %s hold the same weights: every score will be 0 "
+                        "(pass the adapter trained on the validation set as --val-adapter)",
+                        flag)
     try:
         return ToVScorer(
             model, tokenizer, base_adapter=args.base_adapter, val_adapter=args.val_adapter,
@@ -801,8 +807,9 @@ def _adapter_scorer(args: argparse.Namespace, model: Any, tokenizer: Any) -> Any
         )
     except (OSError, RuntimeError, SafetensorError, ValueError) as e:
         detail = _one_line(e)
+        shown = " and ".join([args.base_adapter, *(spec for _, spec in targets)])
         raise CliError(
-            f"cannot load adapters {args.base_adapter} and {args.val_adapter} into "
+            f"cannot load adapters {shown} into "
             f"{args.model}: {detail[:300]}{'...' if len(detail) > 300 else ''}"
         ) from e
 
@@ -826,7 +833,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     pool_format = _check_columns(pool, "pool")
     val = load_data(args.val, "val") if args.val else None
     if val is None:
-        for adapter in adapters:
+        for _, adapter in _flag_values(args, ["--base-adapter", "--val-adapter"]):
             if not Path(adapter).is_dir():
                 raise CliError(f"adapter {adapter}: no such directory")
     else:
@@ -837,12 +844,11 @@ def cmd_score(args: argparse.Namespace) -> None:
     )
     digest = dataset_digest(pool)
     if val is None:
-        from tov_datasets.scorer import NUM_TOKENS, SCORE
         from tov_datasets.trajectory import ROW
 
         scorer = _adapter_scorer(args, model, tokenizer)
         scored = pool.map(scorer, batched=True, desc="score", keep_in_memory=True)
-        table = _table(scored.select_columns([SCORE, NUM_TOKENS]))
+        table = _table(scored.select_columns(scorer.columns))
         table = table.add_column(0, ROW, pa.array(np.arange(len(pool), dtype=np.int64)))
         table = _with_pool_digest(table, digest)
     else:
@@ -1097,12 +1103,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("score", "ToV scores only (no selection)",
             f"writes --out: {SCORES_FILE}'s columns (tov_row, tov_score, tov_num_tokens; with "
             f"--val also\nthe per-epoch scores and {IN_BASE}; the pool's content digest in "
-            "its metadata);\n--state-dir: the trajectory (as in tov select).")
+            "its metadata);\n--state-dir: the trajectory (as in tov select). Several saved "
+            "targets: --val-adapter NAME=DIR\neach, scored in one forward: tov_score_NAME "
+            "per target instead of tov_score.")
     _add_model_options(p)
     p.add_argument("--pool", required=True, help=f"samples to score: {data_help}")
     p.add_argument("--out", required=True, help="output .parquet file")
     p.add_argument("--base-adapter", help="saved peft adapter directory of the base model")
-    p.add_argument("--val-adapter", help="saved peft adapter directory after val training")
+    p.add_argument("--val-adapter", action="append", metavar="DIR | NAME=DIR",
+                   help="saved peft adapter directory after val training; several targets: "
+                        "NAME=DIR each (repeat; columns tov_score_NAME)")
     p.add_argument("--val", help=f"instead of adapters: run the ToV trajectory ({data_help})")
     p.add_argument("--state-dir", help="with --val: directory to resume the trajectory from")
     _add_trajectory_options(p)
@@ -1168,6 +1178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "select":
             _parse_targets(args)
+        elif args.command == "score" and args.val_adapter is not None:
+            args.val_adapter = _named_specs("--val-adapter", args.val_adapter, "adapters")
         _check_numbers(args)
         args.func(args)
     except KeyboardInterrupt:
