@@ -35,6 +35,39 @@ def test_copy_adapter(tiny_tokenizer, tiny_causal_lm, tiny_token_classifier):
             assert torch.equal(a, b)
 
 
+def test_average_adapters(tiny_tokenizer, tiny_causal_lm, tiny_token_classifier):
+    """The mean of K = 3 random adapters, parameter by parameter (classifier head included),
+    against a float64 mean computed by name; K = 1 is exactly copy_adapter; the destination
+    keeps its parameter objects."""
+    for model in (tiny_causal_lm, tiny_token_classifier):
+        tiny.add_adapters(model, ["c", "dst"])
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # the classifier head copies differ too
+            for adapter in ("base", "val", "c"):
+                for p in models.adapter_parameters(model, adapter):
+                    p.add_(torch.randn(p.shape, generator=g))
+        names = {id(p): n for n, p in model.named_parameters()}
+        by_name = {n: p.detach().double().clone() for n, p in model.named_parameters()}
+        dst_params = models.adapter_parameters(model, "dst")
+        models.average_adapters(model, ["base", "val", "c"], "dst")
+        assert [id(p) for p in models.adapter_parameters(model, "dst")] == [
+            id(p) for p in dst_params]
+        for q in dst_params:
+            name = names[id(q)]
+            sources = [by_name[name.replace(".dst.", f".{a}.")] for a in ("base", "val", "c")]
+            assert not torch.equal(sources[0], sources[1])
+            expected = ((sources[0] + sources[1] + sources[2]) / 3).to(q.dtype)
+            assert torch.equal(q.detach(), expected), name
+        assert any("modules_to_save" in names[id(q)] for q in dst_params) == (
+            model is tiny_token_classifier)
+        models.average_adapters(model, ["val"], "dst")
+        assert all(torch.equal(a, b) for a, b in zip(_weights(model, "val"),
+                                                     _weights(model, "dst"), strict=True))
+        with pytest.raises(ValueError, match="at least one source adapter"):
+            models.average_adapters(model, [], "dst")
+    assert models.val_adapter_name("b-2") == "tov_val_b-2"
+
+
 def test_paired_adapter_parameters_match_by_name(tiny_tokenizer, tiny_causal_lm,
                                                  tiny_token_classifier):
     for model in (tiny_causal_lm, tiny_token_classifier):

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tov_datasets.select import length_bins, select_by_score, select_indices
+from tov_datasets.select import length_bins, select_by_score, select_indices, selection_overlap
 
 SETTINGS = settings(max_examples=80, deadline=None)
 
@@ -390,3 +390,37 @@ def test_length_bins_are_the_bins_select_cuts(num_bins):
             assert taken.size in (n * rows.size // eligible, n * rows.size // eligible + 1)
             top = rows[np.argsort(-scores[rows], kind="stable")][: taken.size]
             np.testing.assert_array_equal(np.sort(top), taken)
+
+
+def test_selection_overlap_matches_sets():
+    """Shared-row counts of K random selections (various sizes, orders, dtypes, one empty)
+    against Python set intersections."""
+    rng = np.random.default_rng(5)
+    for k in (1, 2, 5):
+        dtypes = (np.int64, np.int32, np.uint16)
+        selections = {f"t{i}": rng.permutation(rng.choice(200, rng.integers(0, 60),
+                                                          replace=False)).astype(dtypes[i % 3])
+                      for i in range(k)}
+        selections[f"t{k}"] = np.empty(0, np.int64)
+        sets = {name: set(rows.tolist()) for name, rows in selections.items()}
+        overlap = selection_overlap(selections)
+        assert overlap.names == tuple(selections)
+        assert overlap.counts.dtype == np.int64
+        assert overlap.counts.tolist() == [[len(sets[a] & sets[b]) for b in sets] for a in sets]
+        assert overlap.union == len(set().union(*sets.values()))
+        assert overlap.as_dict() == {a: {b: len(sets[a] & sets[b]) for b in sets} for a in sets}
+
+
+@pytest.mark.parametrize(
+    ("selections", "match"),
+    [
+        ({}, "at least one named selection"),
+        ({"a": np.array([[1, 2]])}, r"selections\['a'\] must be a 1-D array"),
+        ({"a": np.array([1.0, 2.0])}, r"selections\['a'\] must be a 1-D array of integer"),
+        ({"a": [1, 2], "b": [3, -1]}, r"selections\['b'\] has negative row indices"),
+        ({"a": [1, 2, 1]}, r"selections\['a'\] holds a row more than once"),
+    ],
+)
+def test_selection_overlap_bad_input(selections, match):
+    with pytest.raises(ValueError, match=match):
+        selection_overlap(selections)

@@ -452,13 +452,17 @@ def test_plain_model_is_left_as_it_was(tiny_tokenizer, pool, val, lora):
     assert torch.equal(torch.get_rng_state(), rng)
 
 
+@pytest.mark.parametrize("named", [False, True])
 def test_peft_model_starts_from_its_active_adapter(tiny_tokenizer, tiny_causal_lm, pool, val,
-                                                   fit_calls):
+                                                   fit_calls, named):
     model = tiny_causal_lm  # adapters "base" (active) and "val", randomised
     model.set_adapter("val")
     own = {name: _weights(model, name) for name in ("base", "val")}
-    trajectory.tov_select(model, tiny_tokenizer, pool, val, n=10, base_size=20, epochs=1)
+    targets = {"a": val, "b": val.select([0])} if named else val
+    trajectory.tov_select(model, tiny_tokenizer, pool, targets, n=10, base_size=20, epochs=1)
     assert _same(fit_calls[0]["before"], own["val"])
+    assert [c["adapter"] for c in fit_calls] == (
+        ["tov_base", "tov_val_a", "tov_val_b"] if named else ["tov_base", "tov_val"])
     assert sorted(model.peft_config) == ["base", "val"] and model.active_adapter == "val"
     assert all(_same(_weights(model, name), w) for name, w in own.items())
     with pytest.raises(ValueError, match="lora= applies to plain models"):
@@ -652,3 +656,345 @@ def test_config_and_keywords_are_the_same_run(tiny_tokenizer, pool, val, lora, t
         with pytest.raises(ValueError, match=message):
             trajectory.ToVConfig(**bad)
     assert trajectory.ToVConfig(column_map={}).column_map is None
+
+
+# ---------------------------------------------------------------------------- named targets
+
+NAMES = ("a", "b-2", "c_x")
+
+
+@pytest.fixture(scope="module")
+def targets(val):
+    """Three named validation sets of the tiny LM's words (the first is ``val``)."""
+    return {"a": val,
+            "b-2": Dataset.from_dict({"text": ["river city king war", "music film game song",
+                                               "the team and the player"]}),
+            "c_x": Dataset.from_dict({"text": ["cell gene protein", "star planet energy"]})}
+
+
+def _ner_data():
+    """24 tokens/ner_tags rows for the tiny token classifier and three validation sets."""
+    rng = np.random.default_rng(1)
+    words = [list(rng.choice(tiny.WORDS, rng.integers(2, 8))) for _ in range(24)]
+    tags = [[str(rng.choice(tiny.NER_LABELS)) for _ in w] for w in words]
+    pool = Dataset.from_dict({"tokens": words, "ner_tags": tags})
+    return pool, {name: pool.select(rows) for name, rows in
+                  zip(NAMES, ([0, 1, 2, 3], [5, 9], [11, 12, 20]), strict=True)}
+
+
+def _task_case(kind, tok, pool, targets):
+    """(model factory, pool, targets, tov_select keywords) of the tiny causal LM or token
+    classifier."""
+    if kind == "causal_lm":
+        return (lambda: tiny.causal_lm(tok)), pool, targets, {"n": 10, "base_size": 20}
+    ner_pool, ner_targets = _ner_data()
+    return (lambda: tiny.token_classifier(tok)), ner_pool, ner_targets, {
+        "n": 8, "base_size": 24, "lr": 1e-2}
+
+
+def _select_kw(**kw):
+    return {"epochs": 2, "lr": 3e-2, "batch_size": 4, **kw}
+
+
+def _tables_equal(a, b):
+    return a.data.table.equals(b.data.table)
+
+
+@pytest.mark.parametrize("variant", ["interleaved", "parallel"])
+def test_one_target_mapping_is_the_plain_path(tiny_tokenizer, pool, val, lora, tmp_path,
+                                              variant):
+    """{"a": val} trains, scores and selects exactly as val alone: the same scores (under
+    tov_score_a), per_target["a"] = the plain selection bit for bit, the combined selection
+    has its rows; files under epoch_KKK/val_a."""
+    plain = _run(tiny_tokenizer, pool, val, lora=lora, variant=variant,
+                 output_dir=tmp_path / "plain")
+    named = _run(tiny_tokenizer, pool, {"a": val}, lora=lora, variant=variant, n={"a": 10},
+                 output_dir=tmp_path / "named")
+    assert plain.per_target is None and plain.overlap is None
+    assert named.scores.column_names == ["tov_row", "tov_score_a", "tov_num_tokens",
+                                         "tov_score_a_epoch_1", "tov_score_a_epoch_2"]
+    renamed = {"tov_score_a": "tov_score", "tov_score_a_epoch_1": "tov_score_epoch_1",
+               "tov_score_a_epoch_2": "tov_score_epoch_2"}
+    assert named.scores.data.table.rename_columns(
+        [renamed.get(c, c) for c in named.scores.column_names]).equals(plain.scores.data.table)
+    assert _tables_equal(named.per_target["a"], plain.selected)
+    assert named.selected["tov_row"] == plain.selected["tov_row"]
+    assert named.selected["tov_targets"] == [["a"]] * 10
+    assert named.overlap["selected"].counts.tolist() == [[10]]
+    assert named.overlap["from_score"].counts.tolist() == [[5]]
+    assert [h["val_steps"] for h in named.history] == [{"a": 1}] * 2
+    assert [h["val_loss"]["a"] for h in named.history] == [h["val_loss"] for h in plain.history]
+    for name, directory in (("plain", "val"), ("named", "val_a")):
+        assert sorted(p.name for p in (tmp_path / name / "epoch_001").iterdir()) == [
+            "base", "optimizer.safetensors", "scores", directory]
+    shard = pa.parquet.read_table(tmp_path / "named" / "epoch_001" / "scores" /
+                                  "shard_00000.parquet")
+    assert shard.column_names == ["tov_score_a", "tov_num_tokens"]
+    args = json.loads((tmp_path / "named" / "manifest.json").read_text())["args"]
+    assert args["targets"] == ["a"] and set(args["val"]) == {"a"}
+    assert "targets" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())["args"]
+
+
+@pytest.mark.parametrize(("kind", "settings"), [
+    ("causal_lm", {}),
+    ("token_classification", {}),
+    ("causal_lm", {"val_optimizer": "continue"}),
+    ("causal_lm", {"val_optimizer": "sgd", "val_mode": "step"}),
+])
+def test_parallel_targets_score_as_single_target_runs(tiny_tokenizer, pool, targets, kind,
+                                                      settings):
+    """Parallel: the base never sees the val adapters, so each target's per-epoch scores and
+    selection equal those of a single-target run on it with the same seed, bit for bit,
+    while K = 3 targets share one base trajectory and one scoring pass (for every val
+    update rule)."""
+    make, data, named_targets, kw = _task_case(kind, tiny_tokenizer, pool, targets)
+    kw = _select_kw(variant="parallel", **kw, **settings)
+    many = trajectory.tov_select(make(), tiny_tokenizer, data, named_targets, **kw)
+    for name, target_val in named_targets.items():
+        alone = trajectory.tov_select(make(), tiny_tokenizer, data, target_val, **kw)
+        for k in (1, 2):
+            np.testing.assert_array_equal(many.scores[trajectory.epoch_column(k, name)],
+                                          alone.scores[trajectory.epoch_column(k)])
+        assert _tables_equal(many.per_target[name], alone.selected)
+    epoch_2 = [np.asarray(many.scores[trajectory.epoch_column(2, t)]) for t in NAMES]
+    assert not np.allclose(epoch_2[0], epoch_2[1]) and not np.allclose(epoch_2[1], epoch_2[2])
+
+
+def _reference_scores(model, samples, val_adapter, causal):
+    """Per sample: float64 mean over its scored tokens of log p_val - log p_base, from two
+    separate plain forwards (set_adapter), one sample at a time."""
+    model.eval()
+    scores = []
+    with torch.no_grad():
+        for sample in samples:
+            ids = torch.tensor([sample.input_ids])
+            logp = {}
+            for adapter in ("tov_base", val_adapter):
+                model.set_adapter(adapter)
+                logp[adapter] = model(input_ids=ids).logits[0].double().log_softmax(-1)
+            labels = torch.tensor(sample.labels)
+            positions = torch.arange(len(labels))
+            if causal:  # token t + 1 is predicted at position t
+                labels, positions = labels[1:], positions[:-1]
+            keep = labels != -100
+            delta = (logp[val_adapter][positions[keep], labels[keep]]
+                     - logp["tov_base"][positions[keep], labels[keep]])
+            scores.append(float(delta.mean()))
+    return np.array(scores)
+
+
+def _interleaved_reference(model, tok, data, named_targets, *, epochs, lr, batch_size,
+                           base_size, seed=0, val_lr_ratio=0.1):
+    """The interleaved trajectory written out: per epoch the base continues from the plain
+    float64 mean of the K val adapters (epoch 1: from its start), trains on U, each target's
+    val adapter is copied from it and trained; scores by `_reference_scores`."""
+    task = models.infer_task(model)
+    adapters = {name: f"tov_val_{name}" for name in named_targets}
+    encode = {"task": task, "max_length": 128, "label2id": models.label_map(model, task)}
+    base_rows = np.sort(np.random.default_rng(seed).choice(len(data), base_size, replace=False))
+    per_epoch = {name: [] for name in named_targets}
+    with models.attached(model, ["tov_base", *adapters.values()], seed=seed) as peft_model:
+        pad = models.pad_token_id(tok)
+        base_set = training.encode_dataset(data.select(base_rows), tok, **encode)
+        pool_set = training.encode_dataset(data, tok, **encode)
+        base_params = models.adapter_parameters(peft_model, "tov_base")
+        optimizer = training.adamw(base_params, lr)
+        for k in range(1, epochs + 1):
+            lr_k = lr * (epochs - k + 1) / epochs
+            if k > 1:
+                vals = [models.adapter_parameters(peft_model, a) for a in adapters.values()]
+                with torch.no_grad():
+                    for i, p in enumerate(base_params):
+                        p.copy_(torch.stack([v[i].double() for v in vals]).mean(0))
+            training.fit(peft_model, base_set, pad_token_id=pad, adapter="tov_base", lr=lr_k,
+                         batch_size=batch_size, schedule="constant", optimizer=optimizer,
+                         seed=trajectory._derive(seed, k, 0))
+            for name, adapter in adapters.items():
+                with torch.no_grad():
+                    for p, q in zip(base_params, models.adapter_parameters(peft_model, adapter),
+                                    strict=True):
+                        q.copy_(p)
+                training.fit(peft_model, training.encode_dataset(named_targets[name], tok,
+                                                                 **encode),
+                             pad_token_id=pad, adapter=adapter, lr=val_lr_ratio * lr_k,
+                             batch_size=batch_size, schedule="constant",
+                             seed=trajectory._derive(seed, k, 1))
+                per_epoch[name].append(_reference_scores(peft_model, pool_set, adapter,
+                                                         task == "causal_lm"))
+    return per_epoch
+
+
+@pytest.mark.parametrize("kind", ["causal_lm", "token_classification"])
+def test_interleaved_targets_match_a_reference_loop(tiny_tokenizer, pool, targets, kind):
+    """Interleaved, K = 3: every target's per-epoch scores equal a hand-written loop whose
+    base continues from the plain mean of the three val adapters, scored by two separate
+    float64 forwards per sample; the parallel variant (the base's own weights) differs from
+    epoch 2 on."""
+    make, data, named_targets, kw = _task_case(kind, tiny_tokenizer, pool, targets)
+    kw = _select_kw(**kw)
+    result = trajectory.tov_select(make(), tiny_tokenizer, data, named_targets, **kw)
+    reference = _interleaved_reference(make(), tiny_tokenizer, data, named_targets,
+                                       epochs=2, lr=kw["lr"], batch_size=4,
+                                       base_size=kw["base_size"])
+    for name in named_targets:
+        for k in (1, 2):
+            np.testing.assert_allclose(result.scores[trajectory.epoch_column(k, name)],
+                                       reference[name][k - 1], rtol=1e-4, atol=1e-6)
+    parallel = trajectory.tov_select(make(), tiny_tokenizer, data, named_targets,
+                                     **{**kw, "variant": "parallel"})
+    for name in named_targets:
+        assert not np.allclose(parallel.scores[trajectory.epoch_column(2, name)],
+                               reference[name][1], rtol=1e-4, atol=1e-6)
+
+
+def test_combined_selection_is_the_union_and_overlap_counts_shared_rows(
+        tiny_tokenizer, pool, targets, lora):
+    """Per-target n; combined = the union of the per-target selections, each row once, with
+    the targets that chose it; overlap counts against a brute-force set computation, for
+    whole selections and their score-chosen parts."""
+    quotas = {"a": 6, "b-2": 10, "c_x": 8}
+    result = _run(tiny_tokenizer, pool, targets, lora=lora, n=quotas)
+    chosen = {name: set(sel["tov_row"]) for name, sel in result.per_target.items()}
+    by_score = {name: {r for r, s in zip(sel["tov_row"], sel["tov_from_score"], strict=True)
+                       if s} for name, sel in result.per_target.items()}
+    assert {name: len(rows) for name, rows in chosen.items()} == quotas
+    for name, sel in result.per_target.items():  # each the single-target selection rule
+        expected = select_indices(np.asarray(result.scores[f"tov_score_{name}"]),
+                                  np.asarray(result.scores["tov_num_tokens"]), quotas[name],
+                                  random_pool=result.base_indices, seed=0)
+        assert sel["tov_row"] == expected.tolist()
+        assert sel["tov_score"] == result.scores[f"tov_score_{name}"][sel["tov_row"]]
+    union = sorted(set().union(*chosen.values()))
+    combined = result.selected
+    assert combined["tov_row"] == union and len(union) < sum(quotas.values())
+    assert combined["tov_targets"] == [[n for n in NAMES if row in chosen[n]] for row in union]
+    assert combined["id"] == union  # the pool's own columns, row by row
+    assert combined.column_names == ["text", "id", *result.scores.column_names, "tov_targets"]
+    for column in result.scores.column_names:
+        assert combined[column] == [result.scores[column][r] for r in union]
+    for key, sets in (("selected", chosen), ("from_score", by_score)):
+        overlap = result.overlap[key]
+        assert overlap.names == NAMES and overlap.union == len(set().union(*sets.values()))
+        assert overlap.counts.tolist() == [[len(sets[a] & sets[b]) for b in NAMES]
+                                           for a in NAMES]
+        assert overlap.as_dict()["a"]["c_x"] == len(sets["a"] & sets["c_x"])
+
+
+def test_named_targets_resume_after_interruptions_bit_identical(
+        tiny_tokenizer, pool, targets, lora, tmp_path, monkeypatch):
+    """K = 3, dropout on, 5 shards per epoch: one run interrupted in epoch 2 while the second
+    target's val adapter trains, its rerun interrupted while scoring epoch 2's third shard;
+    the last rerun trains and scores only what is missing and ends bit-identical to an
+    uninterrupted run (scores, combined and per-target selections, overlap)."""
+    monkeypatch.setattr(trajectory, "SHARD_ROWS", 7)
+    kw = {"lora": lora, "epochs": 3, "output_dir": tmp_path}
+    reference = _run(tiny_tokenizer, pool, targets, **{**kw, "output_dir": None})
+    real_fit, real_score = training.fit, ToVScorer.score_columns
+    fits, scored, interrupt = [], [], {"fit": 7, "score": None}
+
+    def interrupted_fit(model, samples, **fit_kw):
+        fits.append(fit_kw["adapter"])
+        if len(fits) == interrupt["fit"]:
+            raise _Interrupted
+        return real_fit(model, samples, **fit_kw)
+
+    def interrupted_score(self, columns):
+        scored.append(self.val_adapter)
+        if len(scored) == interrupt["score"]:
+            raise _Interrupted
+        return real_score(self, columns)
+
+    monkeypatch.setattr(training, "fit", interrupted_fit)
+    monkeypatch.setattr(ToVScorer, "score_columns", interrupted_score)
+    vals = ["tov_val_a", "tov_val_b-2", "tov_val_c_x"]
+    with pytest.raises(_Interrupted):  # fit 7: epoch 2's tov_val_b-2
+        _run(tiny_tokenizer, pool, targets, **kw)
+    assert fits == ["tov_base", *vals, "tov_base", *vals[:2]]
+    assert len(scored) == 5  # epoch 1 complete
+    assert sorted(p.name for p in (tmp_path / "epoch_001").iterdir()) == [
+        "base", "optimizer.safetensors", "scores", "val_a", "val_b-2", "val_c_x"]
+    shard = pa.parquet.read_table(tmp_path / "epoch_001" / "scores" / "shard_00004.parquet")
+    assert shard.column_names == ["tov_score_a", "tov_score_b-2", "tov_score_c_x",
+                                  "tov_num_tokens"]
+
+    fits.clear()
+    scored.clear()
+    interrupt.update(fit=None, score=3)
+    with pytest.raises(_Interrupted):  # epoch 2 trained, then its third shard
+        _run(tiny_tokenizer, pool, targets, **kw)
+    assert fits == ["tov_base", *vals] and len(scored) == 3
+    assert scored[0] == vals  # one scorer for all targets
+
+    fits.clear()
+    scored.clear()
+    interrupt.update(score=None)
+    resumed = _run(tiny_tokenizer, pool, targets, **kw)
+    assert fits == ["tov_base", *vals]  # epoch 3 only
+    assert len(scored) == 3 + 5  # epoch 2's shards 2-4, all of epoch 3
+    assert _tables_equal(resumed.scores, reference.scores)
+    assert _tables_equal(resumed.selected, reference.selected)
+    for name in NAMES:
+        assert _tables_equal(resumed.per_target[name], reference.per_target[name])
+    for key in ("selected", "from_score"):
+        assert np.array_equal(resumed.overlap[key].counts, reference.overlap[key].counts)
+    assert resumed.history == reference.history
+
+
+def test_named_targets_changed_with_the_same_output_dir(tiny_tokenizer, pool, targets, lora,
+                                                        tmp_path):
+    """The manifest records every target's name (in order) and validation rows."""
+    kw = {"lora": lora, "epochs": 1, "output_dir": tmp_path}
+    _run(tiny_tokenizer, pool, targets, **kw)
+    changed = {**targets, "c_x": targets["c_x"].select([0])}
+    renamed = {("d" if name == "c_x" else name): ds for name, ds in targets.items()}
+    reordered = dict(reversed(list(targets.items())))
+    for other, message in ((changed, "val: changed"), (renamed, "targets"),
+                           (reordered, "targets"), (targets["a"], "val")):
+        with pytest.raises(storage.ManifestMismatchError, match=message):
+            _run(tiny_tokenizer, pool, other, **kw)
+    again = _run(tiny_tokenizer, pool, targets, **{**kw, "n": {"a": 4, "b-2": 5, "c_x": 6}})
+    assert [len(again.per_target[name]) for name in NAMES] == [4, 5, 6]
+
+
+@pytest.mark.parametrize(
+    ("val_arg", "n", "error", "message"),
+    [
+        ({}, 10, ValueError, "val: give at least one target name"),
+        ({"a b": "v"}, 10, ValueError, r"val: 'a b' cannot name a score column"),
+        ({"": "v"}, 10, ValueError, r"val: '' cannot name a score column"),
+        ({1: "v"}, 10, ValueError, r"val: 1 cannot name a score column"),
+        ({"a": "v", "a_epoch_2": "v"}, 10, ValueError,
+         r"val: target 'a_epoch_2' would share its score column 'tov_score_a_epoch_2' with "
+         r"the epoch columns of target 'a'"),
+        ({"a": "v", "b": "v"}, {"a": 4}, ValueError,
+         r"n: its keys \['a'\] must be the targets of val \['a', 'b'\]"),
+        ({"a": "v"}, {"a": 4, "b": 4}, ValueError, "n: its keys"),
+        ("v", {"a": 4}, ValueError, "n: a mapping of per-target counts needs val as a mapping"),
+        ({"a": "v", "b": "v"}, {"a": 4, "b": 31}, ValueError,
+         r"n\['b'\]=31 must be in \[1, len\(pool\)=30\]"),
+        ({"a": "v", "b": "v"}, {"a": 4, "b": 2.5}, ValueError, r"n\['b'\]=2.5 must be an int"),
+        ({"a": "v", "b": "v"}, {"a": 4, "b": 0}, ValueError, r"n\['b'\]=0"),
+        ({"a": "v", "b": "empty"}, 10, ValueError,
+         "the validation set of target 'b' is empty"),
+        ({"a": "v", "b": "unscored"}, 10, ValueError,
+         "the validation set of target 'b' has no scored tokens"),
+        ({"a": "v", "b": ["rows"]}, 10, TypeError,
+         r"val\['b'\] must be a datasets.Dataset, got list"),
+        ("v", 0, ValueError, r"n=0 must be in"),
+    ],
+)
+def test_named_targets_bad_arguments(tiny_tokenizer, pool, val, val_arg, n, error, message):
+    named = {"v": val, "empty": val.select([]),  # "oneword": [UNK] alone, nothing predicted
+             "unscored": Dataset.from_dict({"text": ["oneword"]})}
+
+    def resolve(v):
+        return named.get(v, v) if isinstance(v, str) else v
+
+    if isinstance(val_arg, dict):
+        val_arg = {name: resolve(v) for name, v in val_arg.items()}
+    else:
+        val_arg = resolve(val_arg)
+    model = tiny.causal_lm(tiny_tokenizer)
+    with pytest.raises(error, match=message):
+        trajectory.tov_select(model, tiny_tokenizer, pool, val_arg, n=n, base_size=20)
+    assert not hasattr(model, "peft_config")

@@ -4,6 +4,7 @@
     pool = pool.map(scorer, batched=True)                 # + tov_score, tov_num_tokens
     chosen = select_by_score(pool, n=5000)                # length-binned Score+Random
     result = tov_select(model, tokenizer, pool, val, n=5000)   # the whole method, one call
+    result = tov_select(model, tokenizer, pool, {"a": val_a, "b": val_b}, n=5000)  # targets
 
 Names are imported on first use, so `import tov_datasets.select` (say, in a pipeline worker)
 does not pull in torch and transformers.
@@ -20,6 +21,7 @@ _EXPORTS = {
     "load_model": "tov_datasets.models",
     "select_indices": "tov_datasets.select",
     "select_by_score": "tov_datasets.select",
+    "selection_overlap": "tov_datasets.select",
     "tov_select": "tov_datasets.trajectory",
     "ToVResult": "tov_datasets.trajectory",
     "ToVConfig": "tov_datasets.trajectory",

@@ -3,9 +3,10 @@
 Holds: loading a model and its tokenizer (local directory, ``.gguf`` file or hub name; causal
 LM or token-classification head; EOS as pad token), task inference, the label map and the one
 pad-id rule; the default LoRA config and rank; adapter parameters, copies, saving and
-loading; attaching the trajectory's adapters to a model and detaching them
-(`attached`); `adapter_mode`, the one context manager that activates adapters and a
-train/eval mode and restores both; and `mixed_adapter_forward`, one forward over a batch
+loading, and their parameter-wise mean (`average_adapters`); attaching the trajectory's
+adapters to a model and detaching them (`attached`; several targets get one val adapter
+each, `val_adapter_name`); `adapter_mode`, the one context manager that activates adapters
+and a train/eval mode and restores both; and `mixed_adapter_forward`, one forward over a batch
 repeated once per adapter (peft mixed-adapter batches).
 
 Ground floor: imports nothing from ``cli``, ``trajectory`` or ``demo``; raises ordinary
@@ -37,6 +38,7 @@ __all__ = [
     "adapter_names",
     "adapter_parameters",
     "attached",
+    "average_adapters",
     "base_model",
     "check_adapter_names",
     "copy_adapter",
@@ -61,6 +63,7 @@ __all__ = [
     "require_peft",
     "save_adapter",
     "seeded_rng",
+    "val_adapter_name",
 ]
 
 # The trajectory's two adapters (tov_select adds them to the user's model and removes them).
@@ -404,6 +407,25 @@ def copy_adapter(model: nn.Module, src: str, dst: str) -> None:
             q.copy_(p)
 
 
+def average_adapters(model: nn.Module, sources: Sequence[str], dst: str) -> None:
+    """Set adapter ``dst`` to the parameter-wise mean of the adapters ``sources`` (same
+    config), in place: each LoRA factor and modules_to_save copy is averaged on its own,
+    summed in float64 in the order of ``sources``. One source is exactly `copy_adapter`.
+    The parameter objects of ``dst`` are kept, so an optimizer over them stays valid."""
+    if not sources:
+        raise ValueError("average_adapters: give at least one source adapter")
+    if len(sources) == 1:
+        copy_adapter(model, sources[0], dst)
+        return
+    paired = [paired_adapter_parameters(model, src, dst) for src in sources]
+    with torch.no_grad():
+        for pairs in zip(*paired, strict=True):
+            total = pairs[0][0].to(torch.float64)
+            for p, _ in pairs[1:]:
+                total = total + p.to(torch.float64)
+            pairs[0][1].copy_(total / len(sources))
+
+
 def save_adapter(model: nn.Module, adapter: str, path: PathLike) -> Path:
     """Save one adapter of a peft model to the directory ``path`` (safetensors + config),
     atomically. The result loads with ``PeftModel.from_pretrained(base_model, path)``."""
@@ -532,6 +554,13 @@ def forward_with_adapter_names(
 
 
 # ------------------------------------------------------------------------ attaching
+def val_adapter_name(target: str) -> str:
+    """The trajectory's val adapter of the named target ``target`` (several targets):
+    ``tov_val_<target>``."""
+    return f"{VAL_ADAPTER}_{target}"
+
+
+
 def _original(module: nn.Module) -> nn.Module:
     """The module peft wrapped (the module itself when not a peft wrapper)."""
     from peft.tuners.tuners_utils import BaseTunerLayer

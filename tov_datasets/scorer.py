@@ -59,22 +59,29 @@ def score_column(target: str) -> str:
     return f"{SCORE}_{target}"
 
 
-def _check_targets(targets: Sequence[Any], base_adapter: str) -> list[str]:
-    """The target adapter names of a multi-target ``val_adapter``, checked: at least one,
-    strings of letters, digits, ``_`` and ``-`` (they name columns), no repeats, not the
-    base adapter."""
-    names = list(targets)
+def check_target_names(names: Sequence[Any], argument: str) -> list[str]:
+    """Target names, checked: at least one; strings of letters, digits, ``_`` and ``-``
+    (each names a score column, `score_column`); no repeats. Raises ValueError starting
+    with ``argument`` (the argument that gave the names)."""
+    names = list(names)
     if not names:
-        raise ValueError("val_adapter: give at least one target adapter name")
+        raise ValueError(f"{argument}: give at least one target name")
     for name in names:
         if not isinstance(name, str) or not TARGET_NAME.fullmatch(name):
             raise ValueError(
-                f"val_adapter: {name!r} cannot name a score column; use letters, digits, "
+                f"{argument}: {name!r} cannot name a score column; use letters, digits, "
                 "'_' and '-'"
             )
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise ValueError(f"val_adapter: names {repeated} appear more than once")
+        raise ValueError(f"{argument}: names {repeated} appear more than once")
+    return names
+
+
+def _check_targets(targets: Sequence[Any], base_adapter: str) -> list[str]:
+    """The target adapter names of a multi-target ``val_adapter`` (`check_target_names`),
+    not the base adapter."""
+    names = check_target_names(targets, "val_adapter")
     if base_adapter in names:
         raise ValueError(f"val_adapter: {base_adapter!r} is the base adapter (base_adapter)")
     return names

@@ -19,6 +19,8 @@ diversity:
    in ascending order (so the order of ``random_pool`` does not matter). Too few candidates is
    a ValueError, never a silent fill.
 
+`selection_overlap` counts the rows that named selections share (several targets' picks).
+
 Nothing is fully sorted (a numpy sort of 10M values alone takes ~1 s): rows are binned by a
 counting sort over length values in numba, each bin's threshold score comes from numpy's
 partition, and one numba pass marks the rows. The numba loops are serial: they are memory
@@ -27,6 +29,8 @@ bound, and `parallel=True` was slower on the shared 2-core benchmark machine.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numba
@@ -38,7 +42,8 @@ if TYPE_CHECKING:
     import datasets
     import pyarrow as pa
 
-__all__ = ["length_bins", "random_count", "select_indices", "select_by_score"]
+__all__ = ["SelectionOverlap", "length_bins", "random_count", "select_by_score",
+           "select_indices", "selection_overlap"]
 
 SELECTED_COLUMN = "tov_selected"
 FROM_SCORE_COLUMN = "tov_from_score"  # True: chosen by score; False: by the random part
@@ -366,3 +371,48 @@ def select_by_score(
     digest = xxhash.xxh64(f"{dataset._fingerprint}:{keep_all}:{mark_from_score}".encode())
     digest.update(idx.tobytes())  # deterministic, and no hashing of the whole table
     return datasets.Dataset(table, info=info, split=dataset.split, fingerprint=digest.hexdigest())
+
+
+@dataclass(frozen=True)
+class SelectionOverlap:
+    """How much named selections share.
+
+    names: the selections' names, in the order given. counts: int64 (K, K), symmetric:
+    ``counts[i, j]`` = rows in both selection ``names[i]`` and ``names[j]``; the diagonal
+    holds each selection's size. union: rows in at least one selection.
+    """
+
+    names: tuple[str, ...]
+    counts: np.ndarray
+    union: int
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        """``{name_i: {name_j: counts[i, j]}}`` (plain ints, e.g. for JSON)."""
+        return {a: {b: int(self.counts[i, j]) for j, b in enumerate(self.names)}
+                for i, a in enumerate(self.names)}
+
+
+def selection_overlap(selections: Mapping[str, np.ndarray]) -> SelectionOverlap:
+    """The shared-row counts of K >= 1 named selections, each a 1-D array of distinct
+    non-negative integer row indices (any order)."""
+    if not selections:
+        raise ValueError("selections: give at least one named selection")
+    names = tuple(selections)
+    arrays = []
+    for name in names:
+        rows = np.asarray(selections[name])
+        if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+            raise ValueError(
+                f"selections[{name!r}] must be a 1-D array of integer row indices, got dtype "
+                f"{rows.dtype} and shape {rows.shape}"
+            )
+        rows = rows.astype(np.int64, copy=False)
+        if rows.size and rows.min() < 0:
+            raise ValueError(f"selections[{name!r}] has negative row indices")
+        if np.unique(rows).size != rows.size:
+            raise ValueError(f"selections[{name!r}] holds a row more than once")
+        arrays.append(rows)
+    union, column = np.unique(np.concatenate(arrays), return_inverse=True)
+    member = np.zeros((len(names), union.size), dtype=np.int64)
+    member[np.repeat(np.arange(len(names)), [a.size for a in arrays]), column] = 1
+    return SelectionOverlap(names=names, counts=member @ member.T, union=int(union.size))

@@ -18,6 +18,23 @@ For epochs k = 1..L on a random base set U of the pool:
 The final score is the mean over epochs; the selection is length-binned Score+Random
 (`select_by_score`) with the random part drawn from U.
 
+Several targets (``val`` a mapping name -> validation set, K >= 1): the base trajectory
+does not depend on the target, so each epoch trains the base once; step 2 runs per target,
+each with its own val adapter (`models.val_adapter_name`) copied from the same base and the
+same stage seed as a one-target run, so a target's val adapter is exactly the one a run on
+that target alone trains from that base; step 3 scores every target in ONE `ToVScorer` pass
+((1 + K) x B rows per forward, a score column per target). Parallel: the base never sees
+the val adapters, so each target's scores are those of a one-target run with the same
+seed. Interleaved: the base continues from the parameter-wise MEAN of the K val adapters
+(`models.average_adapters`; K = 1 is exactly today's val -> base copy). Each val update is
+a small step (lr x ``val_lr_ratio``) from the same base, so the mean is the base moved by
+the average of the targets' steps: the trajectory leans towards the mixture of targets as
+a one-target trajectory leans towards its target, with no target privileged (averaging the
+LoRA factors A and B separately averages their product up to second order in the steps).
+The other candidate, the base's own weights, is the parallel variant. Each target then gets
+the selection a one-target run would make from its scores (its own n), and the combined
+selection for the mixture is their union (`ToVResult`).
+
 Every stage draws its randomness (micro-batch order, dropout) from a seed derived from
 (seed, epoch, stage), so resuming needs no RNG state: the adapters and the base optimizer
 state of the last finished epoch are enough for a bit-identical continuation.
@@ -32,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,15 +65,25 @@ from tov_datasets import models, storage, tables, training
 from tov_datasets.formats import num_scored
 from tov_datasets.models import BASE_ADAPTER, VAL_ADAPTER
 from tov_datasets.report import Timer
-from tov_datasets.scorer import NUM_TOKENS, SCORE, ToVScorer
-from tov_datasets.select import random_count, select_by_score
+from tov_datasets.scorer import NUM_TOKENS, SCORE, ToVScorer, check_target_names, score_column
+from tov_datasets.select import (
+    FROM_SCORE_COLUMN,
+    SelectionOverlap,
+    random_count,
+    select_by_score,
+    selection_overlap,
+)
 
-__all__ = ["ToVConfig", "ToVResult", "epoch_lrs", "num_epochs", "tov_select"]
+__all__ = ["TARGETS", "ToVConfig", "ToVResult", "epoch_column", "epoch_lrs", "num_epochs",
+           "tov_select"]
 
 VARIANTS = ("interleaved", "parallel")
 VAL_MODES = ("epoch", "step")
 VAL_OPTIMIZERS = ("fresh", "continue", "sgd")
 ROW = "tov_row"
+TARGETS = "tov_targets"  # the combined selection's column: the targets that chose each row
+# A target name that would make its score column another target's epoch column.
+_EPOCH_SUFFIX = re.compile(r"(.+)_epoch_[1-9][0-9]*")
 SHARD_ROWS = 2048  # rows per score shard: the unit of resumption of a scoring pass
 # epochs=None: L = clamp(round(TRAJECTORY_SAMPLES / base_size), 1, MAX_DEFAULT_EPOCHS).
 TRAJECTORY_SAMPLES = 16 * 1024
@@ -73,8 +101,46 @@ _RECORDED = ("base_size", "epochs", "lr", "val_lr_ratio", "variant", "val_mode",
 _TIMED_STAGES = ("setup", "train_base", "train_val", "score", "io", "select")
 
 
-def epoch_column(k: int) -> str:
-    return f"tov_score_epoch_{k}"
+def epoch_column(k: int, target: str | None = None) -> str:
+    """The score column of epoch k: ``tov_score_epoch_<k>`` (one validation set) or
+    ``tov_score_<target>_epoch_<k>`` (the named target ``target``)."""
+    return f"{_score_name(target)}_epoch_{k}"
+
+
+def _score_name(target: str | None) -> str:
+    """The mean-score column of one target (None: a plain validation set, ``tov_score``)."""
+    return SCORE if target is None else score_column(target)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One validation target of a run: its name (None: ``val`` was one Dataset) and
+    validation set; the name fixes its val adapter, files and score column."""
+
+    name: str | None
+    val: Any
+
+    @property
+    def adapter(self) -> str:
+        return VAL_ADAPTER if self.name is None else models.val_adapter_name(self.name)
+
+    @property
+    def directory(self) -> str:
+        """Its val adapter's directory in each ``epoch_KKK``."""
+        return "val" if self.name is None else f"val_{self.name}"
+
+    @property
+    def column(self) -> str:
+        return _score_name(self.name)
+
+    @property
+    def argument(self) -> str:
+        """Where the caller passed its validation set: ``val`` or ``val['<name>']``."""
+        return "val" if self.name is None else f"val[{self.name!r}]"
+
+    @property
+    def described(self) -> str:
+        return "the validation set" + ("" if self.name is None else f" of target {self.name!r}")
 
 
 def _epoch_step(k: int, name: str) -> str:
@@ -170,15 +236,33 @@ class ToVConfig:
 class ToVResult:
     """What `tov_select` returns.
 
+    One validation set (``val`` a Dataset):
     selected: the n chosen pool rows (all pool columns, plus ``tov_row`` = row index in the
     pool, ``tov_score``, ``tov_num_tokens``, the per-epoch scores and ``tov_from_score``: True
     if chosen by score, False if by the random part), ascending ``tov_row``.
     scores: one row per pool row: ``tov_row``, ``tov_score`` (mean over epochs),
     ``tov_num_tokens`` and ``tov_score_epoch_1..L``.
+    per_target, overlap: None.
+
+    Named targets (``val`` a mapping name -> Dataset):
+    scores: ``tov_row``, ``tov_score_<name>`` per target (mean over epochs),
+    ``tov_num_tokens``, then ``tov_score_<name>_epoch_1..L`` target by target
+    (`epoch_column`).
+    per_target: {name: the n_name rows a one-validation-set run would select from that
+    target's scores (same seed and layout: ``tov_score``, ``tov_score_epoch_k``,
+    ``tov_from_score``)}.
+    selected: the combined selection for the mixture of targets, the union of the
+    per-target selections (a row chosen by several targets appears once), ascending
+    ``tov_row``: pool columns, the ``scores`` columns and ``tov_targets`` (the names of the
+    targets that chose the row, in the mapping's order).
+    overlap: {"selected": shared rows between the per-target selections, "from_score":
+    between their score-chosen parts}, each a `select.SelectionOverlap`.
+
     base_indices: the pool rows of the base set U, ascending.
     timings: seconds per stage (setup, train_base, train_val, score, io, select, total).
     disk_bytes: bytes under output_dir at the end (0 without one).
-    history: per epoch, the base and val learning rates, step counts and training losses.
+    history: per epoch, the base and val learning rates, step counts and training losses
+    (named targets: ``val_steps`` and ``val_loss`` are {name: value}).
     """
 
     selected: Any
@@ -187,6 +271,8 @@ class ToVResult:
     timings: dict[str, float]
     disk_bytes: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    per_target: dict[str, Any] | None = None
+    overlap: dict[str, SelectionOverlap] | None = None
 
 
 def num_epochs(base_size: int, epochs: int | None = None) -> int:
@@ -208,12 +294,44 @@ def _derive(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
 
 
-def _check_data(config: ToVConfig, pool: Any, val: Any, n: int) -> None:
-    """The settings that must fit the data: pool and val non-empty datasets, n and
-    base_size within the pool, the random part within the base set."""
+def _targets(val: Any) -> list[_Target]:
+    """The validation targets of ``val``: one unnamed target for a Dataset; for a mapping,
+    one per name (`scorer.check_target_names`; no name may be another's plus
+    ``_epoch_<k>``, or its score column would be that target's epoch-k column)."""
+    if not isinstance(val, Mapping):
+        return [_Target(None, val)]
+    names = check_target_names(list(val), "val")
+    for name in names:
+        match = _EPOCH_SUFFIX.fullmatch(name)
+        if match and match.group(1) in names:
+            raise ValueError(
+                f"val: target {name!r} would share its score column {score_column(name)!r} "
+                f"with the epoch columns of target {match.group(1)!r}; rename it"
+            )
+    return [_Target(name, val[name]) for name in names]
+
+
+def _counts(n: int | Mapping[str, int], targets: list[_Target]) -> dict[str | None, int]:
+    """{target name: rows to select}: ``n`` for every target, or ``n[name]``."""
+    names = [t.name for t in targets]
+    if not isinstance(n, Mapping):
+        return dict.fromkeys(names, n)
+    if names == [None]:
+        raise ValueError("n: a mapping of per-target counts needs val as a mapping of named "
+                         "targets; pass an int")
+    if set(n) != set(names):
+        raise ValueError(f"n: its keys {sorted(map(str, n))} must be the targets of val "
+                         f"{sorted(names)}")
+    return {name: n[name] for name in names}
+
+
+def _check_data(config: ToVConfig, pool: Any, targets: list[_Target],
+                counts: Mapping[str | None, int]) -> None:
+    """The settings that must fit the data: pool and validation sets non-empty datasets,
+    each n and base_size within the pool, each random part within the base set."""
     import datasets
 
-    for name, ds in (("pool", pool), ("val", val)):
+    for name, ds in (("pool", pool), *((t.argument, t.val) for t in targets)):
         if not isinstance(ds, datasets.Dataset):
             raise TypeError(
                 f"{name} must be a datasets.Dataset, got {type(ds).__name__}; build one with "
@@ -221,23 +339,27 @@ def _check_data(config: ToVConfig, pool: Any, val: Any, n: int) -> None:
             )
     if len(pool) == 0:
         raise ValueError("the pool is empty: pass the candidate samples to select from")
-    if len(val) == 0:
-        raise ValueError(
-            "the validation set is empty: pass at least one sample of the target distribution"
-        )
-    if not 0 < n <= len(pool):
-        raise ValueError(f"n={n} must be in [1, len(pool)={len(pool)}]")
+    for target in targets:
+        if len(target.val) == 0:
+            raise ValueError(f"{target.described} is empty: pass at least one sample of the "
+                             "target distribution")
     if config.base_size > len(pool):
         raise ValueError(
             f"base_size={config.base_size} exceeds the pool's {len(pool)} rows; pass "
             f"base_size={len(pool)} (=len(pool)) or fewer"
         )
-    n_random = random_count(n, config.random_fraction)
-    if n_random > config.base_size:
-        raise ValueError(
-            f"the random part ({n_random} of n={n}) is drawn from the base set of "
-            f"base_size={config.base_size}; raise base_size or lower n or random_fraction"
-        )
+    for name, n in counts.items():
+        label = "n" if name is None else f"n[{name!r}]"
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise ValueError(f"{label}={n!r} must be an integer")
+        if not 0 < n <= len(pool):
+            raise ValueError(f"{label}={n} must be in [1, len(pool)={len(pool)}]")
+        n_random = random_count(n, config.random_fraction)
+        if n_random > config.base_size:
+            raise ValueError(
+                f"the random part ({n_random} of {label}={n}) is drawn from the base set of "
+                f"base_size={config.base_size}; raise base_size or lower n or random_fraction"
+            )
 
 
 def _with_overrides(config: ToVConfig | None, overrides: Mapping[str, Any]) -> ToVConfig:
@@ -304,16 +426,23 @@ def _tokenizer_digest(tokenizer: Any) -> str:
 _LOCATION_KEYS = ("_name_or_path", "base_model_name_or_path")
 
 
-def _run_identity(model: nn.Module, tokenizer: Any, pool: Any, val: Any) -> dict[str, Any]:
+def _run_identity(model: nn.Module, tokenizer: Any, pool: Any,
+                  targets: list[_Target]) -> dict[str, Any]:
     """What identifies the inputs in the manifest, by content, never by path: the model's
     class, config, a sample of its frozen weights and the starting adapter weights; the
-    tokenizer's rules; the pool's and validation set's rows."""
+    tokenizer's rules; the pool's and validation sets' rows (named targets: ``val`` =
+    {name: rows' digest} and ``targets`` = the names in order)."""
     inner = models.base_model(model)
     config = inner.config.to_dict()
     lora = models.adapter_config(model, BASE_ADAPTER)
     for settings in (config, lora):
         for key in _LOCATION_KEYS:
             settings.pop(key, None)
+    if targets[0].name is None:
+        val = {"val": storage.dataset_digest(targets[0].val)}
+    else:
+        val = {"val": {t.name: storage.dataset_digest(t.val) for t in targets},
+               "targets": [t.name for t in targets]}
     return {
         "model_class": type(inner).__name__,
         "model_config": config,
@@ -322,19 +451,20 @@ def _run_identity(model: nn.Module, tokenizer: Any, pool: Any, val: Any) -> dict
         "start_adapter": _adapter_digest(model, BASE_ADAPTER),
         "tokenizer": _tokenizer_digest(tokenizer),
         "pool": storage.dataset_digest(pool),
-        "val": storage.dataset_digest(val),
+        **val,
     }
 
 
 class _Run:
-    """One trajectory: the model with both adapters, the resolved settings, the encoded
-    base and validation sets, the base optimizer, the manifest (None: in memory), the stage
-    timer and which epoch's weights are held."""
+    """One trajectory: the model with its base and val adapters, the resolved settings,
+    the targets, the encoded base and validation sets, the base optimizer, the manifest
+    (None: in memory), the stage timer and which epoch's weights are held."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, pool: Any, val: Any,
+    def __init__(self, model: nn.Module, tokenizer: Any, pool: Any, targets: list[_Target],
                  base_indices: np.ndarray, config: ToVConfig,
                  manifest: storage.Manifest | None, progress: Any):
         self.model, self.pool, self.config, self.manifest = model, pool, config, manifest
+        self.targets = targets
         self.progress = progress
         task = models.infer_task(model)
         encode = dict(
@@ -343,30 +473,39 @@ class _Run:
         )
         self.base_samples = training.encode_dataset(pool.select(base_indices), tokenizer,
                                                     **encode)
-        self.val_samples = training.encode_dataset(val, tokenizer, **encode)
+        # {val adapter: its encoded validation set}
+        self.val_samples = {t.adapter: training.encode_dataset(t.val, tokenizer, **encode)
+                            for t in targets}
         if not any(num_scored(s, task) for s in self.base_samples):
             raise ValueError(
                 "the base set (drawn from the pool) has no scored tokens: every sample is "
                 "empty after tokenization and truncation"
             )
-        if not any(num_scored(s, task) for s in self.val_samples):
-            raise ValueError(
-                "the validation set has no scored tokens: every sample is empty after "
-                "tokenization and truncation"
-            )
+        for target in targets:
+            if not any(num_scored(s, task) for s in self.val_samples[target.adapter]):
+                raise ValueError(
+                    f"{target.described} has no scored tokens: every sample is empty after "
+                    "tokenization and truncation"
+                )
         self.pad_token_id = models.pad_token_id(tokenizer)
         self.lrs = epoch_lrs(config.lr, config.epochs)
         self.optimizer = training.adamw(
             models.adapter_parameters(model, BASE_ADAPTER), config.lr
         )
         self.scorer = ToVScorer(
-            model, tokenizer, base_adapter=BASE_ADAPTER, val_adapter=VAL_ADAPTER,
+            model, tokenizer, base_adapter=BASE_ADAPTER,
+            val_adapter=[t.adapter for t in targets] if self.named else VAL_ADAPTER,
             transform=config.transform, max_length=config.max_length,
             batch_size=config.batch_size, column_map=config.column_map,
         )
         self.weights_epoch = 0  # the epoch whose (base, val) weights the adapters hold
         self.optimizer_epoch = 0  # the epoch whose base optimizer state is held
         self.timed = Timer(_TIMED_STAGES)
+
+    @property
+    def named(self) -> bool:
+        """Whether the targets are named (``val`` was a mapping)."""
+        return self.targets[0].name is not None
 
     def done(self, step: str) -> bool:
         """Whether ``step`` finished in an earlier run and its files pass their checksums."""
@@ -381,9 +520,10 @@ class _Run:
 
 
 def _train_base(run: _Run, k: int) -> dict[str, Any]:
-    """Epoch k of the base on U, continuing from epoch k-1 (interleaved: from its val)."""
+    """Epoch k of the base on U, continuing from epoch k-1 (interleaved: from its val, the
+    mean of the targets' val adapters, `models.average_adapters`)."""
     if k > 1 and run.config.variant == "interleaved":
-        models.copy_adapter(run.model, VAL_ADAPTER, BASE_ADAPTER)
+        models.average_adapters(run.model, [t.adapter for t in run.targets], BASE_ADAPTER)
     with run.timed("train_base"):
         out = training.fit(
             run.model, run.base_samples, pad_token_id=run.pad_token_id, adapter=BASE_ADAPTER,
@@ -395,8 +535,10 @@ def _train_base(run: _Run, k: int) -> dict[str, Any]:
     return {"base_lr": run.lrs[k - 1], "base_steps": out["steps"], "base_loss": out["mean_loss"]}
 
 
-def _val_optimizer(run: _Run, k: int, val_lr: float) -> torch.optim.Optimizer | None:
-    """The update rule of epoch k's val training (None: `training.fit`'s fresh AdamW).
+def _val_optimizer(run: _Run, k: int, adapter: str,
+                   val_lr: float) -> torch.optim.Optimizer | None:
+    """The update rule of epoch k's training of the val adapter ``adapter`` (None:
+    `training.fit`'s fresh AdamW).
 
     ``"continue"``: an AdamW over the val adapter starting from a copy of the base
     optimizer's state right after base epoch k (exp_avg, exp_avg_sq and step mapped
@@ -409,40 +551,50 @@ def _val_optimizer(run: _Run, k: int, val_lr: float) -> torch.optim.Optimizer | 
     choice = run.config.val_optimizer
     if choice == "continue":
         assert run.optimizer_epoch == k, "the base optimizer must hold epoch k's state"
-        pairs = models.paired_adapter_parameters(run.model, BASE_ADAPTER, VAL_ADAPTER)
+        pairs = models.paired_adapter_parameters(run.model, BASE_ADAPTER, adapter)
         return training.copy_optimizer(run.optimizer, pairs, val_lr)
     if choice == "sgd":
-        return training.NormalizedSGD(
-            models.adapter_parameters(run.model, VAL_ADAPTER), lr=val_lr
-        )
+        return training.NormalizedSGD(models.adapter_parameters(run.model, adapter), lr=val_lr)
     return None
 
 
 def _train_val(run: _Run, k: int) -> dict[str, Any]:
-    """Copy base -> val and train val on the validation set at val_lr_ratio x lr_k."""
-    models.copy_adapter(run.model, BASE_ADAPTER, VAL_ADAPTER)
+    """For each target: copy base -> its val adapter and train that on its validation set
+    at val_lr_ratio x lr_k. Every target trains with the same stage seed (seed, k, 1), so
+    its val adapter is the one a run on that target alone trains from the same base."""
     val_lr = run.config.val_lr_ratio * run.lrs[k - 1]
     step_mode = run.config.val_mode == "step"
-    with run.timed("train_val"):
-        out = training.fit(
-            run.model, run.val_samples, pad_token_id=run.pad_token_id, adapter=VAL_ADAPTER,
-            lr=val_lr, batch_size=run.config.batch_size, schedule="constant",
-            seed=_derive(run.config.seed, k, 1), optimizer=_val_optimizer(run, k, val_lr),
-            grad_accumulation=len(run.val_samples) if step_mode else None,
-            progress=run.progress,
-        )
+    outs = {}
+    for target in run.targets:
+        models.copy_adapter(run.model, BASE_ADAPTER, target.adapter)
+        samples = run.val_samples[target.adapter]
+        with run.timed("train_val"):
+            outs[target.name] = training.fit(
+                run.model, samples, pad_token_id=run.pad_token_id, adapter=target.adapter,
+                lr=val_lr, batch_size=run.config.batch_size, schedule="constant",
+                seed=_derive(run.config.seed, k, 1),
+                optimizer=_val_optimizer(run, k, target.adapter, val_lr),
+                grad_accumulation=len(samples) if step_mode else None,
+                progress=run.progress,
+            )
     run.weights_epoch = k
-    return {"val_lr": val_lr, "val_steps": out["steps"], "val_loss": out["mean_loss"]}
+    if not run.named:
+        return {"val_lr": val_lr, "val_steps": outs[None]["steps"],
+                "val_loss": outs[None]["mean_loss"]}
+    return {"val_lr": val_lr, "val_steps": {name: o["steps"] for name, o in outs.items()},
+            "val_loss": {name: o["mean_loss"] for name, o in outs.items()}}
 
 
 def _save_epoch(run: _Run, k: int, info: dict[str, Any]) -> None:
-    """Both adapters and the base optimizer state of epoch k, then the manifest entry."""
+    """The base and val adapters and the base optimizer state of epoch k, then the manifest
+    entry."""
     if run.manifest is None:
         return
     with run.timed("io"):
         paths = [
             models.save_adapter(run.model, BASE_ADAPTER, run.path(k, "base")),
-            models.save_adapter(run.model, VAL_ADAPTER, run.path(k, "val")),
+            *(models.save_adapter(run.model, t.adapter, run.path(k, t.directory))
+              for t in run.targets),
             storage.save_optimizer_state(run.optimizer, run.path(k, "optimizer.safetensors")),
         ]
         run.manifest.record(_epoch_step(k, "train"), paths, **info)
@@ -456,7 +608,8 @@ def _load_epoch(run: _Run, k: int, *, optimizer: bool) -> None:
     with run.timed("io"):
         if run.weights_epoch != k:
             models.load_adapter(run.model, BASE_ADAPTER, run.path(k, "base"))
-            models.load_adapter(run.model, VAL_ADAPTER, run.path(k, "val"))
+            for target in run.targets:
+                models.load_adapter(run.model, target.adapter, run.path(k, target.directory))
             run.weights_epoch = k
         if optimizer and run.optimizer_epoch != k:
             storage.load_optimizer_state(run.optimizer, run.path(k, "optimizer.safetensors"))
@@ -464,10 +617,11 @@ def _load_epoch(run: _Run, k: int, *, optimizer: bool) -> None:
 
 
 def _score_epoch(run: _Run, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (float32) and scored-token counts (int32) of the pool for epoch k, shard by
-    shard; finished shards are read back, the others scored and saved."""
+    """Scores float32 (K, N) (row i: ``run.targets[i]``) and scored-token counts int32 (N,)
+    of the pool for epoch k, all targets in one scoring pass, shard by shard; finished
+    shards (one column per target) are read back, the others scored and saved."""
     num_rows = len(run.pool)
-    scores = np.empty(num_rows, dtype=np.float32)
+    scores = np.empty((len(run.targets), num_rows), dtype=np.float32)
     counts = np.empty(num_rows, dtype=np.int32)
     starts = range(0, num_rows, SHARD_ROWS)
     with training.progress_bar(run.progress, num_rows, f"score epoch {k}") as bar:
@@ -481,22 +635,27 @@ def _score_epoch(run: _Run, k: int) -> tuple[np.ndarray, np.ndarray]:
                 _load_epoch(run, k, optimizer=False)
                 with run.timed("score"):
                     s, c = run.scorer.score_columns(run.pool[start:stop])
-                table = pa.table({SCORE: pa.array(s, pa.float32()),
-                                  NUM_TOKENS: pa.array(c, pa.int32())})
+                s = s.reshape(len(run.targets), -1)
+                table = pa.table({
+                    **{t.column: pa.array(row, pa.float32()) for t, row in zip(run.targets, s,
+                                                                              strict=True)},
+                    NUM_TOKENS: pa.array(c, pa.int32()),
+                })
                 if run.manifest is not None:
                     with run.timed("io"):
                         path = storage.write_parquet(
                             run.path(k, f"scores/shard_{i:05d}.parquet"), table
                         )
                         run.manifest.record(step, [path])
-            scores[start:stop] = table.column(SCORE).to_numpy()
+            for i_target, target in enumerate(run.targets):
+                scores[i_target, start:stop] = table.column(target.column).to_numpy()
             counts[start:stop] = table.column(NUM_TOKENS).to_numpy()
             bar.update(stop - start)
     return scores, counts
 
 
 def _trajectory(run: _Run) -> tuple[list[np.ndarray], np.ndarray, list[dict[str, Any]]]:
-    """All epochs: per-epoch scores, token counts and per-epoch history (resuming finished
+    """All epochs: per-epoch scores (K, N), token counts and per-epoch history (resuming finished
     epochs and shards from the manifest; a redone epoch invalidates everything after it)."""
     per_epoch, history, counts = [], [], None
     for k in range(1, run.config.epochs + 1):
@@ -516,6 +675,8 @@ def _trajectory(run: _Run) -> tuple[list[np.ndarray], np.ndarray, list[dict[str,
 
 
 def _scores_dataset(per_epoch: list[np.ndarray], counts: np.ndarray) -> pa.Table:
+    """The scores table of one target: ``tov_row``, ``tov_score`` (mean of the epochs'
+    float32 (N,) scores), ``tov_num_tokens``, ``tov_score_epoch_1..L``."""
     mean = np.mean(np.stack(per_epoch), axis=0, dtype=np.float64).astype(np.float32)
     columns = {
         ROW: pa.array(np.arange(counts.size, dtype=np.int64)),
@@ -542,13 +703,63 @@ def _with_columns(pool: Any, columns: pa.Table) -> Any:
                             info=datasets.DatasetInfo(features=features))
 
 
+def _select(pool: Any, scores: pa.Table, n: int, config: ToVConfig,
+            base_indices: np.ndarray) -> Any:
+    """The Score+Random selection of n pool rows by the one-target ``scores`` table."""
+    return select_by_score(
+        _with_columns(pool, scores), n, num_bins=config.num_bins,
+        random_fraction=config.random_fraction, random_pool=base_indices, seed=config.seed,
+        mark_from_score=True,
+    )
+
+
+def _named_scores(single: Mapping[str, pa.Table], epochs: int) -> pa.Table:
+    """The scores table of named targets from each one's one-target table: ``tov_row``,
+    ``tov_score_<name>`` per target, ``tov_num_tokens``, ``tov_score_<name>_epoch_k``."""
+    first = next(iter(single.values()))
+    columns = {ROW: first.column(ROW)}
+    columns.update({score_column(name): table.column(SCORE) for name, table in single.items()})
+    columns[NUM_TOKENS] = first.column(NUM_TOKENS)
+    for name, table in single.items():
+        columns.update({epoch_column(k, name): table.column(epoch_column(k))
+                        for k in range(1, epochs + 1)})
+    return pa.table(columns)
+
+
+def _combined(pool: Any, scores: pa.Table, rows: Mapping[str, np.ndarray]) -> Any:
+    """The union of the per-target selections ``rows`` ({name: pool rows}) as a flat
+    dataset: pool columns, ``scores`` columns and ``tov_targets`` (list of names)."""
+    import datasets
+
+    union = np.unique(np.concatenate(list(rows.values())))
+    member = np.stack([np.isin(union, chosen) for chosen in rows.values()], axis=1)
+    row_of, target_of = np.nonzero(member)  # row-major: each row's targets in mapping order
+    offsets = np.searchsorted(row_of, np.arange(union.size + 1)).astype(np.int32)
+    chosen_by = pa.ListArray.from_arrays(pa.array(offsets),
+                                         pa.array(np.asarray(list(rows))[target_of]))
+    full = _with_columns(pool, scores)
+    table = full.data.table.take(union).append_column(TARGETS, chosen_by)
+    features = datasets.Features({**full.features, TARGETS: datasets.Features.from_arrow_schema(
+        pa.schema([table.schema.field(TARGETS)]))[TARGETS]})
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features))
+
+
+def _overlap(rows: Mapping[str, np.ndarray],
+             per_target: Mapping[str, Any]) -> dict[str, SelectionOverlap]:
+    """Shared rows between the per-target selections (``rows``: {name: pool rows}) and
+    between their score-chosen parts."""
+    by_score = {name: rows[name][sel.data.column(FROM_SCORE_COLUMN).to_numpy(
+        zero_copy_only=False)] for name, sel in per_target.items()}
+    return {"selected": selection_overlap(rows), "from_score": selection_overlap(by_score)}
+
+
 def tov_select(
     model: nn.Module,
     tokenizer: Any,
     pool: Any,
     val: Any,
     *,
-    n: int,
+    n: int | Mapping[str, int],
     config: ToVConfig | None = None,
     output_dir: str | Path | None = None,
     progress: Any = None,
@@ -563,16 +774,24 @@ def tov_select(
     model: a plain transformers causal LM or token classifier (LoRA from ``lora``, default
     ``default_lora_config(task, model=model)``, fresh weights drawn from ``seed``), or a peft
     model: the trajectory starts from a copy of its ACTIVE adapter, with that adapter's config.
-    The model is trained in place through two temporary adapters ("tov_base", "tov_val") that
-    are removed on return (a plain model gets its original modules back); its own weights,
-    adapters, mode and requires_grad flags are left as they were. The trained adapters live
-    only in ``output_dir``.
-    pool, val: ``datasets.Dataset`` in any format of `tov_datasets.formats`.
-    output_dir: per-epoch adapters (``epoch_KKK/base``, ``epoch_KKK/val``, peft safetensors),
-    base optimizer state, score shards (``epoch_KKK/scores/shard_SSSSS.parquet``) and
-    ``manifest.json``. A rerun with the same arguments resumes (finished epochs and shards
-    are verified by checksum and skipped; the results are bit-identical on CPU, and on CUDA
-    with ``torch.use_deterministic_algorithms(True)``); other arguments
+    The model is trained in place through temporary adapters ("tov_base", "tov_val"; named
+    targets: "tov_val_<name>" each) that are removed on return (a plain model gets its
+    original modules back); its own weights, adapters, mode and requires_grad flags are
+    left as they were. The trained adapters live only in ``output_dir``.
+    pool, val: ``datasets.Dataset`` in any format of `tov_datasets.formats`; or ``val`` a
+    mapping {target name: Dataset} of K >= 1 named targets (names: letters, digits, ``_`` and
+    ``-``; no name may be another's plus ``_epoch_<k>``, which would clash with its epoch
+    columns): one base trajectory, one val adapter per target, one scoring pass (module
+    doc); the result holds per-target and combined selections (`ToVResult`).
+    n: rows to select; with named targets, per target: an int (the same for each) or a
+    mapping {target name: n} with the targets' names as keys.
+    output_dir: per-epoch adapters (``epoch_KKK/base``, ``epoch_KKK/val``, named targets
+    ``epoch_KKK/val_<name>``, peft safetensors), base optimizer state, score shards
+    (``epoch_KKK/scores/shard_SSSSS.parquet``, one score column per target) and
+    ``manifest.json`` (recording every target's name and validation rows). A rerun with the
+    same arguments resumes (finished epochs and shards are verified by checksum and
+    skipped; the results are bit-identical on CPU, and on CUDA with
+    ``torch.use_deterministic_algorithms(True)``); other arguments
     raise `storage.ManifestMismatchError`. ``n``, ``num_bins`` and ``random_fraction`` only
     act on the final selection, so they may change between reruns (the scores are reused).
     progress: a tqdm-like factory, ``progress(total=..., desc=...)`` -> object with
@@ -580,27 +799,37 @@ def tov_select(
     """
     started = time.perf_counter()
     config = _with_overrides(config, overrides)
-    _check_data(config, pool, val, n)
+    targets = _targets(val)
+    counts_by_target = _counts(n, targets)
+    _check_data(config, pool, targets, counts_by_target)
     base_indices = _draw_base(len(pool), config.base_size, config.seed)
+    adapters = [BASE_ADAPTER, *(t.adapter for t in targets)]
     with (
-        models.attached(model, lora=config.lora, seed=config.seed) as peft_model,
+        models.attached(model, adapters, lora=config.lora, seed=config.seed) as peft_model,
         contextlib.ExitStack() as stack,
     ):
         settings = config.resolved(peft_model)
         manifest = None
         if output_dir is not None:
-            args = {**settings.record(), **_run_identity(peft_model, tokenizer, pool, val)}
+            args = {**settings.record(), **_run_identity(peft_model, tokenizer, pool, targets)}
             manifest = stack.enter_context(storage.Manifest(output_dir, args))
-        run = _Run(peft_model, tokenizer, pool, val, base_indices, settings, manifest, progress)
+        run = _Run(peft_model, tokenizer, pool, targets, base_indices, settings, manifest,
+                   progress)
         run.timed.seconds["setup"] = time.perf_counter() - started
         per_epoch, counts, history = _trajectory(run)
     with run.timed("select"):
-        scores = _scores_dataset(per_epoch, counts)
-        selected = select_by_score(
-            _with_columns(pool, scores), n, num_bins=config.num_bins,
-            random_fraction=config.random_fraction, random_pool=base_indices, seed=config.seed,
-            mark_from_score=True,
-        )
+        single = {t.name: _scores_dataset([e[i] for e in per_epoch], counts)
+                  for i, t in enumerate(targets)}
+        per_target = {name: _select(pool, single[name], counts_by_target[name], config,
+                                    base_indices) for name in single}
+        if run.named:
+            scores = _named_scores(single, len(per_epoch))
+            rows = {name: sel.data.column(ROW).to_numpy() for name, sel in per_target.items()}
+            selected = _combined(pool, scores, rows)
+            overlap = _overlap(rows, per_target)
+        else:
+            scores, selected = single[None], per_target.pop(None)
+            per_target = overlap = None
     import datasets
 
     run.timed.seconds["total"] = time.perf_counter() - started
@@ -611,4 +840,6 @@ def tov_select(
         timings=run.timed.seconds,
         disk_bytes=storage.directory_bytes(output_dir) if output_dir is not None else 0,
         history=history,
+        per_target=per_target,
+        overlap=overlap,
     )
