@@ -359,6 +359,17 @@ def test_selected_rows_keep_pool_features_and_replace_stale_scores():
     assert combined["tov_score"] == pytest.approx([0.5, 0.1, 0.2])
 
 
+def test_combined_rows_list_their_targets_and_replace_a_stale_column():
+    pool = Dataset.from_dict({"x": [10, 11, 12, 13], "tov_targets": ["old"] * 4})
+    scores = pa.table({"tov_row": pa.array(range(4), pa.int64()),
+                       "tov_score_a": pa.array([0.1, 0.2, 0.3, 0.4], pa.float32())})
+    combined = trajectory._combined(pool, scores, {"b": np.array([3, 1]), "a": np.array([1, 2])})
+    assert combined.column_names == ["x", "tov_row", "tov_score_a", "tov_targets"]
+    assert combined["x"] == [11, 12, 13] and combined["tov_row"] == [1, 2, 3]
+    assert combined["tov_targets"] == [["b", "a"], ["a"], ["b"]]
+    assert combined.features["tov_score_a"].dtype == "float32"
+
+
 def test_resume_after_deleting_the_last_epoch_is_bit_identical(tiny_tokenizer, pool, val, lora,
                                                                tmp_path, monkeypatch, fit_calls):
     monkeypatch.setattr(trajectory, "SHARD_ROWS", 7)  # 5 shards per epoch

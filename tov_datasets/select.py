@@ -373,7 +373,7 @@ def select_by_score(
     return datasets.Dataset(table, info=info, split=dataset.split, fingerprint=digest.hexdigest())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: == on the counts array is ambiguous
 class SelectionOverlap:
     """How much named selections share.
 

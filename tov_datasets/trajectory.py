@@ -728,7 +728,8 @@ def _named_scores(single: Mapping[str, pa.Table], epochs: int) -> pa.Table:
 
 def _combined(pool: Any, scores: pa.Table, rows: Mapping[str, np.ndarray]) -> Any:
     """The union of the per-target selections ``rows`` ({name: pool rows}) as a flat
-    dataset: pool columns, ``scores`` columns and ``tov_targets`` (list of names)."""
+    dataset: pool columns, ``scores`` columns and ``tov_targets`` (list of names; a pool
+    column of that name is replaced)."""
     import datasets
 
     union = np.unique(np.concatenate(list(rows.values())))
@@ -738,10 +739,13 @@ def _combined(pool: Any, scores: pa.Table, rows: Mapping[str, np.ndarray]) -> An
     chosen_by = pa.ListArray.from_arrays(pa.array(offsets),
                                          pa.array(np.asarray(list(rows))[target_of]))
     full = _with_columns(pool, scores)
-    table = full.data.table.take(union).append_column(TARGETS, chosen_by)
-    features = datasets.Features({**full.features, TARGETS: datasets.Features.from_arrow_schema(
-        pa.schema([table.schema.field(TARGETS)]))[TARGETS]})
-    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features))
+    table = full.data.table.take(union)
+    if TARGETS in table.column_names:
+        table = table.drop_columns([TARGETS])
+    features = {name: full.features[name] for name in table.column_names}
+    table = table.append_column(TARGETS, chosen_by)
+    features.update(datasets.Features.from_arrow_schema(pa.schema([table.schema.field(TARGETS)])))
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=datasets.Features(features)))
 
 
 def _overlap(rows: Mapping[str, np.ndarray],
@@ -751,6 +755,23 @@ def _overlap(rows: Mapping[str, np.ndarray],
     by_score = {name: rows[name][sel.data.column(FROM_SCORE_COLUMN).to_numpy(
         zero_copy_only=False)] for name, sel in per_target.items()}
     return {"selected": selection_overlap(rows), "from_score": selection_overlap(by_score)}
+
+
+def _selections(
+    pool: Any, targets: list[_Target], per_epoch: list[np.ndarray], counts: np.ndarray,
+    counts_by_target: Mapping[str | None, int], config: ToVConfig, base_indices: np.ndarray,
+) -> tuple[pa.Table, Any, dict[str, Any] | None, dict[str, SelectionOverlap] | None]:
+    """(scores table, selected, per_target, overlap) of `ToVResult` from the per-epoch
+    scores float32 (K, N) and token counts (N,)."""
+    single = {t.name: _scores_dataset([e[i] for e in per_epoch], counts)
+              for i, t in enumerate(targets)}
+    per_target = {name: _select(pool, single[name], counts_by_target[name], config,
+                                base_indices) for name in single}
+    if None in single:  # one validation set
+        return single[None], per_target[None], None, None
+    scores = _named_scores(single, len(per_epoch))
+    rows = {name: sel.data.column(ROW).to_numpy() for name, sel in per_target.items()}
+    return scores, _combined(pool, scores, rows), per_target, _overlap(rows, per_target)
 
 
 def tov_select(
@@ -766,7 +787,7 @@ def tov_select(
     **overrides: Any,
 ) -> ToVResult:
     """Score ``pool`` by ToV along a short trajectory and select ``n`` rows (module doc).
-    (Over 60 lines through this documentation: the body is ~25.)
+    (Over 60 lines through this documentation: the body is ~35.)
 
     Settings: ``config`` (default ``ToVConfig()``) with ``overrides`` (any `ToVConfig`
     field by name, e.g. ``lr=1e-4``) replacing its fields; `ToVConfig` describes each.
@@ -818,18 +839,9 @@ def tov_select(
         run.timed.seconds["setup"] = time.perf_counter() - started
         per_epoch, counts, history = _trajectory(run)
     with run.timed("select"):
-        single = {t.name: _scores_dataset([e[i] for e in per_epoch], counts)
-                  for i, t in enumerate(targets)}
-        per_target = {name: _select(pool, single[name], counts_by_target[name], config,
-                                    base_indices) for name in single}
-        if run.named:
-            scores = _named_scores(single, len(per_epoch))
-            rows = {name: sel.data.column(ROW).to_numpy() for name, sel in per_target.items()}
-            selected = _combined(pool, scores, rows)
-            overlap = _overlap(rows, per_target)
-        else:
-            scores, selected = single[None], per_target.pop(None)
-            per_target = overlap = None
+        scores, selected, per_target, overlap = _selections(
+            pool, targets, per_epoch, counts, counts_by_target, config, base_indices
+        )
     import datasets
 
     run.timed.seconds["total"] = time.perf_counter() - started
