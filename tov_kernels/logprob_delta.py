@@ -11,6 +11,11 @@ sample's last one merges the sample's chunks in a fixed order, gives delta = (z_
 z_base) - (lse_val - lse_base), applies F, and writes the per-token values, the per-sample
 mean and the per-sample count of out-of-range labels.
 
+`_multi_logprob_delta_kernel` scores K targets against one base on a (token row, chunk,
+side) grid: side 0 streams the base row, side k the row of target k, each once (the base's
+chunk log-sum-exp and label logit serve every target); the sample's last program merges
+and finishes each target in turn.
+
 The number of chunks depends on the shape only (never on the device), and which program
 merges does not change what it computes: results are bit-reproducible across calls.
 """
