@@ -147,13 +147,20 @@ def _warm_up(s: dict[str, Any]) -> None:
     forward_time(s)
 
 
-def counted_fpe(P: int, V: int) -> dict[str, float]:
+def counted_fpe(P: int, V: int, *, targets: int = 1, epochs: int = EPOCHS,
+                base_size: int | None = None) -> dict[str, float]:
     """Forward-pass equivalents per pool sample implied by each algorithm (train/backward
-    step = 3 forwards; LESS projection and I/O not counted)."""
-    U = max(1, round(FRACTION * P))
+    step = 3 forwards; LESS projection and I/O not counted). K = ``targets`` validation sets
+    of V rows each: ToV trains its base once per epoch (U = ``base_size`` rows, default 5% of
+    the pool), K val adapters and scores the pool with 1 + K adapters; LESS (4 checkpoints
+    after warm-up on 5% of the pool) computes its pool gradient datastore once and the K
+    validation sets' gradients at each checkpoint."""
+    U = base_size if base_size is not None else max(1, round(FRACTION * P))
+    U_less = max(1, round(FRACTION * P))
+    K = targets
     return {
-        "tov": EPOCHS * (3 * U / P + 3 * V / P + 2),
-        "less": 3 * EPOCHS * U / P + EPOCHS * (3 + 3 * V / P),
+        "tov": epochs * (3 * U / P + 3 * K * V / P + 1 + K),
+        "less": 3 * EPOCHS * U_less / P + EPOCHS * (3 + 3 * K * V / P),
     }
 
 

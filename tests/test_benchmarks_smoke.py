@@ -144,6 +144,34 @@ def test_script_tiny(script, config, keys, tmp_path):
     assert path.with_suffix(".md").is_file()
 
 
+def test_multi_target_smoke(tmp_path):
+    """benchmarks/multi_target.py end to end on the tiny model: the result file, the counted
+    bound against the cost model written out by hand, and the scores of the K-target runs
+    against the single-target runs (one epoch: equal up to kernel rounding; the parallel
+    variant over two epochs: the same ranking, by construction)."""
+    from benchmarks import multi_target
+
+    path = multi_target.main(["--smoke", "--threads", "1", "--out-dir", str(tmp_path)])
+    assert path == tmp_path / "multi_target_smoke.json"
+    record = json.loads(path.read_text())
+    summary = record["summary"]
+    for key in ("speedup_vs_single_runs_k2", "speedup_vs_single_runs_k4", "fpe_per_sample_k4",
+                "speedup_vs_less_amortised_k4", "min_topn_overlap_vs_single",
+                "counted_bound_k4", "speedup_over_bound_k4"):
+        assert np.isfinite(summary[key]) and summary[key] > 0, key
+    sizes, P = record["config"]["sizes"], record["config"]["pool"]
+    U, V = sizes["base_size"], sizes["val_size"]
+    for K in (1, 2, 4):  # K single runs (3U + 3V + 2P each) / one run (3U + 3KV + (1 + K)P)
+        bound = K * (3 * U + 3 * V + 2 * P) / (3 * U + 3 * K * V + (1 + K) * P)
+        assert summary[f"counted_bound_k{K}"] == pytest.approx(bound)
+    for K in ("2", "4"):
+        for target, f in record["details"]["per_k"][K]["fidelity"].items():
+            assert f["max_abs_score_diff"] < 1e-4, (K, target)
+            assert f["topn_overlap"] == 1.0, (K, target)
+    for f in record["details"]["fidelity_multi_epoch"]["parallel"]["fidelity"].values():
+        assert f["spearman"] > 0.999 and f["topn_overlap"] == 1.0
+
+
 def test_less_vs_tov_runs_from_a_bundle(tmp_path):
     """--save-bundle writes data + model that --bundle reads back (the GPU machine's path):
     same rows, same model outputs up to the fp16 rounding of the weights."""

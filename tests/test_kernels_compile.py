@@ -74,6 +74,24 @@ PLAIN = textwrap.dedent(
                     if contiguous and vec == 8:
                         registers = resource_usage(kernel)["REG"]
                         assert registers <= 32, (dtype, code, registers)
+
+    # the multi-target logits kernel (grid (rows, chunks, 1 + K)): the same variants, the
+    # base and the targets in different dtypes too (each side's stream is typed apart)
+    from tov_kernels.logprob_delta import _multi_logprob_delta_kernel as multi
+
+    for base, vals, vec in (("bf16", "bf16", 8), ("fp32", "fp32", 4), ("fp32", "bf16", 4)):
+        for contiguous in (True, False):
+            for code in (0, 1, 2) if contiguous else (0,):
+                ptrs = {"base_ptr": "*" + base, "vals_ptr": "*" + vals}
+                ptrs.update(labels_ptr="*i64", done_ptr="*i32", errors_ptr="*i32",
+                            **{p: "*fp32" for p in ("lse_ptr", "z_ptr", "tokens_ptr",
+                                                    "mean_ptr")})
+                build(multi, ptrs, {"TRANSFORM": code, "HAS_ERRORS": code == 0,
+                                    "CONTIGUOUS": contiguous,
+                                    "TILE_R": logprob_delta.TILE_ROWS, "VEC": vec,
+                                    "BLOCK_T": logprob_delta.FINISH_BLOCK_T},
+                      aligned=[*ptrs, "V", "sb_b", "sb_t", "sv_k", "sv_b", "sv_t"],
+                      num_warps=logprob_delta.NUM_WARPS)
     """
 )
 
@@ -89,7 +107,7 @@ LINEAR = textwrap.dedent(
 
     UNIT = ("s_hb_h", "s_hv_h", "s_w_h")
     ALIGNED = ("hb_ptr", "hv_ptr", "w_ptr", "bias_ptr", "max_ptr", "sum_ptr", "N", "V", "H",
-               "s_hb_b", "s_hb_t", "s_hv_b", "s_hv_t", "s_w_v")
+               "s_hb_b", "s_hb_t", "s_hv_k", "s_hv_b", "s_hv_t", "s_w_v")
     tiles = [c for c in lld.measured_configs() if c != lld.CUBLAS_CHUNKED]
     assert tiles and lld.INTERPRETER_CONFIG not in tiles
 

@@ -44,6 +44,11 @@ def reference(hidden_base, hidden_val, weight, labels, bias=None, transform="ide
     return torch.where(keep, TRANSFORMS[transform](lp_v - lp_b), 0.0)
 
 
+def single_target_tokens(hidden_base, hidden_val, *args, **kwargs):
+    """The Triton per-token launcher on one target: float32 (B, T)."""
+    return linear_logprob_delta_tokens(hidden_base, hidden_val[None], *args, **kwargs)[0]
+
+
 def rel_err(out, ref):
     assert out.dtype == torch.float32
     assert torch.isfinite(out).all()
@@ -101,7 +106,7 @@ def test_label_at_every_vocabulary_position(config):
     V, H = 101, 24
     hb, hv, w, bias, _ = make_inputs(1, V, V, H, seed=4, with_bias=True)
     labels = torch.arange(V, device=DEVICE)[None, :]
-    out = linear_logprob_delta_tokens(hb, hv, w, bias, labels, 0, IGNORE, config=config)
+    out = single_target_tokens(hb, hv, w, bias, labels, 0, IGNORE, config=config)
     ref = reference(hb, hv, w, labels, bias)
     assert rel_err(out, ref) <= 1e-5
     # every single position, not only the norm
@@ -116,7 +121,7 @@ def test_huge_hidden_states(config):
     hb, hv, w, _, labels = make_inputs(B, T, V, H, seed=6, scale=1e4, mask_frac=0.0)
     assert hb.abs().max() > 1e4
     for transform in TRANSFORMS:
-        out = linear_logprob_delta_tokens(hb, hv, w, None, labels, CODES[transform], IGNORE,
+        out = single_target_tokens(hb, hv, w, None, labels, CODES[transform], IGNORE,
                                           config=config)
         assert rel_err(out, reference(hb, hv, w, labels, None, transform)) <= 1e-5, transform
 
@@ -157,7 +162,7 @@ def test_strided_and_shared_buffer_inputs():
     hidden = both[:, :-1]
     assert hidden[:B].stride() == ((T + 1) * H, H, 1)
     for config in (None, ODD_TILE, CUBLAS_CHUNKED):
-        out = linear_logprob_delta_tokens(hidden[:B], hidden[B:], w, None, labels.int(), 0,
+        out = single_target_tokens(hidden[:B], hidden[B:], w, None, labels.int(), 0,
                                           IGNORE, config=config)
         assert rel_err(out, ref) <= 1e-5
     wide = torch.zeros(2, B, T, H + 8, device=DEVICE)
@@ -177,14 +182,14 @@ def test_bitwise_repeatable_and_batch_invariant(config):
     per-token values (tile configs; the cuBLAS path is only required to repeat)."""
     B, T, V, H = 4, 7, 500, 48
     hb, hv, w, bias, labels = make_inputs(B, T, V, H, seed=9, with_bias=True, mask_frac=0.2)
-    small = [linear_logprob_delta_tokens(hb[1:3], hv[1:3], w, bias, labels[1:3], 0, IGNORE,
+    small = [single_target_tokens(hb[1:3], hv[1:3], w, bias, labels[1:3], 0, IGNORE,
                                          config=config) for _ in range(3)]
     assert all(torch.equal(small[0], r) for r in small[1:])
     assert rel_err(small[0], reference(hb[1:3], hv[1:3], w, labels[1:3], bias)) <= 1e-5
     if config == CUBLAS_CHUNKED:
         return
     order = [3, 1, 2, 0, 3]  # samples 1 and 2 move to rows 7..20 of a 35-row batch
-    large = linear_logprob_delta_tokens(hb[order], hv[order], w, bias, labels[order], 0,
+    large = single_target_tokens(hb[order], hv[order], w, bias, labels[order], 0,
                                         IGNORE, config=config)
     assert torch.equal(large[1:3], small[0])
 
@@ -209,7 +214,7 @@ def test_cublas_chunked_path(monkeypatch, dtype, with_bias):
 
     monkeypatch.setattr(lld, "_cublas_chunked_partials", spy)
     for transform in TRANSFORMS:
-        out = linear_logprob_delta_tokens(hb, hv, w, bias, labels, CODES[transform], IGNORE,
+        out = single_target_tokens(hb, hv, w, bias, labels, CODES[transform], IGNORE,
                                           config=CUBLAS_CHUNKED)
         assert rel_err(out, reference(hb, hv, w, labels, bias, transform)) <= 1e-5
     assert shapes[0] == (2 * B * T, 10)

@@ -462,6 +462,42 @@ def test_three_targets_in_one_forward_match_separate_references(kind, tiny_token
             assert names == [a for a in ["base", *TARGETS] for _ in range(B)]
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_three_targets_share_the_base_rows_in_one_kernel_call(fused, tiny_causal_lm,
+                                                             tiny_tokenizer, monkeypatch):
+    """K >= 2: one multi-target kernel call per micro-batch on the base rows and a (K, B,
+    ...) view of the targets' rows, no single-target call; the scores equal K single-target
+    scorers' (float rounding: the multi kernel reuses the base's log-sum-exp)."""
+    from tov_datasets import scorer as scorer_module
+
+    model = tiny.add_adapters(tiny_causal_lm, ["val_c", "val-b"])
+    name = "paired_linear_logprob_delta" if fused else "paired_logprob_delta"
+    calls = []
+
+    def spy(function):
+        def counted(base, vals, *args, **kwargs):
+            calls.append((function.__name__, tuple(base.shape), tuple(vals.shape)))
+            return function(base, vals, *args, **kwargs)
+        return counted
+
+    for function in (name, name + "_multi"):
+        monkeypatch.setattr(scorer_module, function, spy(getattr(scorer_module, function)))
+    scorer = ToVScorer(model, tiny_tokenizer, val_adapter=TARGETS, batch_size=3)
+    if not fused:
+        scorer._head = None  # the logits path of a causal LM without the fused head
+    scores, counts = scorer.score_columns({"text": TEXTS})
+    batches = -(-int(np.count_nonzero(counts)) // 3)
+    assert [c[0] for c in calls] == [name + "_multi"] * batches
+    assert all(vals[:2] == (len(TARGETS), base[0]) and vals[2:] == base[1:]
+               for _, base, vals in calls)
+    for k, target in enumerate(TARGETS):
+        single = ToVScorer(model, tiny_tokenizer, val_adapter=target, batch_size=3)
+        if not fused:
+            single._head = None
+        np.testing.assert_allclose(scores[k], single.score_columns({"text": TEXTS})[0],
+                                   rtol=0, atol=1e-6)
+
+
 def test_three_targets_in_ray_numpy_and_arrow_batches(tiny_causal_lm, tiny_tokenizer):
     model = tiny.add_adapters(tiny_causal_lm, ["val_c", "val-b"])
     scorer = ToVScorer(model, tiny_tokenizer, val_adapter=TARGETS, batch_size=3)

@@ -28,7 +28,9 @@ from tov_datasets import models
 from tov_datasets.formats import IGNORE_INDEX, Encoded, collate, encode_batch, num_scored
 from tov_kernels import (
     paired_linear_logprob_delta,
+    paired_linear_logprob_delta_multi,
     paired_logprob_delta,
+    paired_logprob_delta_multi,
     raise_label_errors,
 )
 
@@ -282,8 +284,10 @@ class ToVScorer:
         """F-mean of the per-token deltas, float32 (K, B) (row k: ``targets[k]`` against the
         base), for B samples with scored tokens, and int32 (B,) counts of labels outside the
         model's vocabulary (not scored; checked by the caller after the scores are on the
-        host, so no call syncs on its own). One forward of (1 + K) x B rows; the kernels run
-        once per target on the base rows and that target's rows."""
+        host, so no call syncs on its own). One forward of (1 + K) x B rows; one target: the
+        paired kernel on the base rows and the target's; K >= 2: the multi-target kernel on
+        the base rows and a (K, B, ...) view of the targets' rows, the base rows' log-sum-exp
+        computed once."""
         side = self.tokenizer.padding_side if self._position_ids else "right"
         batch = {k: v.to(self.device) for k, v in collate(samples, self.pad_token_id,
                                                           side).items()}
@@ -300,22 +304,27 @@ class ToVScorer:
                   "label_errors": label_errors}
         if self.task == "causal_lm":  # labels[:, t + 1] is predicted at position t
             labels = labels[:, 1:].masked_fill(batch["attention_mask"][:, :-1] == 0, IGNORE_INDEX)
-        targets = range(1, len(adapters))  # row block k * B: adapters[k]
+        K = len(self.targets)  # row block k * B: adapters[k]
         if self._head is not None:
             hidden = self._final_hidden(inputs, adapters, options)[:, :-1]
-            return torch.stack([
-                paired_linear_logprob_delta(
-                    hidden[:B], hidden[k * B:(k + 1) * B], self._head.weight, labels,
-                    bias=self._head.bias, **kernel,
-                ) for k in targets
-            ]), label_errors
+            weight, bias = self._head.weight, self._head.bias
+            if K == 1:
+                scores = paired_linear_logprob_delta(hidden[:B], hidden[B:], weight, labels,
+                                                     bias=bias, **kernel)[None]
+            else:
+                scores = paired_linear_logprob_delta_multi(
+                    hidden[:B], hidden[B:].unflatten(0, (K, B)), weight, labels, bias=bias,
+                    **kernel)
+            return scores, label_errors
         logits = models.mixed_adapter_forward(self.model, inputs, adapters, **options).logits
         if self.task == "causal_lm":
             logits = logits[:, :-1]
-        return torch.stack([
-            paired_logprob_delta(logits[:B], logits[k * B:(k + 1) * B], labels, **kernel)
-            for k in targets
-        ]), label_errors
+        if K == 1:
+            scores = paired_logprob_delta(logits[:B], logits[B:], labels, **kernel)[None]
+        else:
+            scores = paired_logprob_delta_multi(logits[:B], logits[B:].unflatten(0, (K, B)),
+                                                labels, **kernel)
+        return scores, label_errors
 
     def _final_hidden(
         self, inputs: dict[str, torch.Tensor], adapters: list[str], options: dict[str, Any]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 TRANSFORMS = {"identity": 0, "abs": 1, "relu": 2}
@@ -92,6 +94,38 @@ def mask_label_errors(labels: torch.Tensor, vocab: int, ignore_index: int,
     return labels.masked_fill(bad, ignore_index)
 
 
+def check_labels_or_buffer(labels: torch.Tensor, shape: tuple[int, ...], vocab: int,
+                           ignore_index: int, device: torch.device,
+                           label_errors: torch.Tensor | None) -> None:
+    """`check_labels` (reads a flag back) without a label_errors buffer; with one, only the
+    labels' type, shape and device and the buffer (no device-to-host sync)."""
+    if label_errors is None:
+        check_labels(labels, shape, vocab, ignore_index, device)
+    else:
+        check_label_tensor(labels, shape, device)
+        check_label_errors_buffer(label_errors, shape[0], device)
+
+
+def stack_targets(name: str, values: torch.Tensor | Sequence[torch.Tensor],
+                  like_name: str, like: torch.Tensor, shape_hint: str) -> torch.Tensor:
+    """K targets' tensors as one (K, *like.shape) tensor: a tensor of that shape as it is
+    (a view stays a view), a non-empty sequence of tensors shaped like `like` stacked (a
+    copy). Same dtype checks as `check_float`, same shape and device as `like`."""
+    if isinstance(values, torch.Tensor):
+        check_float(name, values, like.ndim + 1, f"(K, {shape_hint[1:]}")
+    else:
+        values = list(values)
+    if len(values) == 0:
+        raise ValueError(f"{name} holds no targets (K = 0); give at least one")
+    if isinstance(values, torch.Tensor):
+        check_same(f"{name}[k]", values[0], like_name, like)
+        return values
+    for k, value in enumerate(values):
+        check_float(f"{name}[{k}]", value, like.ndim, shape_hint)
+        check_same(f"{name}[{k}]", value, like_name, like)
+    return torch.stack(values)
+
+
 def raise_label_errors(label_errors: torch.Tensor) -> None:
     """ValueError if any count in label_errors (int32 (B,), from a call with
     label_errors=...) is non-zero. Reads the counts back: call it where the caller syncs
@@ -125,8 +159,9 @@ def check_options(transform: str, reduction: str, backend: str | None) -> int:
 
 def reduce_tokens(per_token: torch.Tensor, labels: torch.Tensor, ignore_index: int,
                   reduction: str) -> torch.Tensor:
-    """per_token: float32 (B, T) with 0.0 at ignored positions -> (B,) mean or (B, T)."""
+    """per_token: float32 (..., B, T) with 0.0 at ignored positions (e.g. (K, B, T) for K
+    targets) -> (..., B) mean or per_token itself."""
     if reduction == "none":
         return per_token
     counts = (labels != ignore_index).sum(dim=1).clamp_(min=1).to(torch.float32)
-    return per_token.sum(dim=1) / counts
+    return per_token.sum(dim=-1) / counts

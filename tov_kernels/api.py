@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 
@@ -60,22 +61,69 @@ def paired_logprob_delta(
     _checks.check_float("logits_val", logits_val, 3, "(B, T, V)")
     _checks.check_same("logits_base", logits_base, "logits_val", logits_val)
     B, T, V = logits_base.shape
-    device = logits_base.device
-    if label_errors is None:
-        _checks.check_labels(labels, (B, T), V, ignore_index, device)
-    else:
-        _checks.check_label_tensor(labels, (B, T), device)
-        _checks.check_label_errors_buffer(label_errors, B, device)
-    with torch.no_grad():
-        if _use_triton(backend, device):
-            from tov_kernels.logprob_delta import logprob_delta_tokens
+    _checks.check_labels_or_buffer(labels, (B, T), V, ignore_index, logits_base.device,
+                                   label_errors)
+    if _use_triton(backend, logits_base.device):
+        from tov_kernels.logprob_delta import logprob_delta_tokens
 
+        with torch.no_grad():
             per_token, mean = logprob_delta_tokens(logits_base, logits_val, labels, code,
                                                    ignore_index, label_errors=label_errors)
-            return mean if reduction == "mean" else per_token
+        return mean if reduction == "mean" else per_token
+    return _torch_logprob_delta(logits_base, logits_val[None], labels, code, ignore_index,
+                                reduction, label_errors)[0]
+
+
+def paired_logprob_delta_multi(
+    logits_base: torch.Tensor,
+    logits_vals: torch.Tensor | Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    transform: str = "identity",
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    backend: str | None = None,
+    label_errors: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`paired_logprob_delta` of K targets against one base: row k is
+    F(log p_val_k(y_t) - log p_base(y_t)). The base rows' log-sum-exp and label logit are
+    computed once and reused for every target.
+
+    logits_base: (B, T, V); logits_vals: (K, B, T, V) (a view is read in place, e.g.
+    ``logits[B:].unflatten(0, (K, B))`` of one mixed forward) or a sequence of K (B, T, V)
+    tensors (stacked: one copy). Returns float32 (K, B) for reduction="mean" or (K, B, T)
+    for "none"; row k equals `paired_logprob_delta(logits_base, logits_vals[k], ...)` up to
+    float rounding (the torch backend: bitwise). labels, transform, ignore_index, backend
+    and label_errors as in `paired_logprob_delta`.
+    """
+    code = _checks.check_options(transform, reduction, backend)
+    _checks.check_float("logits_base", logits_base, 3, "(B, T, V)")
+    logits_vals = _checks.stack_targets("logits_vals", logits_vals, "logits_base",
+                                        logits_base, "(B, T, V)")
+    B, T, V = logits_base.shape
+    _checks.check_labels_or_buffer(labels, (B, T), V, ignore_index, logits_base.device,
+                                   label_errors)
+    if _use_triton(backend, logits_base.device):
+        from tov_kernels.logprob_delta import logprob_delta_tokens_multi
+
+        with torch.no_grad():
+            per_token, mean = logprob_delta_tokens_multi(
+                logits_base, logits_vals, labels, code, ignore_index, label_errors=label_errors
+            )
+        return mean if reduction == "mean" else per_token
+    return _torch_logprob_delta(logits_base, logits_vals, labels, code, ignore_index,
+                                reduction, label_errors)
+
+
+def _torch_logprob_delta(logits_base: torch.Tensor, logits_vals: torch.Tensor,
+                         labels: torch.Tensor, code: int, ignore_index: int, reduction: str,
+                         label_errors: torch.Tensor | None) -> torch.Tensor:
+    """The chunked torch path of K targets: float32 (K, B) or (K, B, T)."""
+    with torch.no_grad():
         if label_errors is not None:
-            labels = _checks.mask_label_errors(labels, V, ignore_index, label_errors)
-        per_token = torch_path.logprob_delta_tokens(logits_base, logits_val, labels, code,
+            labels = _checks.mask_label_errors(labels, logits_base.shape[2], ignore_index,
+                                               label_errors)
+        per_token = torch_path.logprob_delta_tokens(logits_base, logits_vals, labels, code,
                                                     ignore_index)
         return _checks.reduce_tokens(per_token, labels, ignore_index, reduction)
 
@@ -108,6 +156,47 @@ def paired_linear_logprob_delta(
     _checks.check_float("hidden_base", hidden_base, 3, "(B, T, H)")
     _checks.check_float("hidden_val", hidden_val, 3, "(B, T, H)")
     _checks.check_same("hidden_base", hidden_base, "hidden_val", hidden_val)
+    return _linear_logprob_delta(hidden_base, hidden_val[None], weight, labels, bias, code,
+                                 ignore_index, reduction, backend, label_errors)[0]
+
+
+def paired_linear_logprob_delta_multi(
+    hidden_base: torch.Tensor,
+    hidden_vals: torch.Tensor | Sequence[torch.Tensor],
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    transform: str = "identity",
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    backend: str | None = None,
+    label_errors: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`paired_linear_logprob_delta` of K targets against one base: the base rows are
+    projected through the head once (their log-sum-exp and label logit are shared by every
+    target), each target's rows once.
+
+    hidden_base: (B, T, H); hidden_vals: (K, B, T, H) (a view is read in place, e.g.
+    ``hidden[B:].unflatten(0, (K, B))`` of one mixed forward) or a sequence of K (B, T, H)
+    tensors (stacked: one copy). Returns float32 (K, B) or (K, B, T); row k equals
+    `paired_linear_logprob_delta(hidden_base, hidden_vals[k], ...)` up to float rounding
+    (K = 1: bitwise). weight, bias, labels and the options as there.
+    """
+    code = _checks.check_options(transform, reduction, backend)
+    _checks.check_float("hidden_base", hidden_base, 3, "(B, T, H)")
+    hidden_vals = _checks.stack_targets("hidden_vals", hidden_vals, "hidden_base", hidden_base,
+                                        "(B, T, H)")
+    return _linear_logprob_delta(hidden_base, hidden_vals, weight, labels, bias, code,
+                                 ignore_index, reduction, backend, label_errors)
+
+
+def _linear_logprob_delta(hidden_base: torch.Tensor, hidden_vals: torch.Tensor,
+                          weight: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None,
+                          code: int, ignore_index: int, reduction: str, backend: str | None,
+                          label_errors: torch.Tensor | None) -> torch.Tensor:
+    """Checks of the head and labels, then either backend for K targets: hidden_base
+    (B, T, H), hidden_vals (K, B, T, H) -> float32 (K, B) or (K, B, T)."""
     B, T, H = hidden_base.shape
     _checks.check_float("weight", weight, 2, f"(V, {H})")
     if weight.shape[1] != H or weight.device != hidden_base.device:
@@ -123,11 +212,8 @@ def paired_linear_logprob_delta(
                 f"bias has shape {tuple(bias.shape)} on {bias.device}; expected ({V},) "
                 f"on {weight.device}"
             )
-    if label_errors is None:
-        _checks.check_labels(labels, (B, T), V, ignore_index, hidden_base.device)
-    else:
-        _checks.check_label_tensor(labels, (B, T), hidden_base.device)
-        _checks.check_label_errors_buffer(label_errors, B, hidden_base.device)
+    _checks.check_labels_or_buffer(labels, (B, T), V, ignore_index, hidden_base.device,
+                                   label_errors)
     with torch.no_grad():
         if label_errors is not None:
             labels = _checks.mask_label_errors(labels, V, ignore_index, label_errors)
@@ -136,6 +222,6 @@ def paired_linear_logprob_delta(
         else:
             linear_logprob_delta_tokens = torch_path.linear_logprob_delta_tokens
         per_token = linear_logprob_delta_tokens(
-            hidden_base, hidden_val, weight, bias, labels, code, ignore_index
+            hidden_base, hidden_vals, weight, bias, labels, code, ignore_index
         )
         return _checks.reduce_tokens(per_token, labels, ignore_index, reduction)

@@ -1,16 +1,18 @@
 """Triton kernels: paired log-prob delta from final hidden states and the output projection.
 
-The base and the val hidden states form one (2N, H) operand: row tiles 0..P-1 read base rows
-and P..2P-1 val rows (P = cdiv(N, BLOCK_M)) through two 64-bit tile base pointers, so the two
-(B, T, H) tensors (any strides, e.g. the halves of one forward's output without its last
-position) are never copied into one. A matmul-shaped grid walks (row tile x vocabulary tile) in
-grouped order (GROUP_M row tiles share each weight tile while it is in L2); each program
-computes one (BLOCK_M, BLOCK_N) logits tile over the whole hidden dimension and its epilogue
-writes, per row, the tile's max and sum of exp2((logit - max) * log2(e)) into a partials
-buffer of 2 x (2N, num_vocab_tiles) floats. No logits tensor exists, no label compare/select
-runs in the tile loop and nothing is atomic. A finish kernel then merges the tiles of each
-row in a fixed order, computes the label logit as a small indexed dot over H and writes
-delta = (z_val - z_base) - (lse_val - lse_base), F applied.
+The base and the val hidden states of K targets form one ((1 + K) N, H) operand: row tiles
+0..P-1 read base rows and kP..(k + 1)P - 1 the rows of target k (P = cdiv(N, BLOCK_M)) through
+64-bit tile base pointers, so the (B, T, H) tensors (any strides, e.g. the blocks of one
+forward's output without its last position) are never copied into one. The base rows are
+projected once whatever K: their partials serve every target. A matmul-shaped grid walks
+(row tile x vocabulary tile) in grouped order (GROUP_M row tiles share each weight tile
+while it is in L2); each program computes one (BLOCK_M, BLOCK_N) logits tile over the whole
+hidden dimension and its epilogue writes, per row, the tile's max and sum of
+exp2((logit - max) * log2(e)) into a partials buffer of 2 x ((1 + K) N, num_vocab_tiles)
+floats. No logits tensor exists, no label compare/select runs in the tile loop and nothing
+is atomic. A finish kernel then merges the tiles of each row in a fixed order, computes the
+label logit as a small indexed dot over H (the base's once, then each target's) and writes
+delta_k = (z_val_k - z_base) - (lse_val_k - lse_base), F applied.
 
 Determinism: the partials layout depends only on (N, V) and the tile config, never on the
 number of SMs, so repeated calls are bitwise equal; and each row's arithmetic does not
@@ -124,23 +126,24 @@ def config_for(hidden: int, vocab: int, tokens: int, device: torch.device) -> Co
 @triton.jit
 def _lse_tiles_kernel(
     hb_ptr, hv_ptr, w_ptr, bias_ptr, max_ptr, sum_ptr,
-    N, T, V, H, row_tiles, vocab_tiles,
-    s_hb_b, s_hb_t, s_hb_h, s_hv_b, s_hv_t, s_hv_h, s_w_v, s_w_h,
+    N, T, V, H, row_tiles, vocab_tiles, n_sides,
+    s_hb_b, s_hb_t, s_hb_h, s_hv_k, s_hv_b, s_hv_t, s_hv_h, s_w_v, s_w_h,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
     """Program p -> (row tile, vocabulary tile) in grouped order; writes the tile's per-row
     max and sum of exp2 at [row * vocab_tiles + vocabulary tile] of max_ptr / sum_ptr, rows
-    0..N-1 base and N..2N-1 val. Token row n is hidden[n // T, n % T] (any strides).
-    row_tiles = cdiv(N, BLOCK_M) per adapter."""
+    0..N-1 base and kN..(k + 1)N - 1 target k (n_sides = 1 + K sides). Token row n of side
+    s is hidden_base[n // T, n % T] (s = 0) or hidden_vals[s - 1, n // T, n % T] (any
+    strides). row_tiles = cdiv(N, BLOCK_M) per side."""
     pid = tl.program_id(0)
     per_group = GROUP_M * vocab_tiles
     first_m = (pid // per_group) * GROUP_M
-    group_rows = tl.minimum(2 * row_tiles - first_m, GROUP_M)
+    group_rows = tl.minimum(n_sides * row_tiles - first_m, GROUP_M)
     pid_m = first_m + (pid % per_group) % group_rows
     pid_n = (pid % per_group) // group_rows
-    side = pid_m // row_tiles  # 0: base rows, 1: val rows
+    side = pid_m // row_tiles  # 0: base rows, k: target k's rows
     row0 = (pid_m - side * row_tiles) * BLOCK_M
     col0 = pid_n * BLOCK_N
     # 64-bit tile base pointers; 32-bit offsets inside the tile. Rows and columns past the
@@ -151,7 +154,7 @@ def _lse_tiles_kernel(
         s_t = s_hb_t
         s_h = s_hb_h
     else:
-        h_ptr = hv_ptr
+        h_ptr = hv_ptr + (side - 1).to(tl.int64) * s_hv_k
         s_b = s_hv_b
         s_t = s_hv_t
         s_h = s_hv_h
@@ -217,16 +220,35 @@ def _merge_side(max_ptr, sum_ptr, rows, row_ok, vocab_tiles,
 
 
 @triton.jit
+def _label_logit(h_rows, s_h, y_rows, s_w_h, active, H, BLOCK_R: tl.constexpr,
+                 BLOCK_H: tl.constexpr):
+    """float32 dot of BLOCK_R hidden rows (h_rows: (BLOCK_R,) row pointers, element stride
+    s_h) with the weight rows of their labels (y_rows: (BLOCK_R,) row pointers, element
+    stride s_w_h); 0.0 where not active."""
+    kk = tl.arange(0, BLOCK_H)
+    acc = tl.zeros([BLOCK_R, BLOCK_H], tl.float32)
+    for k0 in range(0, H, BLOCK_H):
+        ks = k0 + kk
+        ok = active[:, None] & (ks < H)[None, :]
+        w = tl.load(y_rows[:, None] + ks[None, :] * s_w_h, mask=ok, other=0.0)
+        h = tl.load(h_rows[:, None] + ks[None, :] * s_h, mask=ok, other=0.0)
+        acc += h.to(tl.float32) * w.to(tl.float32)
+    return tl.sum(acc, axis=1)
+
+
+@triton.jit
 def _finish_kernel(
     hb_ptr, hv_ptr, w_ptr, bias_ptr, labels_ptr, max_ptr, sum_ptr, out_ptr,
-    N, T, H, vocab_tiles,
-    s_hb_b, s_hb_t, s_hb_h, s_hv_b, s_hv_t, s_hv_h, s_w_v, s_w_h,
+    N, T, H, vocab_tiles, n_targets,
+    s_hb_b, s_hb_t, s_hb_h, s_hv_k, s_hv_b, s_hv_t, s_hv_h, s_w_v, s_w_h,
     ignore_index,
     HAS_BIAS: tl.constexpr, TRANSFORM: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    """out[row] = F((z_val - z_base) - (lse_val - lse_base)) for BLOCK_R token rows; 0.0 for
-    ignored rows. z: float32 dot of the hidden row with the label's weight row (+ bias)."""
+    """out[k, row] = F((z_val_k - z_base) - (lse_val_k - lse_base)) for BLOCK_R token rows
+    and each of the n_targets targets; 0.0 for ignored rows. z: float32 dot of the hidden
+    row with the label's weight row (+ bias). The base's z and log-sum-exp are computed once
+    and reused for every target."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < N
     labels = tl.load(labels_ptr + rows, mask=row_ok, other=ignore_index)
@@ -234,31 +256,26 @@ def _finish_kernel(
     y = tl.where(active, labels, 0).to(tl.int64)
     b = rows // T
     t = rows % T
-    hb_rows = hb_ptr + b * s_hb_b + t * s_hb_t
-    hv_rows = hv_ptr + b * s_hv_b + t * s_hv_t
-    kk = tl.arange(0, BLOCK_H)
-    acc_b = tl.zeros([BLOCK_R, BLOCK_H], tl.float32)
-    acc_v = tl.zeros([BLOCK_R, BLOCK_H], tl.float32)
-    for k0 in range(0, H, BLOCK_H):
-        ks = k0 + kk
-        ok = active[:, None] & (ks < H)[None, :]
-        w = tl.load(w_ptr + y[:, None] * s_w_v + ks[None, :] * s_w_h, mask=ok, other=0.0)
-        hb = tl.load(hb_rows[:, None] + ks[None, :] * s_hb_h, mask=ok, other=0.0)
-        hv = tl.load(hv_rows[:, None] + ks[None, :] * s_hv_h, mask=ok, other=0.0)
-        w = w.to(tl.float32)
-        acc_b += hb.to(tl.float32) * w
-        acc_v += hv.to(tl.float32) * w
-    z_b = tl.sum(acc_b, axis=1)
-    z_v = tl.sum(acc_v, axis=1)
+    y_rows = w_ptr + y * s_w_v
+    z_b = _label_logit(hb_ptr + b * s_hb_b + t * s_hb_t, s_hb_h, y_rows, s_w_h, active, H,
+                       BLOCK_R, BLOCK_H)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + y, mask=active, other=0.0).to(tl.float32)
         z_b += bias
-        z_v += bias
     m_b, s_b = _merge_side(max_ptr, sum_ptr, rows, active, vocab_tiles, BLOCK_R, BLOCK_T)
-    m_v, s_v = _merge_side(max_ptr, sum_ptr, rows + N, active, vocab_tiles, BLOCK_R, BLOCK_T)
-    d_lse = (m_v - m_b) + (tl.log(s_v) - tl.log(s_b))
-    delta = _apply_transform((z_v - z_b) - d_lse, TRANSFORM)
-    tl.store(out_ptr + rows, tl.where(active, delta, 0.0), mask=row_ok)
+    hv_rows = hv_ptr + b * s_hv_b + t * s_hv_t  # target k: + k * s_hv_k
+    side_rows = rows  # rows of target k in the partials and the output: + (k + 1) * N
+    for _ in range(0, n_targets):
+        side_rows += N
+        z_v = _label_logit(hv_rows, s_hv_h, y_rows, s_w_h, active, H, BLOCK_R, BLOCK_H)
+        if HAS_BIAS:
+            z_v += bias
+        m_v, s_v = _merge_side(max_ptr, sum_ptr, side_rows, active, vocab_tiles, BLOCK_R,
+                               BLOCK_T)
+        d_lse = (m_v - m_b) + (tl.log(s_v) - tl.log(s_b))
+        delta = _apply_transform((z_v - z_b) - d_lse, TRANSFORM)
+        tl.store(out_ptr + side_rows - N, tl.where(active, delta, 0.0), mask=row_ok)
+        hv_rows += s_hv_k
 
 
 @triton.jit
@@ -284,27 +301,29 @@ def _chunk_lse_kernel(logits_ptr, max_ptr, sum_ptr, width, chunk, chunks,
     tl.store(sum_ptr + row * chunks + chunk, row_sum)
 
 
-def _cublas_chunked_partials(hb: torch.Tensor, hv: torch.Tensor, weight: torch.Tensor,
+def _cublas_chunked_partials(hidden: list[torch.Tensor], weight: torch.Tensor,
                              bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Vocabulary chunks of float32 logits of both adapters via torch.mm (cuBLAS on CUDA)
-    into one reused buffer of at most CUBLAS_CHUNK_ELEMENTS floats, each chunk reduced by
-    `_chunk_lse_kernel` -> the tile kernel's partials (max, sum of exp2), float32
-    (2N, chunks) each. hb, hv: (N, H) in the weight's dtype; weight: (V, H)."""
-    N, V = hb.shape[0], weight.shape[0]
+    """Vocabulary chunks of float32 logits of every side (the base, then each target) via
+    torch.mm (cuBLAS on CUDA) into one reused buffer of at most CUBLAS_CHUNK_ELEMENTS
+    floats, each chunk reduced by `_chunk_lse_kernel` -> the tile kernel's partials (max,
+    sum of exp2), float32 (S N, chunks) each. hidden: S (N, H) tensors in the weight's
+    dtype; weight: (V, H)."""
+    S, N, V = len(hidden), hidden[0].shape[0], weight.shape[0]
     width = max(CUBLAS_CHUNK_ALIGN,
-                CUBLAS_CHUNK_ELEMENTS // (2 * N) // CUBLAS_CHUNK_ALIGN * CUBLAS_CHUNK_ALIGN)
+                CUBLAS_CHUNK_ELEMENTS // (S * N) // CUBLAS_CHUNK_ALIGN * CUBLAS_CHUNK_ALIGN)
     width = min(width, V)
     chunks = triton.cdiv(V, width)
-    row_max = torch.empty(2 * N, chunks, dtype=torch.float32, device=hb.device)
+    row_max = torch.empty(S * N, chunks, dtype=torch.float32, device=weight.device)
     row_sum = torch.empty_like(row_max)
-    buffer = torch.empty(2 * N * width, dtype=torch.float32, device=hb.device)
+    buffer = torch.empty(S * N * width, dtype=torch.float32, device=weight.device)
     # cuBLAS writes float32 straight from half inputs; elsewhere (CPU tests) upcast first
-    direct = hb.is_cuda and hb.dtype != torch.float32
-    hidden = (hb, hv) if direct else (hb.float(), hv.float())
+    direct = weight.is_cuda and hidden[0].dtype != torch.float32
+    if not direct:
+        hidden = [h.float() for h in hidden]
     for j, v0 in enumerate(range(0, V, width)):
         w_chunk = weight[v0:v0 + width]
         cols = w_chunk.shape[0]
-        logits = buffer[:2 * N * cols].view(2, N, cols)
+        logits = buffer[:S * N * cols].view(S, N, cols)
         for side, h in enumerate(hidden):
             if direct:
                 torch.mm(h, w_chunk.T, out_dtype=torch.float32, out=logits[side])
@@ -312,7 +331,7 @@ def _cublas_chunked_partials(hb: torch.Tensor, hv: torch.Tensor, weight: torch.T
                 torch.mm(h, w_chunk.T.float(), out=logits[side])
         if bias is not None:
             logits += bias[v0:v0 + cols].float()
-        _chunk_lse_kernel[(2 * N,)](logits, row_max, row_sum, cols, j, chunks,
+        _chunk_lse_kernel[(S * N,)](logits, row_max, row_sum, cols, j, chunks,
                                     BLOCK_V=CHUNK_LSE_BLOCK, num_warps=4)
     return row_max, row_sum
 
@@ -326,11 +345,12 @@ def _fits_int32(hidden: torch.Tensor, rows: int, cols: int) -> bool:
     return span < 2**31
 
 
-def linear_logprob_delta_tokens(hidden_base: torch.Tensor, hidden_val: torch.Tensor,
+def linear_logprob_delta_tokens(hidden_base: torch.Tensor, hidden_vals: torch.Tensor,
                                 weight: torch.Tensor, bias: torch.Tensor | None,
                                 labels: torch.Tensor, code: int, ignore_index: int,
                                 config: Config | None = None) -> torch.Tensor:
-    """hidden_*: (B, T, H); weight: (V, H); bias: (V,) or None -> float32 (B, T).
+    """hidden_base: (B, T, H); hidden_vals: (K, B, T, H) (K targets, any strides); weight:
+    (V, H); bias: (V,) or None -> float32 (K, B, T). The base rows are projected once.
 
     Hidden states of another dtype than the weight are cast to the weight's dtype (the small
     operand; the weight is never copied). fp32 uses exact IEEE dots. Triton's CPU interpreter
@@ -338,52 +358,58 @@ def linear_logprob_delta_tokens(hidden_base: torch.Tensor, hidden_val: torch.Ten
     config: a TileConfig or CUBLAS_CHUNKED; default `config_for` the shape and device.
     """
     B, T, H = hidden_base.shape
+    K = hidden_vals.shape[0]
     V = weight.shape[0]
     N = B * T
     device = hidden_base.device
-    out = torch.empty(N, dtype=torch.float32, device=device)
+    out = torch.empty(K, N, dtype=torch.float32, device=device)
     if N == 0:
-        return out.view(B, T)
+        return out.view(K, B, T)
     hb = hidden_base.to(weight.dtype)
-    hv = hidden_val.to(weight.dtype)
+    hv = hidden_vals.to(weight.dtype)
     flat_labels = labels.reshape(N).contiguous()
     if config is None:
         config = config_for(H, V, N, device)
     if config == CUBLAS_CHUNKED:
-        row_max, row_sum = _cublas_chunked_partials(hb.reshape(N, H), hv.reshape(N, H),
-                                                    weight, bias)
+        row_max, row_sum = _cublas_chunked_partials(
+            [hb.reshape(N, H), *(hv[k].reshape(N, H) for k in range(K))], weight, bias)
     else:
         row_max, row_sum = _tile_partials(hb, hv, weight, bias, config)
     vocab_tiles = row_max.shape[1]
     _finish_kernel[(triton.cdiv(N, FINISH_ROWS),)](
         hb, hv, weight, bias if bias is not None else weight, flat_labels, row_max, row_sum,
-        out, N, T, H, vocab_tiles, *hb.stride(), *hv.stride(), *weight.stride(), ignore_index,
-        HAS_BIAS=bias is not None, TRANSFORM=code, BLOCK_R=FINISH_ROWS,
+        out, N, T, H, vocab_tiles, K, *hb.stride(), *hv.stride(), *weight.stride(),
+        ignore_index, HAS_BIAS=bias is not None, TRANSFORM=code, BLOCK_R=FINISH_ROWS,
         BLOCK_T=FINISH_TILES, BLOCK_H=FINISH_HIDDEN, num_warps=FINISH_WARPS,
     )
-    return out.view(B, T)
+    return out.view(K, B, T)
 
 
 def _tile_partials(hb: torch.Tensor, hv: torch.Tensor, weight: torch.Tensor,
                    bias: torch.Tensor | None,
                    config: TileConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the tile kernel -> (max, sum of exp2) partials, float32 (2N, vocab tiles) each.
-    hb, hv: (B, T, H) in the weight's dtype, any strides; weight: (V, H)."""
+    """Launch the tile kernel -> (max, sum of exp2) partials, float32 ((1 + K) N, vocab
+    tiles) each. hb: (B, T, H), hv: (K, B, T, H), in the weight's dtype, any strides;
+    weight: (V, H)."""
     B, T, H = hb.shape
+    n_sides = 1 + hv.shape[0]
     N, V = B * T, weight.shape[0]
     # 32-bit offsets inside a tile: operands whose strides could overflow them are copied
-    hb, hv = (h if _fits_int32(h, config.block_m, config.block_k) else h.contiguous()
-              for h in (hb, hv))
+    if not _fits_int32(hb, config.block_m, config.block_k):
+        hb = hb.contiguous()
+    if not _fits_int32(hv[0], config.block_m, config.block_k):
+        hv = hv.contiguous()
     if (config.block_n - 1) * abs(weight.stride(0)) + (
             config.block_k - 1) * abs(weight.stride(1)) >= 2**31:
         weight = weight.contiguous()
     row_tiles = triton.cdiv(N, config.block_m)
     vocab_tiles = triton.cdiv(V, config.block_n)
-    row_max = torch.empty(2 * N, vocab_tiles, dtype=torch.float32, device=hb.device)
+    row_max = torch.empty(n_sides * N, vocab_tiles, dtype=torch.float32, device=hb.device)
     row_sum = torch.empty_like(row_max)
-    _lse_tiles_kernel[(2 * row_tiles * vocab_tiles,)](
+    _lse_tiles_kernel[(n_sides * row_tiles * vocab_tiles,)](
         hb, hv, weight, bias if bias is not None else weight, row_max, row_sum,
-        N, T, V, H, row_tiles, vocab_tiles, *hb.stride(), *hv.stride(), *weight.stride(),
+        N, T, V, H, row_tiles, vocab_tiles, n_sides, *hb.stride(), *hv.stride(),
+        *weight.stride(),
         HAS_BIAS=bias is not None, IEEE=weight.dtype == torch.float32,
         UPCAST=weight.dtype == torch.bfloat16 and hb.device.type == "cpu",
         EVEN_K=H % config.block_k == 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
@@ -412,7 +438,7 @@ def benchmark_variants(hidden_base: torch.Tensor, hidden_val: torch.Tensor,
     configs = measured_configs()
 
     def variant(config: Config) -> Callable[[], torch.Tensor]:
-        return lambda: linear_logprob_delta_tokens(hidden_base, hidden_val, weight, None,
-                                                   labels, 0, ignore_index, config=config)
+        return lambda: linear_logprob_delta_tokens(hidden_base, hidden_val[None], weight, None,
+                                                   labels, 0, ignore_index, config=config)[0]
 
     return {getattr(c, "name", c): variant(c) for c in configs}

@@ -60,61 +60,70 @@ def _take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x[idx]
 
 
-def logprob_delta_tokens(logits_base: torch.Tensor, logits_val: torch.Tensor,
+def logprob_delta_tokens(logits_base: torch.Tensor, logits_vals: torch.Tensor,
                          labels: torch.Tensor, code: int, ignore_index: int) -> torch.Tensor:
-    """Per-token F(log p_val(y) - log p_base(y)): float32 (B, T), 0.0 where ignored.
+    """Per-token F(log p_val_k(y) - log p_base(y)) of K targets: float32 (K, B, T), 0.0
+    where ignored. The base rows' log p(y) is computed once per chunk and reused for every
+    target (K = 1: the single-target computation, chunk for chunk).
 
-    logits_*: (B, T, V) float32/bf16/fp16; labels: (B, T) int64.
+    logits_base: (B, T, V) float32/bf16/fp16; logits_vals: (K, B, T, V); labels: (B, T) int64.
     """
     B, T, V = logits_base.shape
-    out = torch.zeros(B * T, dtype=torch.float32, device=logits_base.device)
+    K = logits_vals.shape[0]
+    out = torch.zeros(K, B * T, dtype=torch.float32, device=logits_base.device)
     rows = _active_rows(labels, ignore_index)
     flat_labels = labels.reshape(-1)
-    lb, lv = logits_base.reshape(B * T, V), logits_val.reshape(B * T, V)
+    lb = logits_base.reshape(B * T, V)
+    lvs = [logits_vals[k].reshape(B * T, V) for k in range(K)]
     chunk, tile_v = _chunking(V)
+
+    def label_logprob(logits: torch.Tensor, idx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        picked = _take_rows(logits, idx)  # (C, V): a view, or scratch in the input dtype
+        return _label_logprob(lambda v0, v1: picked[:, v0:v1].float(), y, V, tile_v)
+
     for start in range(0, rows.numel(), chunk):
         idx = rows[start:start + chunk]
         y = flat_labels[idx]
-        logp = []
-        for logits in (lb, lv):
-            picked = _take_rows(logits, idx)  # (C, V): a view, or scratch in the input dtype
-
-            def tile(v0, v1, picked=picked):
-                return picked[:, v0:v1].float()
-
-            logp.append(_label_logprob(tile, y, V, tile_v))
-        out[idx] = apply_transform(logp[1] - logp[0], code)
-    return out.view(B, T)
+        logp_base = label_logprob(lb, idx, y)
+        for k, lv in enumerate(lvs):
+            out[k, idx] = apply_transform(label_logprob(lv, idx, y) - logp_base, code)
+    return out.view(K, B, T)
 
 
-def linear_logprob_delta_tokens(hidden_base: torch.Tensor, hidden_val: torch.Tensor,
+def linear_logprob_delta_tokens(hidden_base: torch.Tensor, hidden_vals: torch.Tensor,
                                 weight: torch.Tensor, bias: torch.Tensor | None,
                                 labels: torch.Tensor, code: int,
                                 ignore_index: int) -> torch.Tensor:
-    """Per-token F(delta) from hidden states: float32 (B, T), 0.0 where ignored.
+    """Per-token F(delta) of K targets from hidden states: float32 (K, B, T), 0.0 where
+    ignored.
 
-    hidden_*: (B, T, H); weight: (V, H); bias: (V,) or None. Logits exist only as float32
-    (2C, tile) chunks; a non-float32 weight is converted once (V x H), not per chunk.
+    hidden_base: (B, T, H); hidden_vals: (K, B, T, H); weight: (V, H); bias: (V,) or None.
+    Each chunk projects its base rows once and every target's rows in the same matmul:
+    logits exist only as float32 ((1 + K) C, tile) chunks; a non-float32 weight is
+    converted once (V x H), not per chunk. K = 1 is the single-target computation.
     """
     B, T, H = hidden_base.shape
+    K = hidden_vals.shape[0]
     V = weight.shape[0]
-    out = torch.zeros(B * T, dtype=torch.float32, device=hidden_base.device)
+    out = torch.zeros(K, B * T, dtype=torch.float32, device=hidden_base.device)
     rows = _active_rows(labels, ignore_index)
     flat_labels = labels.reshape(-1)
-    hb, hv = hidden_base.reshape(B * T, H), hidden_val.reshape(B * T, H)
+    hb = hidden_base.reshape(B * T, H)
+    hvs = [hidden_vals[k].reshape(B * T, H) for k in range(K)]
     w = weight.float()
     b = bias.float() if bias is not None else None
-    chunk, tile_v = _chunking(V, rows_per_sample=2)
+    chunk, tile_v = _chunking(V, rows_per_sample=1 + K)
     for start in range(0, rows.numel(), chunk):
         idx = rows[start:start + chunk]
         c = idx.numel()
         y = flat_labels[idx]
-        h = torch.cat([_take_rows(hb, idx), _take_rows(hv, idx)]).float()  # (2C, H)
+        h = torch.cat([_take_rows(hb, idx), *(_take_rows(hv, idx) for hv in hvs)]).float()
 
         def tile(v0, v1, h=h):
             x = h @ w[v0:v1].T
             return x if b is None else x.add_(b[v0:v1])
 
-        logp = _label_logprob(tile, torch.cat([y, y]), V, tile_v)
-        out[idx] = apply_transform(logp[c:] - logp[:c], code)
-    return out.view(B, T)
+        logp = _label_logprob(tile, y.repeat(1 + K), V, tile_v)  # ((1 + K) C,)
+        for k in range(K):
+            out[k, idx] = apply_transform(logp[(k + 1) * c:(k + 2) * c] - logp[:c], code)
+    return out.view(K, B, T)
