@@ -378,3 +378,18 @@ def test_score_with_bad_targets_exits_2_naming_val(inputs, tmp_path, capsys, val
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("tov score: error: ") and message in err
     assert not out.exists()
+
+
+def test_score_state_dir_holding_a_target_input_is_refused(inputs, tmp_path, capsys):
+    """--state-dir (or --out) that is or holds a named --val file: refused, the file kept."""
+    snapshot = fx.snapshot(inputs["music"].parent)
+    vals = (f"math={inputs['val']}", f"music={inputs['music']}")
+    out = tmp_path / "scores.parquet"
+    state = inputs["music"].parent
+    code, err = fx.run_cli([*score_argv(inputs, out, *vals), "--state-dir", str(state)], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"--state-dir {state} contains --" in err
+    code, err = fx.run_cli([*score_argv(inputs, out, *vals), "--state-dir", str(inputs["music"])],
+                           capsys)
+    assert code == 2 and f"--state-dir {inputs['music']} is --val music" in err
+    assert fx.snapshot(inputs["music"].parent) == snapshot and not out.exists()
