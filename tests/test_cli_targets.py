@@ -149,10 +149,17 @@ def test_a_lost_epoch_is_redone_bit_identically(inputs, run, tmp_path):
     assert {name: fx.sha256(copy / name) for name in hashes} == hashes
 
 
-def test_one_named_target_scores_like_the_plain_val(inputs, tmp_path):
+@pytest.fixture(scope="module")
+def plain_run(inputs, tmp_path_factory):
+    """The output directory of one `tov select --val PATH` run (one unnamed target)."""
+    out = tmp_path_factory.mktemp("plain") / "out"
+    assert cli.main(fx.select_argv(inputs, out)) == 0
+    return out
+
+
+def test_one_named_target_scores_like_the_plain_val(inputs, plain_run, tmp_path):
     """--val math=PATH (K = 1, named) trains and scores exactly what --val PATH does."""
-    plain, named = tmp_path / "plain", tmp_path / "named"
-    assert cli.main(fx.select_argv(inputs, plain)) == 0
+    plain, named = plain_run, tmp_path / "named"
     argv = fx.select_argv(inputs, named)
     argv[argv.index("--val") + 1] = f"math={inputs['val']}"
     assert cli.main(argv) == 0
@@ -298,3 +305,91 @@ def test_score_with_several_saved_val_adapters(inputs, tmp_path, capsys):
     code, err = fx.run_cli([*argv, "--val-adapter", f"x={tmp_path / 'none'}",
                             "--out", str(tmp_path / "o.parquet")], capsys)
     assert code == 2 and "adapter" in err and "no such" in err
+
+
+def score_argv(inputs, out, *vals):
+    """tov score along the trajectory with the options of the tiny `tov select` runs (less
+    its selection options --n and --bins), one --val per entry of ``vals``."""
+    options = list(fx.SELECT_OPTIONS)
+    for flag in ("--n", "--bins"):
+        i = options.index(flag)
+        del options[i:i + 2]
+    return ["score", "--quiet", "--model", str(inputs["model"]), "--pool", str(inputs["pool"]),
+            *(a for val in vals for a in ("--val", val)), "--out", str(out), *options]
+
+
+def test_score_along_the_trajectory_of_several_targets_resumes(inputs, run, tmp_path,
+                                                               monkeypatch):
+    """tov score --val NAME=PATH (K = 2) writes the scores.parquet tov select writes for the
+    same targets and seed (every target's mean and per-epoch columns), bit for bit; a
+    rerun on its --state-dir trains nothing again, and one that lost its last epoch trains
+    only that epoch; both write the same file."""
+    from tov_datasets import trajectory
+
+    trained = []
+    train_base = trajectory._train_base
+    monkeypatch.setattr(trajectory, "_train_base",
+                        lambda run, k: (trained.append(k), train_base(run, k))[1])
+    out, state = tmp_path / "scores.parquet", tmp_path / "state"
+    argv = [*score_argv(inputs, out, f"math={inputs['val']}", f"music={inputs['music']}"),
+            "--state-dir", str(state)]
+    assert cli.main(argv) == 0
+    expected = run[0] / cli.SCORES_FILE
+    assert pq.read_table(out).equals(pq.read_table(expected))
+    assert pq.read_table(out).column_names == pq.read_table(expected).column_names
+    assert fx.sha256(out) == fx.sha256(expected)
+    assert trained == [1, 2]
+    out.unlink()
+    assert cli.main(argv) == 0
+    assert trained == [1, 2] and fx.sha256(out) == fx.sha256(expected)
+    manifest = state / MANIFEST_NAME
+    record = json.loads(manifest.read_text())
+    record["steps"] = {k: v for k, v in record["steps"].items() if not k.startswith("epoch_2/")}
+    manifest.write_text(json.dumps(record))
+    shutil.rmtree(state / "epoch_002")
+    assert cli.main(argv) == 0
+    assert trained == [1, 2, 2] and fx.sha256(out) == fx.sha256(expected)
+
+
+def test_score_along_the_trajectory_with_a_plain_val_is_unchanged(inputs, plain_run, tmp_path):
+    """A plain --val PATH: tov_score and tov_score_epoch_K, the bytes of tov select's
+    scores.parquet for the same run."""
+    out = tmp_path / "scores.parquet"
+    assert cli.main(score_argv(inputs, out, str(inputs["val"]))) == 0
+    assert pq.read_table(out).column_names == [
+        "tov_row", "tov_score", "tov_num_tokens", "tov_score_epoch_1", "tov_score_epoch_2",
+        cli.IN_BASE]
+    assert fx.sha256(out) == fx.sha256(plain_run / cli.SCORES_FILE)
+
+
+@pytest.mark.parametrize("vals, message", [
+    (["math={val}", "math={music}"], "--val: names ['math'] appear more than once"),
+    (["math={val}", "a.b={music}"], "--val: 'a.b' cannot name a score column"),
+    (["math={val}", "other=missing.jsonl"],
+     "--val other=missing.jsonl: no such file or directory"),
+    (["math={val}", "other="], "--val other=: give the path after '='"),
+    (["{val}", "{music}"], "--val: name each of several validation sets"),
+    (["math={val}", "math_epoch_1={music}"], "--val: target 'math_epoch_1' would share"),
+])
+def test_score_with_bad_targets_exits_2_naming_val(inputs, tmp_path, capsys, vals, message):
+    out = tmp_path / "scores.parquet"
+    argv = score_argv(inputs, out, *(v.format(**inputs) for v in vals))
+    code, err = fx.run_cli(argv, capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("tov score: error: ") and message in err
+    assert not out.exists()
+
+
+def test_score_state_dir_holding_a_target_input_is_refused(inputs, tmp_path, capsys):
+    """--state-dir (or --out) that is or holds a named --val file: refused, the file kept."""
+    snapshot = fx.snapshot(inputs["music"].parent)
+    vals = (f"math={inputs['val']}", f"music={inputs['music']}")
+    out = tmp_path / "scores.parquet"
+    state = inputs["music"].parent
+    code, err = fx.run_cli([*score_argv(inputs, out, *vals), "--state-dir", str(state)], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"--state-dir {state} contains --" in err
+    code, err = fx.run_cli([*score_argv(inputs, out, *vals), "--state-dir", str(inputs["music"])],
+                           capsys)
+    assert code == 2 and f"--state-dir {inputs['music']} is --val music" in err
+    assert fx.snapshot(inputs["music"].parent) == snapshot and not out.exists()

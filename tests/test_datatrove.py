@@ -49,30 +49,105 @@ def _read(folder: Path) -> pa.Table:
     return pa.concat_tables(pq.read_table(p) for p in sorted(folder.glob("*.parquet")))
 
 
+def _check_example_run(work: Path, texts: dict[str, str], model_dir: Path, base_dir: Path,
+                       targets: dict[str, Path], selected_by: str) -> None:
+    """Each document scored once with, per score column (``targets``: {column: val adapter
+    directory}), the scores of make_tov_score; the selected documents are select_by_score's
+    by the column ``selected_by``."""
+    scored = _read(work / "scores")
+    ids = scored.column("id").to_pylist()
+    assert sorted(ids) == sorted(texts)  # each document scored once, by one of the two tasks
+    metadata = scored.column("metadata").combine_chunks()
+    assert sorted(c for c in metadata.type.names if c.startswith(SCORE)) == sorted(targets)
+    ds = Dataset.from_dict({"id": ids, NUM_TOKENS: metadata.field(NUM_TOKENS).to_numpy(),
+                           **{column: metadata.field(column).to_numpy() for column in targets}})
+    for column, val_dir in targets.items():
+        reference = make_tov_score(model_dir, base_adapter=base_dir, val_adapter=val_dir)(
+            {"text": [texts[i] for i in ids]})
+        np.testing.assert_allclose(ds[column], reference[SCORE], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(ds[NUM_TOKENS], reference[NUM_TOKENS])
+
+    expected = select_by_score(ds, N, score_column=selected_by)["id"]
+    assert sorted(_read(work / "selected").column("id").to_pylist()) == sorted(expected)
+    assert selected_ids(work / "scores", N, score_column=selected_by) == frozenset(expected)
+
+
 def test_example_pipeline_selects_like_select_by_score(tmp_path):
     model_dir, base_dir, val_dir = save_tiny_model(tmp_path / "model")
     texts = _write_input(tmp_path / "input")
     work = tmp_path / "work"
     _example().build(tmp_path / "input", work, N, model=model_dir, base_adapter=base_dir,
                      val_adapter=val_dir, tasks=2, start_method="fork", torch_threads=1).run()
+    _check_example_run(work, texts, model_dir, base_dir, {SCORE: val_dir}, SCORE)
 
-    scored = _read(work / "scores")
-    ids = scored.column("id").to_pylist()
-    assert sorted(ids) == sorted(texts)  # each document scored once, by one of the two tasks
-    metadata = scored.column("metadata").combine_chunks()
-    ds = Dataset.from_dict({
-        "id": ids,
-        SCORE: metadata.field(SCORE).to_numpy(),
-        NUM_TOKENS: metadata.field(NUM_TOKENS).to_numpy(),
-    })
-    reference = make_tov_score(model_dir, base_adapter=base_dir, val_adapter=val_dir)(
-        {"text": [texts[i] for i in ids]})
-    np.testing.assert_allclose(ds[SCORE], reference[SCORE], rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(ds[NUM_TOKENS], reference[NUM_TOKENS])
 
-    expected = select_by_score(ds, N)["id"]
-    assert sorted(_read(work / "selected").column("id").to_pylist()) == sorted(expected)
-    assert selected_ids(work / "scores", N) == frozenset(expected)
+def test_example_pipeline_with_several_targets_selects_for_the_target(tmp_path):
+    """val_adapter={name: directory}: every target's column, the selection by --target's."""
+    from tov_datasets.scorer import score_column
+
+    model_dir, base_dir, val_dir = save_tiny_model(tmp_path / "model", more_targets=["other"])
+    targets = {"val": val_dir, "other": val_dir.parent / "other"}
+    texts = _write_input(tmp_path / "input")
+    work = tmp_path / "work"
+    _example().build(tmp_path / "input", work, N, model=model_dir, base_adapter=base_dir,
+                     val_adapter=targets, target="other", tasks=2, start_method="fork",
+                     torch_threads=1).run()
+    _check_example_run(work, texts, model_dir, base_dir,
+                       {score_column(name): path for name, path in targets.items()},
+                       score_column("other"))
+    assert selected_ids(work / "scores", N, score_column=score_column("val")) != selected_ids(
+        work / "scores", N, score_column=score_column("other"))  # the target decides
+
+
+def test_example_command_line_val_adapters_and_target(tmp_path, monkeypatch, capsys):
+    """--val-adapter DIR (today's run), NAME=DIR each with --target NAME; wrong combinations
+    end with argparse's one-line usage error (exit 2) naming the option."""
+    example = _example()
+    calls = []
+
+    class Executor:
+        def run(self):
+            calls[-1]["ran"] = True
+
+    def build(*args, **options):
+        calls.append(options)
+        return Executor()
+
+    monkeypatch.setattr(example, "build", build)
+    (tmp_path / "a=b").mkdir()
+    common = ["--input", "in", "--work", "w", "-n", "3", "--model", "m", "--base-adapter", "b"]
+    example.main([*common, "--val-adapter", "v"])
+    assert calls[-1]["val_adapter"] == "v" and calls[-1]["target"] is None
+    assert calls[-1]["ran"]
+    example.main([*common, "--val-adapter", str(tmp_path / "a=b")])  # a directory named a=b
+    assert calls[-1]["val_adapter"] == str(tmp_path / "a=b")
+    example.main([*common, "--val-adapter", "code=c", "--val-adapter", "math=m",
+                  "--target", "math"])
+    assert calls[-1]["val_adapter"] == {"code": "c", "math": "m"}
+    assert calls[-1]["target"] == "math"
+    assert example.selected_column(calls[-1]["val_adapter"], "math") == "tov_score_math"
+    assert example.selected_column({"code": "c"}, None) == "tov_score_code"
+    assert example.selected_column("v", None) == SCORE
+    count = len(calls)
+    for extra, message in (
+        (["--val-adapter", "v", "--val-adapter", "w"], "name each of several adapters"),
+        (["--val-adapter", "code=c", "--val-adapter", "v"], "name each of several adapters"),
+        (["--val-adapter", "code="], "name each of several adapters"),
+        (["--val-adapter", "a=c", "--val-adapter", "a=d", "--target", "a"],
+         "--val-adapter: names ['a'] appear more than once"),
+        (["--val-adapter", "a.b=c", "--val-adapter", "d=e", "--target", "d"],
+         "--val-adapter: 'a.b' cannot name a score column"),
+        (["--val-adapter", "a=c", "--val-adapter", "d=e"],
+         "several targets ['a', 'd']: name the one to select for (--target)"),
+        (["--val-adapter", "a=c", "--val-adapter", "d=e", "--target", "x"],
+         "target 'x' is not one of the targets ['a', 'd']"),
+        (["--val-adapter", "v", "--target", "x"], "target 'x': name the adapters"),
+    ):
+        with pytest.raises(SystemExit) as done:
+            example.main([*common, *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert done.value.code == 2 and message in err[-1], err
+    assert len(calls) == count  # nothing built
 
 
 def test_expanded_metadata_and_errors(tmp_path):

@@ -435,6 +435,15 @@ def _parse_targets(args: argparse.Namespace) -> None:
     args.n = {name: per_target.get(name, default) for name in args.val}
 
 
+def _parse_score_targets(args: argparse.Namespace) -> None:
+    """``tov score``'s repeatable ``--val`` and ``--val-adapter``, checked before anything
+    loads: each one spec (a plain PATH or DIR) or {target name: spec} (`_named_specs`)."""
+    if args.val is not None:
+        args.val = _named_specs("--val", args.val, "validation sets")
+    if args.val_adapter is not None:
+        args.val_adapter = _named_specs("--val-adapter", args.val_adapter, "adapters")
+
+
 def _n_items(args: argparse.Namespace) -> list[tuple[str, int]]:
     """(``--n`` as shown, value) per target: [("--n=12", 12)], or ("--n a=12", 12) each."""
     if isinstance(args.n, Mapping):
@@ -815,7 +824,8 @@ def _adapter_scorer(args: argparse.Namespace, model: Any, tokenizer: Any) -> Any
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    """Scores only: with two saved adapters (ToVScorer), or along the ToV trajectory (--val)."""
+    """Scores only: with saved adapters (ToVScorer), or along the ToV trajectory (--val; named
+    targets: each target's mean and per-epoch columns, as in tov select's scores.parquet)."""
     import pyarrow as pa
 
     from tov_datasets.storage import dataset_digest, write_parquet
@@ -831,16 +841,15 @@ def cmd_score(args: argparse.Namespace) -> None:
     _check_device(args.device)
     pool = load_data(args.pool, "pool")
     pool_format = _check_columns(pool, "pool")
-    val = load_data(args.val, "val") if args.val else None
+    val = _validation_sets(args, pool_format) if args.val is not None else None
     if val is None:
         for _, adapter in _flag_values(args, ["--base-adapter", "--val-adapter"]):
             if not Path(adapter).is_dir():
                 raise CliError(f"adapter {adapter}: no such directory")
-    else:
-        _check_same_format(pool_format, _check_columns(val, "val"))
+    vals = [] if val is None else list(val.values()) if isinstance(val, Mapping) else [val]
     model, tokenizer = load_model(
-        args.model, data=(pool,), trust_remote_code=args.trust_remote_code, dtype=args.dtype,
-        device=args.device,
+        args.model, data=(pool, *vals), trust_remote_code=args.trust_remote_code,
+        dtype=args.dtype, device=args.device,
     )
     digest = dataset_digest(pool)
     if val is None:
@@ -1103,9 +1112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("score", "ToV scores only (no selection)",
             f"writes --out: {SCORES_FILE}'s columns (tov_row, tov_score, tov_num_tokens; with "
             f"--val also\nthe per-epoch scores and {IN_BASE}; the pool's content digest in "
-            "its metadata);\n--state-dir: the trajectory (as in tov select). Several saved "
-            "targets: --val-adapter NAME=DIR\neach, scored in one forward: tov_score_NAME "
-            "per target instead of tov_score.")
+            "its metadata);\n--state-dir: the trajectory (as in tov select). Several "
+            "targets: --val NAME=PATH each\n(one trajectory; tov_score_NAME and "
+            "tov_score_NAME_epoch_K per target, as in tov select),\nor saved adapters "
+            "--val-adapter NAME=DIR each, scored in one forward: tov_score_NAME per\ntarget "
+            "instead of tov_score.")
     _add_model_options(p)
     p.add_argument("--pool", required=True, help=f"samples to score: {data_help}")
     p.add_argument("--out", required=True, help="output .parquet file")
@@ -1113,7 +1124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-adapter", action="append", metavar="DIR | NAME=DIR",
                    help="saved peft adapter directory after val training; several targets: "
                         "NAME=DIR each (repeat; columns tov_score_NAME)")
-    p.add_argument("--val", help=f"instead of adapters: run the ToV trajectory ({data_help})")
+    p.add_argument("--val", action="append", metavar="PATH | NAME=PATH",
+                   help=f"instead of adapters: run the ToV trajectory ({data_help}); several "
+                        "targets: NAME=PATH each (repeat; columns tov_score_NAME and "
+                        "tov_score_NAME_epoch_K)")
     p.add_argument("--state-dir", help="with --val: directory to resume the trajectory from")
     _add_trajectory_options(p)
     p.set_defaults(func=cmd_score)
@@ -1178,8 +1192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "select":
             _parse_targets(args)
-        elif args.command == "score" and args.val_adapter is not None:
-            args.val_adapter = _named_specs("--val-adapter", args.val_adapter, "adapters")
+        elif args.command == "score":
+            _parse_score_targets(args)
         _check_numbers(args)
         args.func(args)
     except KeyboardInterrupt:
