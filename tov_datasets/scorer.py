@@ -87,6 +87,47 @@ def _check_targets(targets: Sequence[Any], base_adapter: str) -> list[str]:
     return names
 
 
+def _resolve_adapters(
+    model: torch.nn.Module, base_adapter: Any, val_adapter: Any, multi_target: bool
+) -> tuple[torch.nn.Module, str, list[str]]:
+    """The model holding the adapters (a plain model gets the directories loaded, under
+    "base" and "val" or the target names), the base adapter's name and the target adapters'
+    names in forward order; each checked as `ToVScorer` documents."""
+    if not models.is_peft_model(model):
+        if multi_target and not isinstance(val_adapter, Mapping):
+            raise ValueError(
+                "val_adapter: with a plain model give the target adapters as "
+                "{name: adapter directory}"
+            )
+        targets = _check_targets(val_adapter, "base") if multi_target else ["val"]
+        directories = val_adapter if multi_target else {"val": val_adapter}
+        model = models.load_adapters(
+            model, {"base": base_adapter, **{t: directories[t] for t in targets}}
+        )
+        base_adapter = "base"
+    elif isinstance(val_adapter, Mapping):
+        raise ValueError(
+            "val_adapter: a peft model takes the names of its adapters (a list), not "
+            "{name: directory}"
+        )
+    else:
+        base_adapter = str(base_adapter)
+        targets = (_check_targets(val_adapter, base_adapter) if multi_target
+                   else [str(val_adapter)])
+        if targets == [base_adapter]:
+            raise ValueError(f"val_adapter: {base_adapter!r} is the base adapter "
+                             "(base_adapter); the scores would all be 0")
+    present = models.adapter_names(model)
+    for argument, adapter in [("base_adapter", base_adapter)] + [
+        ("val_adapter", target) for target in targets
+    ]:
+        if adapter not in present:
+            raise ValueError(
+                f"{argument}: the model has no adapter {adapter!r}; it has {present}"
+            )
+    return model, base_adapter, targets
+
+
 class ToVScorer:
     """Adds ToV scores (float32) and ``tov_num_tokens`` (int32) to a batch of samples.
 
@@ -122,38 +163,8 @@ class ToVScorer:
         column_map: Mapping[str, str] | None = None,
     ) -> None:
         multi_target = not isinstance(val_adapter, (str, os.PathLike))
-        if not models.is_peft_model(model):
-            if multi_target and not isinstance(val_adapter, Mapping):
-                raise ValueError(
-                    "val_adapter: with a plain model give the target adapters as "
-                    "{name: adapter directory}"
-                )
-            targets = _check_targets(val_adapter, "base") if multi_target else ["val"]
-            directories = val_adapter if multi_target else {"val": val_adapter}
-            model = models.load_adapters(
-                model, {"base": base_adapter, **{t: directories[t] for t in targets}}
-            )
-            base_adapter = "base"
-        elif isinstance(val_adapter, Mapping):
-            raise ValueError(
-                "val_adapter: a peft model takes the names of its adapters (a list), not "
-                "{name: directory}"
-            )
-        else:
-            base_adapter = str(base_adapter)
-            targets = (_check_targets(val_adapter, base_adapter) if multi_target
-                       else [str(val_adapter)])
-            if targets == [base_adapter]:
-                raise ValueError(f"val_adapter: {base_adapter!r} is the base adapter "
-                                 "(base_adapter); the scores would all be 0")
-        present = models.adapter_names(model)
-        for argument, adapter in [("base_adapter", base_adapter)] + [
-            ("val_adapter", target) for target in targets
-        ]:
-            if adapter not in present:
-                raise ValueError(
-                    f"{argument}: the model has no adapter {adapter!r}; it has {present}"
-                )
+        model, base_adapter, targets = _resolve_adapters(model, base_adapter, val_adapter,
+                                                         multi_target)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_length is not None and max_length < 1:

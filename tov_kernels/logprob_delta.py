@@ -123,6 +123,21 @@ def _finish_sample(b, labels_ptr, lse_ptr, z_ptr, tokens_ptr, mean_ptr, errors_p
 
 
 @triton.jit
+def _row_chunk(row, chunk, labels_ptr, sl_b, sl_t, T, V, ignore_index, tiles_per_chunk,
+               TILE_R: tl.constexpr, VEC: tl.constexpr):
+    """Token row ``row`` = (b, t) of a program's (row, chunk): its label, whether the label
+    is scored (not ignore_index, inside [0, V)), the chunk's first vocabulary tile of
+    TILE_R x VEC columns and its tile count (0 for a row not scored)."""
+    b = (row // T).to(tl.int64)
+    t = (row % T).to(tl.int64)
+    label = tl.load(labels_ptr + b * sl_b + t * sl_t)
+    active = (label != ignore_index) & (label >= 0) & (label < V)
+    first = chunk * tiles_per_chunk
+    n_tiles = tl.minimum(tl.cdiv(V, TILE_R * VEC) - first, tiles_per_chunk)
+    return b, t, label, active, first, tl.where(active, n_tiles, 0)
+
+
+@triton.jit
 def _paired_logprob_delta_kernel(
     base_ptr, val_ptr, labels_ptr, lse_ptr, z_ptr, done_ptr, tokens_ptr, mean_ptr, errors_ptr,
     T, V, n_rows, tiles_per_chunk,
@@ -138,13 +153,9 @@ def _paired_logprob_delta_kernel(
     row = tl.program_id(0)
     chunk = tl.program_id(1)
     n_chunks = tl.num_programs(1)
-    b = (row // T).to(tl.int64)
-    t = (row % T).to(tl.int64)
-    label = tl.load(labels_ptr + b * sl_b + t * sl_t)
-    active = (label != ignore_index) & (label >= 0) & (label < V)
-    first = chunk * tiles_per_chunk
-    n_tiles = tl.minimum(tl.cdiv(V, TILE_R * VEC) - first, tiles_per_chunk)
-    n_tiles = tl.where(active, n_tiles, 0)
+    b, t, label, active, first, n_tiles = _row_chunk(
+        row, chunk, labels_ptr, sl_b, sl_t, T, V, ignore_index, tiles_per_chunk, TILE_R, VEC
+    )
     base_row = base_ptr + b * sb_b + t * sb_t
     val_row = val_ptr + b * sv_b + t * sv_t
     lanes = tl.arange(0, TILE_R)[:, None] * VEC + tl.arange(0, VEC)[None, :]
@@ -222,13 +233,9 @@ def _multi_logprob_delta_kernel(
     side = tl.program_id(2)
     n_chunks = tl.num_programs(1)
     n_sides = tl.num_programs(2)
-    b = (row // T).to(tl.int64)
-    t = (row % T).to(tl.int64)
-    label = tl.load(labels_ptr + b * sl_b + t * sl_t)
-    active = (label != ignore_index) & (label >= 0) & (label < V)
-    first = chunk * tiles_per_chunk
-    n_tiles = tl.minimum(tl.cdiv(V, TILE_R * VEC) - first, tiles_per_chunk)
-    n_tiles = tl.where(active, n_tiles, 0)
+    b, t, label, active, first, n_tiles = _row_chunk(
+        row, chunk, labels_ptr, sl_b, sl_t, T, V, ignore_index, tiles_per_chunk, TILE_R, VEC
+    )
     picks = active & (chunk == 0)
     y = tl.where(picks, label, 0)
     if side == 0:
