@@ -179,7 +179,10 @@ def test_strided_and_shared_buffer_inputs():
 def test_bitwise_repeatable_and_batch_invariant(config):
     """Repeated calls are bitwise equal; the same samples scored inside a larger batch, at
     other positions (so other rows of other tiles, a different grid), give bitwise the same
-    per-token values (tile configs; the cuBLAS path is only required to repeat)."""
+    per-token values on the GPU (tile configs; the cuBLAS path is only required to repeat).
+    Under the interpreter tl.dot is numpy's matmul, whose OpenBLAS kernels on some CPUs
+    (Haswell/Zen) round a row differently by its position in the tile, so there the moved
+    samples are held to float32 rounding instead."""
     B, T, V, H = 4, 7, 500, 48
     hb, hv, w, bias, labels = make_inputs(B, T, V, H, seed=9, with_bias=True, mask_frac=0.2)
     small = [single_target_tokens(hb[1:3], hv[1:3], w, bias, labels[1:3], 0, IGNORE,
@@ -191,7 +194,10 @@ def test_bitwise_repeatable_and_batch_invariant(config):
     order = [3, 1, 2, 0, 3]  # samples 1 and 2 move to rows 7..20 of a 35-row batch
     large = single_target_tokens(hb[order], hv[order], w, bias, labels[order], 0,
                                         IGNORE, config=config)
-    assert torch.equal(large[1:3], small[0])
+    if DEVICE == "cuda":
+        assert torch.equal(large[1:3], small[0])
+    else:
+        assert torch.allclose(large[1:3], small[0], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
