@@ -31,6 +31,14 @@ target rows, so the oracle control (n of them at random) differs between seeds.
   the OpenAI-evals Icelandic inflection family (three evals; the answer is a JSON table of
   the phrase in every case and number, ~150 tokens of content); other sources = the other
   evals' chats and Wikipedia/BBC writing requests whose answers are whole paragraphs.
+- ``chat_long_v2``: ``chat_long`` with its length leak removed (added after ``chat_long``'s
+  results, committed before any selector ran on it): there every target row had a long answer
+  and the other rows mostly short ones, so answer length alone found the target (the
+  ``length`` baseline captured 70% of the oracle) and the target rows filled only 4-5 of the
+  selection's 10 length bins. Here every row of every source, targets included, has an answer
+  of 90-200 tokens (the target family's answers are 92-217, median 148); among the other
+  evals only the chats with such answers qualify, so writing requests make 60% of the other
+  rows. Same sizes as ``chat_long`` otherwise.
 
 Changing anything here makes a new configuration: commit it first, then rerun every method
 (quality.py records the commit that last changed this file as ``config_commit``).
@@ -194,14 +202,36 @@ def lm_news_data(seed: int, *, pool_size: int, target_in_pool: int, val_size: in
 # ------------------------------------------------------------------ chat_long --------------
 def chat_long_data(seed: int, *, pool_size: int, target_in_pool: int, val_size: int,
                    test_size: int, max_tokens: int, text_fraction: float = 0.3,
-                   per_task: int = 12) -> dict[str, Any]:
+                   per_task: int = 12,
+                   answer_tokens: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Target = the Icelandic inflection chats; other = the other evals' chats and
+    Wikipedia/BBC writing requests. Every chat fits ``max_tokens``; with ``answer_tokens``
+    = (lo, hi) every row of every source (targets too) also has an answer of lo..hi tokens
+    (the answer text alone under SmolLM2's tokenizer), and a news opening takes as many of
+    the article's lines as keep it in that range (without it: the two lines after the
+    title)."""
     from tov_datasets import assets
 
     tok = assets.demo_tokenizer()
 
     def fits(chat: list[dict]) -> bool:
         ids = tok.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
-        return len(ids) <= max_tokens
+        if len(ids) > max_tokens:
+            return False
+        if answer_tokens is None:
+            return True
+        answer = len(tok(chat[-1]["content"])["input_ids"])
+        return answer_tokens[0] <= answer <= answer_tokens[1]
+
+    def news_opening(lines: list[str]) -> str:
+        if answer_tokens is None:
+            return " ".join(lines[1:3])
+        body = lines[1:2]
+        for line in lines[2:]:
+            if len(tok(" ".join(body))["input_ids"]) >= answer_tokens[0]:
+                break
+            body.append(line)
+        return " ".join(body)
 
     rng = np.random.default_rng(seed)
     records = eval_data.evals_records()
@@ -214,8 +244,7 @@ def chat_long_data(seed: int, *, pool_size: int, target_in_pool: int, val_size: 
                          "asked for")
     target_rows = [{"messages": r["messages"], "source": "icelandic", "is_target": True}
                    for r in target[:need]]
-    n_text = int(round(text_fraction * (pool_size - target_in_pool)))
-    n_evals = pool_size - target_in_pool - n_text
+    n_evals = pool_size - target_in_pool - int(round(text_fraction * (pool_size - target_in_pool)))
     evals_rows: list[dict[str, Any]] = []
     for name in rng.permutation(sorted(set(records) - set(TARGET_EVALS))):
         rows = records[str(name)]
@@ -224,6 +253,8 @@ def chat_long_data(seed: int, *, pool_size: int, target_in_pool: int, val_size: 
                        for r in picked if fits(r["messages"])][:per_task]
         if len(evals_rows) >= n_evals:
             break
+    evals_rows = evals_rows[:n_evals]
+    n_text = pool_size - target_in_pool - len(evals_rows)  # writing requests fill any gap
     text_rows: list[dict[str, Any]] = []
     wiki, bbc = assets.wiki_summaries(), assets.bbc_news()
     for i in rng.permutation(len(wiki)):
@@ -241,11 +272,14 @@ def chat_long_data(seed: int, *, pool_size: int, target_in_pool: int, val_size: 
         if len(lines) < 3:
             continue
         chat = [{"role": "user", "content": f"Write the opening of a news story titled: "
-                 f"{lines[0]}"}, {"role": "assistant", "content": " ".join(lines[1:3])}]
+                 f"{lines[0]}"}, {"role": "assistant", "content": news_opening(lines)}]
         if fits(chat):
             text_rows.append({"messages": chat, "source": "bbc", "is_target": False})
     val, test = target_rows[:val_size], target_rows[val_size:val_size + test_size]
-    pool = target_rows[val_size + test_size:] + evals_rows[:n_evals] + text_rows
+    pool = target_rows[val_size + test_size:] + evals_rows + text_rows
+    if len(pool) < pool_size:
+        raise ValueError(f"only {len(pool)} chats fit the limits; pool_size {pool_size} "
+                         "asked for")
     pool = [pool[i] for i in rng.permutation(len(pool))]
     return _splits(pool, val, test, seed)
 
@@ -351,6 +385,28 @@ CONFIGS["lm_news"] = Config(
                           min_tokens=40, max_tokens=64),
                      n=1000, base_size=4000, epochs=3, lr=5e-4, ft_lrs=(3e-4, 1e-3),
                      ft_max_epochs=6, batch_size=32, max_length=80, seeds=5),
+    })
+# chat_long with the length leak removed: every row's answer is 90-200 tokens
+CONFIGS["chat_long_v2"] = Config(
+    "chat_long_v2", "causal_lm", chat_long_data, load_smollm2,
+    selector_rank=32, finetune_rank=16,
+    sizes={
+        "small": Sizes(dict(pool_size=40, target_in_pool=8, val_size=4, test_size=8,
+                            max_tokens=352, text_fraction=0.6, per_task=8,
+                            answer_tokens=(90, 200)),
+                       n=4, base_size=12, epochs=1, lr=5e-4, ft_lrs=(1e-3,),
+                       ft_max_epochs=2, batch_size=8, max_length=352, seeds=2),
+        "full": Sizes(dict(pool_size=160, target_in_pool=32, val_size=16, test_size=40,
+                           max_tokens=352, text_fraction=0.6, per_task=8,
+                           answer_tokens=(90, 200)),
+                      n=16, base_size=48, epochs=2, lr=5e-4, ft_lrs=(3e-4, 1e-3),
+                      ft_max_epochs=6, batch_size=4, max_length=352, seeds=3),
+        # long answers are few among the other evals: the gpu pool is mostly writing requests
+        "gpu": Sizes(dict(pool_size=4000, target_in_pool=160, val_size=40, test_size=60,
+                          max_tokens=320, text_fraction=0.95, per_task=30,
+                          answer_tokens=(90, 200)),
+                     n=80, base_size=1000, epochs=3, lr=5e-4, ft_lrs=(3e-4, 1e-3),
+                     ft_max_epochs=6, batch_size=16, max_length=320, seeds=5),
     })
 # the same configuration as lm_tweets, judged under the gain-relative budget rule
 CONFIGS["lm_tweets_v2"] = dataclasses.replace(CONFIGS["lm_tweets"], name="lm_tweets_v2")

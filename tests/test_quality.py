@@ -143,3 +143,22 @@ def test_lm_news_keeps_each_article_in_one_split():
     assert not split_articles["val"] & split_articles["test"]
     assert not (split_articles["val"] | split_articles["test"]) & split_articles["pool"]
     assert all(r["source"] == "wiki" for r in data["pool"] if not r["is_target"])
+
+
+def test_chat_long_v2_answers_share_one_length_range():
+    """Every row of every source, targets included, answers in 90-200 tokens; the pool is
+    full even where the other evals run short of such answers."""
+    from tov_datasets import assets
+
+    tok = assets.demo_tokenizer()
+    cfg = CONFIGS["chat_long_v2"]
+    sizes = cfg.sizes["small"]
+    lo, hi = sizes.data["answer_tokens"]
+    data = cfg.build(1, **sizes.data)
+    assert len(data["pool"]) == sizes.data["pool_size"]
+    assert data["meta"]["pool_target"] == sizes.data["target_in_pool"]
+    assert {"evals", "wiki", "bbc", "icelandic"} == set(data["meta"]["pool_sources"])
+    for part in ("pool", "val", "test"):
+        for row in data[part]:
+            answer = len(tok(row["messages"][-1]["content"])["input_ids"])
+            assert lo <= answer <= hi, (part, row["source"], answer)
