@@ -130,7 +130,7 @@ def render() -> str:
 
 
 QUALITY_CONFIGS = ("ner_coarse", "ner_coarse_v2", "lm_tweets", "lm_tweets_v2", "lm_news",
-                   "chat_long")
+                   "chat_long", "chat_long_v2")
 
 
 def _num(x: object, fmt: str) -> str:
