@@ -207,9 +207,9 @@ def chat_long_data(seed: int, *, pool_size: int, target_in_pool: int, val_size: 
     """Target = the Icelandic inflection chats; other = the other evals' chats and
     Wikipedia/BBC writing requests. Every chat fits ``max_tokens``; with ``answer_tokens``
     = (lo, hi) every row of every source (targets too) also has an answer of lo..hi tokens
-    (the answer text alone under SmolLM2's tokenizer), and a news opening takes as many of
-    the article's lines as keep it in that range (without it: the two lines after the
-    title)."""
+    (the answer text alone under SmolLM2's tokenizer), and a news opening adds the article's
+    lines until it reaches lo tokens (one that then passes hi is dropped; without
+    ``answer_tokens``: the two lines after the title)."""
     from tov_datasets import assets
 
     tok = assets.demo_tokenizer()
