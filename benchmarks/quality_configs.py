@@ -39,6 +39,21 @@ target rows, so the oracle control (n of them at random) differs between seeds.
   of 90-200 tokens (the target family's answers are 92-217, median 148); among the other
   evals only the chats with such answers qualify, so writing requests make 60% of the other
   rows. Same sizes as ``chat_long`` otherwise.
+- ``chat_labels`` (added after the configurations above, committed before any selector ran
+  on it): a target that differs from other pool rows in its input-to-answer mapping, not in
+  its surface. Every gated configuration before it was a style or format shift that a
+  sentence embedder sees directly (embedding similarity matched the oracle on all three).
+  Here the target = BBC News passages asked which section of a news site they come from,
+  answered with the article's category; a ``conflicting`` source = other BBC passages, the
+  same question, answered under another label scheme (a derangement of the five categories
+  drawn from the seed: every answer is wrong for the target task, in the same words), as
+  when datasets with different label conventions are mixed; the other rows = Wikipedia
+  passages asked for their topic (one of 11; "Uncategorized" is left out). Passages are
+  30-60 tokens cut at sentence ends, one per article (at most 3 at the gpu size); an
+  article's passages all go to one split. Target and conflicting rows are equally many in
+  the pool. Expected before any run: a selector that reads only the surface picks target
+  and conflicting rows alike; one that reads what a row's answer does to the validation
+  loss ranks target rows above conflicting ones.
 
 Changing anything here makes a new configuration: commit it first, then rerun every method
 (quality.py records the commit that last changed this file as ``config_commit``).
@@ -284,6 +299,80 @@ def chat_long_data(seed: int, *, pool_size: int, target_in_pool: int, val_size: 
     return _splits(pool, val, test, seed)
 
 
+# ------------------------------------------------------------------ chat_labels ------------
+NEWS_QUESTION = ("Which section of a news site is this passage from? Answer with one word: "
+                 "business, entertainment, politics, sports or tech.\n\n")
+WIKI_QUESTION = "Which topic is this encyclopedia passage about? Answer with one of: {}.\n\n"
+
+
+def _label_chat(question: str, passage: str, answer: str, source: str, category: str,
+                is_target: bool) -> dict[str, Any]:
+    chat = [{"role": "user", "content": question + passage},
+            {"role": "assistant", "content": answer}]
+    return {"messages": chat, "source": source, "category": category, "is_target": is_target}
+
+
+def derangement(labels: list[str], rng: np.random.Generator) -> dict[str, str]:
+    """A mapping of ``labels`` onto themselves that moves every label (uniform over such)."""
+    while True:
+        perm = rng.permutation(len(labels))
+        if not np.any(perm == np.arange(len(labels))):
+            return {a: labels[int(j)] for a, j in zip(labels, perm, strict=True)}
+
+
+def chat_labels_data(seed: int, *, pool_size: int, target_in_pool: int,
+                     conflicting_in_pool: int, val_size: int, test_size: int, min_tokens: int,
+                     max_tokens: int, per_article: int = 1) -> dict[str, Any]:
+    """Target = BBC News passages labelled with their section; conflicting = other BBC
+    passages labelled under a seeded derangement of the sections; other = Wikipedia passages
+    labelled with their topic. Rows carry ``category`` (the passage's true label). Passages
+    are min..max tokens, at most ``per_article`` per article; an article's passages all go
+    to one part (validation, test, target pool, conflicting pool, filled in that order)."""
+    from tov_datasets import assets
+
+    length = textrows.token_length(assets.demo_tokenizer())
+    rng = np.random.default_rng(seed)
+    bbc = assets.bbc_news()
+    bodies = ["\n".join(t.splitlines()[1:]) for t in bbc["text"]]
+    categories = sorted(set(bbc["category"]))
+    scheme = derangement(categories, rng)
+    quotas = {"val": val_size, "test": test_size, "pool": target_in_pool,
+              "conflicting": conflicting_in_pool}
+    parts: dict[str, list[dict[str, Any]]] = {name: [] for name in quotas}
+    order = rng.permutation(len(bodies))
+    for i, chunks in zip(order, textrows.article_chunks(bodies, order, length, min_tokens,
+                                                        max_tokens), strict=True):
+        open_parts = [name for name in quotas if len(parts[name]) < quotas[name]]
+        if not open_parts:
+            break
+        part, true = open_parts[0], bbc[int(i)]["category"]
+        answer = scheme[true] if part == "conflicting" else true
+        source = "conflicting" if part == "conflicting" else "bbc"
+        room = quotas[part] - len(parts[part])
+        parts[part] += [_label_chat(NEWS_QUESTION, c, answer, source, true, part != "conflicting")
+                        for c in chunks[:min(room, per_article)]]
+    if any(len(parts[name]) < quotas[name] for name in quotas):
+        raise ValueError(f"BBC News gives too few passages for {quotas}")
+    wiki = assets.wiki_summaries()
+    topics = sorted(set(wiki["topic"]) - {"Uncategorized"})
+    question = WIKI_QUESTION.format(", ".join(topics))
+    k = pool_size - target_in_pool - conflicting_in_pool
+    order = [int(i) for i in rng.permutation(len(wiki)) if wiki[int(i)]["topic"] in topics]
+    other: list[dict[str, Any]] = []
+    for i, chunks in zip(order, textrows.article_chunks(wiki["text"], order, length,
+                                                        min_tokens, max_tokens), strict=True):
+        if len(other) >= k:
+            break
+        topic = wiki[i]["topic"]
+        other += [_label_chat(question, c, topic, "wiki", topic, False)
+                  for c in chunks[:per_article]]
+    if len(other) < k:
+        raise ValueError(f"only {len(other)} Wikipedia passages; {k} asked for")
+    pool = parts["pool"] + parts["conflicting"] + other[:k]
+    pool = [pool[i] for i in rng.permutation(len(pool))]
+    return _splits(pool, parts["val"], parts["test"], seed)
+
+
 def load_smollm2(seed: int):
     """SmolLM2-135M-Instruct, fp32, eval (the seed plays no part: no fresh head)."""
     del seed
@@ -413,3 +502,24 @@ CONFIGS["chat_long_v2"] = Config(
     })
 # the same configuration as lm_tweets, judged under the gain-relative budget rule
 CONFIGS["lm_tweets_v2"] = dataclasses.replace(CONFIGS["lm_tweets"], name="lm_tweets_v2")
+
+# a target that differs from the pool in its label mapping, not its surface
+CONFIGS["chat_labels"] = Config(
+    "chat_labels", "causal_lm", chat_labels_data, load_smollm2,
+    selector_rank=32, finetune_rank=16,
+    sizes={
+        "small": Sizes(dict(pool_size=60, target_in_pool=12, conflicting_in_pool=12,
+                            val_size=8, test_size=12, min_tokens=24, max_tokens=48),
+                       n=6, base_size=18, epochs=1, lr=5e-4, ft_lrs=(1e-3,),
+                       ft_max_epochs=2, batch_size=8, max_length=160, seeds=2),
+        # lm_tweets' full sizes (pool 400, n 30, |U| 120, 2 epochs)
+        "full": Sizes(dict(pool_size=400, target_in_pool=60, conflicting_in_pool=60,
+                           val_size=30, test_size=80, min_tokens=30, max_tokens=60),
+                      n=30, base_size=120, epochs=2, lr=5e-4, ft_lrs=(3e-4, 1e-3),
+                      ft_max_epochs=6, batch_size=8, max_length=160, seeds=3),
+        "gpu": Sizes(dict(pool_size=10000, target_in_pool=2000, conflicting_in_pool=2000,
+                          val_size=100, test_size=300, min_tokens=30, max_tokens=60,
+                          per_article=3),
+                     n=1000, base_size=4000, epochs=3, lr=5e-4, ft_lrs=(3e-4, 1e-3),
+                     ft_max_epochs=6, batch_size=32, max_length=160, seeds=5),
+    })

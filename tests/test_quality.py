@@ -162,3 +162,39 @@ def test_chat_long_v2_answers_share_one_length_range():
         for row in data[part]:
             answer = len(tok(row["messages"][-1]["content"])["input_ids"])
             assert lo <= answer <= hi, (part, row["source"], answer)
+
+
+def test_chat_labels_conflicting_rows_answer_under_another_scheme():
+    """Target rows answer with their article's section; conflicting rows ask the same
+    question and answer with a deranged section (never the true one, one mapping per seed);
+    every chat fits max_length; no passage is in two splits."""
+    from benchmarks.quality_configs import NEWS_QUESTION, derangement
+    from tov_datasets import assets
+
+    labels = ["a", "b", "c", "d", "e"]
+    for seed in range(20):
+        moved = derangement(labels, np.random.default_rng(seed))
+        assert sorted(moved.values()) == labels and all(moved[x] != x for x in labels)
+    tok = assets.demo_tokenizer()
+    cfg = CONFIGS["chat_labels"]
+    sizes = cfg.sizes["small"]
+    data = cfg.build(2, **sizes.data)
+    assert data["meta"]["pool_sources"] == {"bbc": 12, "conflicting": 12, "wiki": 36}
+    scheme: dict[str, str] = {}
+    for part in ("pool", "val", "test"):
+        for row in data[part]:
+            question, answer = row["messages"][0]["content"], row["messages"][1]["content"]
+            chat = tok.apply_chat_template(row["messages"], tokenize=True, return_dict=True)
+            assert len(chat["input_ids"]) <= sizes.max_length
+            news = row["source"] != "wiki"
+            assert question.startswith(NEWS_QUESTION) == news
+            assert row["is_target"] == (row["source"] == "bbc")
+            if row["source"] == "conflicting":
+                assert answer != row["category"]
+                assert scheme.setdefault(row["category"], answer) == answer
+            else:
+                assert answer == row["category"]
+    passages = {part: {r["messages"][0]["content"] for r in data[part] if r["source"] != "wiki"}
+                for part in ("pool", "val", "test")}
+    assert not passages["val"] & passages["test"]
+    assert not (passages["val"] | passages["test"]) & passages["pool"]
