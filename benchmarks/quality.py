@@ -100,6 +100,13 @@ class Setup:
     def is_target(self) -> np.ndarray:
         return np.asarray(self.pool["is_target"], dtype=bool)
 
+    @property
+    def sources(self) -> np.ndarray | None:
+        """(len(pool),) str: each pool row's ``source``; None for a pool without one."""
+        if "source" not in self.pool.column_names:
+            return None
+        return np.asarray(self.pool["source"], dtype=str)
+
 
 TINY_SIZES = Sizes(data={}, n=4, base_size=12, epochs=1, lr=1e-2, ft_lrs=(1e-2,),
                    ft_max_epochs=2, batch_size=8, max_length=64, seeds=2)
@@ -256,12 +263,18 @@ def _run_tov(name: str, s: Setup) -> dict[str, dict[str, Any]]:
 def ranking_metrics(s: Setup, scores: np.ndarray | None, extra: dict[str, Any]
                     ) -> dict[str, Any]:
     """AUC and precision@n of a raw score for the target rows: over the pool, over the rows
-    outside ToV's base set U (ToV only), and per epoch (ToV only)."""
+    outside ToV's base set U (ToV only), and per epoch (ToV only); the AUC of the target
+    rows against each other source's rows alone (``auc_vs_source``)."""
     if scores is None:
         return {}
     y, n = s.is_target, s.sizes.n
     out: dict[str, Any] = {"auc": roc_auc(scores, y), "precision_at_n": precision_at_k(
         scores, y, n)}
+    if s.sources is not None:
+        out["auc_vs_source"] = {}
+        for src in np.unique(s.sources[~y]):
+            rows = y | (s.sources == src)
+            out["auc_vs_source"][str(src)] = roc_auc(scores[rows], y[rows])
     if "base_indices" in extra:
         outside = np.ones(y.size, dtype=bool)
         outside[np.asarray(extra["base_indices"], dtype=np.int64)] = False
@@ -270,6 +283,20 @@ def ranking_metrics(s: Setup, scores: np.ndarray | None, extra: dict[str, Any]
                                                          min(n, int(outside.sum())))
         out["auc_per_epoch"] = [roc_auc(e, y) for e in extra["epoch_scores"]]
     return out
+
+
+def source_shares(s: Setup, idx: np.ndarray) -> dict[str, float] | None:
+    """Share of each pool source among the selected rows ``idx`` (None: no sources)."""
+    if s.sources is None:
+        return None
+    picked = s.sources[np.asarray(idx, dtype=np.int64)]
+    return {str(src): float((picked == src).mean()) for src in np.unique(s.sources)}
+
+
+def mean_by_key(dicts: list[dict[str, float]]) -> dict[str, float]:
+    """Key-wise mean of dicts (a key missing from some dicts: the mean of those holding it)."""
+    keys = sorted({k for d in dicts for k in d})
+    return {k: float(np.mean([d[k] for d in dicts if k in d])) for k in keys}
 
 
 # ------------------------------------------------------------------ stages -----------------
@@ -343,6 +370,14 @@ def summarise(per_seed: list[dict[str, Any]], methods: list[str]) -> dict[str, A
                   if "auc_per_epoch" in r.get("ranking", {})]
         if epochs:
             st["auc_per_epoch"] = np.mean(np.array(epochs), axis=0).tolist()
+        # per source, over the seeds that recorded it (runs before it was recorded lack it)
+        shares = [r["source_shares"] for r in rows if r.get("source_shares")]
+        if shares:
+            st["source_shares"] = mean_by_key(shares)
+        by_source = [r["ranking"]["auc_vs_source"] for r in rows
+                     if "auc_vs_source" in r.get("ranking", {})]
+        if by_source:
+            st["auc_vs_source"] = mean_by_key(by_source)
         stats[m] = st
     summary: dict[str, Any] = {}
     for m, st in stats.items():
@@ -450,7 +485,8 @@ class Runner:
             ranking = ranking_metrics(s, pick["scores"], pick["extra"])
             self.progress.put(f"{seed}/{name}", {
                 "seed": seed, "method": name, "test_loss": loss,
-                "target_share": float(s.is_target[pick["idx"]].mean()), "ranking": ranking,
+                "target_share": float(s.is_target[pick["idx"]].mean()),
+                "source_shares": source_shares(s, pick["idx"]), "ranking": ranking,
                 "select_s": t_select, "n": int(len(pick["idx"])),
                 "timings": pick["extra"].get("timings"), "history": pick["extra"].get("history")})
             print(f"seed {seed} {name:16s} loss {loss:.4f} target "

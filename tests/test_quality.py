@@ -87,6 +87,12 @@ def test_quality_tiny_end_to_end(config, extra, tmp_path, monkeypatch):
     assert len(stats["tov"]["auc_per_epoch"]) == 1 and "auc_outside_u" in stats["tov"]
     # the derived selections reuse ToV's scores: same AUC, own picks
     assert stats["tov_score_only"]["auc"] == stats["tov"]["auc"]
+    # per source: the pick's shares sum to one, the target source's share is target_share
+    for m in ("tov", "embedding"):
+        shares = stats[m]["source_shares"]
+        assert sum(shares.values()) == pytest.approx(1.0)
+        assert shares["target"] == pytest.approx(stats[m]["target_share"])
+        assert all(0.0 <= a <= 1.0 for a in stats[m]["auc_vs_source"].values())
     assert path.with_suffix(".md").is_file()
     # a rerun resumes from the progress file: nothing is recomputed, same numbers
     monkeypatch.setattr(quality, "run_selector", _refuse)
@@ -198,3 +204,26 @@ def test_chat_labels_conflicting_rows_answer_under_another_scheme():
                 for part in ("pool", "val", "test")}
     assert not passages["val"] & passages["test"]
     assert not (passages["val"] | passages["test"]) & passages["pool"]
+
+
+def test_source_metrics_against_pair_counts():
+    """auc_vs_source: the target rows against one other source's rows alone, as the share of
+    (target, other) pairs the score orders right (ties half); source_shares: plain counts."""
+    from datasets import Dataset
+
+    rng = np.random.default_rng(5)
+    sources = np.array(["t", "a", "b", "t", "a", "b", "t", "a", "b", "t", "a", "a"])
+    pool = Dataset.from_dict({"source": sources.tolist(),
+                              "is_target": (sources == "t").tolist()})
+    s = quality.Setup(None, quality.TINY_SIZES, 0, pool, None, None, {}, None, None, None,
+                      None)
+    scores = rng.normal(size=sources.size).round(1)
+    ranking = quality.ranking_metrics(s, scores, {})
+    for src in ("a", "b"):
+        pairs = [(x > o) + 0.5 * (x == o) for x in scores[sources == "t"]
+                 for o in scores[sources == src]]
+        assert ranking["auc_vs_source"][src] == pytest.approx(np.mean(pairs))
+    assert set(ranking["auc_vs_source"]) == {"a", "b"}
+    shares = quality.source_shares(s, np.array([0, 1, 4, 7]))
+    assert shares == {"a": 0.75, "b": 0.0, "t": 0.25}
+    assert quality.mean_by_key([{"a": 1.0, "b": 0.0}, {"a": 0.5}]) == {"a": 0.75, "b": 0.0}
