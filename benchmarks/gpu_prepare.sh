@@ -12,7 +12,7 @@
 #   .gpu/smollm2/{part-a,part-b,gguf.json}  SmolLM2-135M-Instruct's Q4_1 GGUF (94 MiB) in two
 #                parts of 47 MiB, for the causal-LM configurations
 #   .gpu/quality_lm/<config>  the causal-LM configurations LM_CONFIGS at size LM_SIZE (default
-#                lm_tweets_v2 chat_long, full: the CPU size), one MiniLM copy in the first,
+#                chat_labels lm_tweets_v2, full: the CPU size), one MiniLM copy in the first,
 #                lent to the others
 # What one device call carries (working tree + the paths it names) must stay under 64 MiB; the
 # sizes of each call are printed. GPU_EXTRA=1 gpu_check.sh: .gpu/wheels .gpu/ner .gpu/quality_<c>.
@@ -25,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 QUALITY_CONFIGS=${QUALITY_CONFIGS:-ner_coarse_v2}
-LM_CONFIGS=${LM_CONFIGS-lm_tweets_v2 chat_long}
+LM_CONFIGS=${LM_CONFIGS-chat_labels lm_tweets_v2}
 LM_SIZE=${LM_SIZE:-full}
 mkdir -p .gpu/wheels
 mapfile -t pins < <(grep -E '^(datasets|dill|multiprocess|fsspec|gguf)==' constraints.txt)

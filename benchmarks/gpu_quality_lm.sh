@@ -10,7 +10,7 @@
 #      cache: ~1 minute)
 #   3. carry .gpu/quality_lm:      TOV_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_quality_lm.sh
 #      (the same first steps, instant when call 2 did them; then for each configuration of
-#      LM_CONFIGS, default lm_tweets_v2 chat_long:
+#      LM_CONFIGS, default chat_labels lm_tweets_v2:
 #        quality.py --config <c> --size LM_SIZE --bundle .gpu/quality_lm/<c> --device cuda
 #          --methods METHODS --tag gpu
 #      each with its own limit: LM_LIMIT s if set, else an equal share of what remains of
@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 BUNDLES=${BUNDLES:-.gpu/quality_lm}
 PARTS=${PARTS:-.gpu/smollm2}
-LM_CONFIGS=${LM_CONFIGS:-lm_tweets_v2 chat_long}
+LM_CONFIGS=${LM_CONFIGS:-chat_labels lm_tweets_v2}
 LM_SIZE=${LM_SIZE:-full}
 METHODS=${METHODS:-tov,maxunc,embedding,length,less}
 PREP_LIMIT=${PREP_LIMIT:-120}

@@ -230,17 +230,24 @@ def run_selector(name: str, s: Setup) -> dict[str, dict[str, Any]]:
     return {name: {"idx": top_n(scores, n), "scores": scores, "extra": extra}}
 
 
+def tov_result(s: Setup, name: str, **kwargs: Any) -> Any:
+    """`tov_select`'s result for ToV variant ``name`` on seed ``s`` at the configuration's
+    trajectory settings (``tov_rank<r>``: the default with LoRA rank r); ``kwargs`` (e.g.
+    ``output_dir``) go to `tov_select`."""
+    sz, lora, variant = s.sizes, s.selector_lora, name
+    if name.startswith("tov_rank"):
+        lora, variant = copy.deepcopy(lora), "tov"
+        lora.r = int(name[len("tov_rank"):])
+    return tov.run(s.model, s.tokenizer, s.pool, s.val, sz.n, seed=s.seed, name=variant,
+                   lora=lora, base_size=sz.base_size, epochs=sz.epochs, lr=sz.lr,
+                   batch_size=sz.batch_size, max_length=sz.max_length, **kwargs)
+
+
 def _run_tov(name: str, s: Setup) -> dict[str, dict[str, Any]]:
     from tov_datasets.select import select_indices
 
     sz = s.sizes
-    lora, variant = s.selector_lora, name
-    if name.startswith("tov_rank"):  # tov_rank<r>: the default ToV with LoRA rank r
-        lora, variant = copy.deepcopy(lora), "tov"
-        lora.r = int(name[len("tov_rank"):])
-    r = tov.run(s.model, s.tokenizer, s.pool, s.val, sz.n, seed=s.seed, name=variant,
-                lora=lora, base_size=sz.base_size, epochs=sz.epochs, lr=sz.lr,
-                batch_size=sz.batch_size, max_length=sz.max_length)
+    r = tov_result(s, name)
     scores = tov.pool_scores(r)
     table = r.scores.data
     order = np.argsort(table.column("tov_row").to_numpy())
