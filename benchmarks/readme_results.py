@@ -130,7 +130,7 @@ def render() -> str:
 
 
 QUALITY_CONFIGS = ("ner_coarse", "ner_coarse_v2", "lm_tweets", "lm_tweets_v2", "lm_news",
-                   "chat_long", "chat_long_v2")
+                   "chat_long", "chat_long_v2", "chat_labels")
 
 
 def _num(x: object, fmt: str) -> str:
@@ -169,8 +169,27 @@ def render_quality() -> str:
                 f"{_num(st['oracle_capture_high'], '{:.2f}')}) | "
                 f"{100 * st['target_share']:.1f} | {_num(st.get('auc'), '{:.3f}')} | "
                 f"{_num(st.get('precision_at_n'), '{:.3f}')} |")
-        out.append("")
+        out += ["", *_by_source(d["stats"])]
     return "\n".join(out)
+
+
+def _by_source(stats: dict[str, dict]) -> list[str]:
+    """A table of each method's pick by pool source (%) and its raw score's AUC of the target
+    rows against each other source alone; empty where no method recorded sources."""
+    kept = {m: st for m, st in stats.items() if "source_shares" in st}
+    if not kept:
+        return []
+    shares = sorted({k for st in kept.values() for k in st["source_shares"]})
+    aucs = sorted({k for st in kept.values() for k in st.get("auc_vs_source", {})})
+    head = [f"{k} %" for k in shares] + [f"AUC vs {k}" for k in aucs]
+    out = ["By pool source: each pick's rows (%), and the raw score's AUC of the target rows "
+           "against that source's rows alone:", "",
+           "| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for m, st in kept.items():
+        cells = [f"{100 * st['source_shares'].get(k, 0.0):.1f}" for k in shares]
+        cells += [_num(st.get("auc_vs_source", {}).get(k), "{:.3f}") for k in aucs]
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def write(readme: Path = README) -> None:

@@ -22,3 +22,16 @@ def test_readme_quality_tables_match_the_json_files():
 def test_readme_shows_the_two_commands():
     text = readme_results.README.read_text()
     assert "make demo" in text and "make test" in text
+
+
+def test_by_source_table_lists_each_source_share_and_auc():
+    stats = {"random": {"test_loss": 1.0},
+             "tov": {"source_shares": {"bbc": 0.5, "wiki": 0.25, "conflicting": 0.25},
+                     "auc_vs_source": {"wiki": 0.9, "conflicting": 0.75}},
+             "length": {"source_shares": {"bbc": 0.1, "wiki": 0.9}}}
+    lines = readme_results._by_source(stats)
+    assert lines[2] == ("| method | bbc % | conflicting % | wiki % | AUC vs conflicting "
+                        "| AUC vs wiki |")
+    assert lines[4] == "| tov | 50.0 | 25.0 | 25.0 | 0.750 | 0.900 |"
+    assert lines[5] == "| length | 10.0 | 0.0 | 90.0 | n/a | n/a |"
+    assert readme_results._by_source({"random": {"test_loss": 1.0}}) == []
