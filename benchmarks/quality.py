@@ -278,10 +278,7 @@ def ranking_metrics(s: Setup, scores: np.ndarray | None, extra: dict[str, Any]
     out: dict[str, Any] = {"auc": roc_auc(scores, y), "precision_at_n": precision_at_k(
         scores, y, n)}
     if s.sources is not None:
-        out["auc_vs_source"] = {}
-        for src in np.unique(s.sources[~y]):
-            rows = y | (s.sources == src)
-            out["auc_vs_source"][str(src)] = roc_auc(scores[rows], y[rows])
+        out["auc_vs_source"] = auc_vs_sources(scores, y, s.sources)
     if "base_indices" in extra:
         outside = np.ones(y.size, dtype=bool)
         outside[np.asarray(extra["base_indices"], dtype=np.int64)] = False
@@ -289,6 +286,17 @@ def ranking_metrics(s: Setup, scores: np.ndarray | None, extra: dict[str, Any]
         out["precision_at_n_outside_u"] = precision_at_k(scores[outside], y[outside],
                                                          min(n, int(outside.sum())))
         out["auc_per_epoch"] = [roc_auc(e, y) for e in extra["epoch_scores"]]
+    return out
+
+
+def auc_vs_sources(scores: np.ndarray, is_target: np.ndarray, sources: np.ndarray
+                   ) -> dict[str, float]:
+    """{source: ROC-AUC of ``scores`` for the target rows against that source's rows alone}
+    for every source holding non-target rows (all arrays (N,))."""
+    out = {}
+    for src in np.unique(sources[~is_target]):
+        rows = is_target | (sources == src)
+        out[str(src)] = roc_auc(scores[rows], is_target[rows])
     return out
 
 

@@ -81,17 +81,13 @@ def row_role_means(model: Any, samples: list[Any], end_id: int) -> dict[str, np.
 def by_source(values: np.ndarray, sources: np.ndarray, is_target: np.ndarray
               ) -> dict[str, Any]:
     """Mean per source (over rows with a value) and the AUC of the target rows against each
-    other source alone."""
-    from tov_datasets.evaluation import roc_auc
-
+    other source alone (`quality.auc_vs_sources`, over rows with a value)."""
     have = ~np.isnan(values)
     means = {str(k): float(values[have & (sources == k)].mean())
              if (have & (sources == k)).any() else float("nan") for k in np.unique(sources)}
-    aucs = {}
-    for k in np.unique(sources[~is_target]):
-        rows = have & (is_target | (sources == k))
-        aucs[str(k)] = roc_auc(values[rows], is_target[rows])
-    return {"mean": means, "auc_vs_source": aucs}
+    return {"mean": means,
+            "auc_vs_source": quality.auc_vs_sources(values[have], is_target[have],
+                                                    sources[have])}
 
 
 def run(config_name: str, size: str, seed: int) -> dict[str, Any]:
