@@ -277,8 +277,9 @@ def ranking_metrics(s: Setup, scores: np.ndarray | None, extra: dict[str, Any]
     y, n = s.is_target, s.sizes.n
     out: dict[str, Any] = {"auc": roc_auc(scores, y), "precision_at_n": precision_at_k(
         scores, y, n)}
-    if s.sources is not None:
-        out["auc_vs_source"] = auc_vs_sources(scores, y, s.sources)
+    sources = s.sources
+    if sources is not None:
+        out["auc_vs_source"] = auc_vs_sources(scores, y, sources)
     if "base_indices" in extra:
         outside = np.ones(y.size, dtype=bool)
         outside[np.asarray(extra["base_indices"], dtype=np.int64)] = False
@@ -302,10 +303,11 @@ def auc_vs_sources(scores: np.ndarray, is_target: np.ndarray, sources: np.ndarra
 
 def source_shares(s: Setup, idx: np.ndarray) -> dict[str, float] | None:
     """Share of each pool source among the selected rows ``idx`` (None: no sources)."""
-    if s.sources is None:
+    sources = s.sources
+    if sources is None:
         return None
-    picked = s.sources[np.asarray(idx, dtype=np.int64)]
-    return {str(src): float((picked == src).mean()) for src in np.unique(s.sources)}
+    picked = sources[np.asarray(idx, dtype=np.int64)]
+    return {str(src): float((picked == src).mean()) for src in np.unique(sources)}
 
 
 def mean_by_key(dicts: list[dict[str, float]]) -> dict[str, float]:
