@@ -319,20 +319,24 @@ def mean_by_key(dicts: list[dict[str, float]]) -> dict[str, float]:
 # ------------------------------------------------------------------ stages -----------------
 def calibrate(s: Setup) -> dict[str, Any]:
     """The oracle's validation-loss curve per lr, its zero-shot validation loss, and the
-    chosen budget (`choose_budget`)."""
+    chosen budget (`choose_budget`) measured from a reference loss: the zero-shot loss for a
+    causal LM; for a token classifier the validation set's label entropy (a fresh head's
+    zero-shot loss is far above it and is left within the first epoch)."""
     idx = oracle_rows(s)
     curves = {str(lr): finetune_curve(s, idx, lr, s.sizes.ft_max_epochs, s.val)
               for lr in s.sizes.ft_lrs}
     zero = zero_shot_loss(s, s.val)
-    return {"curves": curves, "zero_shot": zero, **choose_budget(curves, zero)}
+    reference = label_entropy(s.val) if s.config.task == "token_classification" else zero
+    return {"curves": curves, "zero_shot": zero, "reference": reference,
+            **choose_budget(curves, reference)}
 
 
-def choose_budget(curves: dict[str, list[float]], zero_shot: float) -> dict[str, Any]:
+def choose_budget(curves: dict[str, list[float]], reference: float) -> dict[str, Any]:
     """The smallest epoch count whose loss (at some lr) is within BUDGET_TOLERANCE of the
-    way from ``zero_shot`` to the minimum over all curves; at that epoch count, the lr with
-    the lower loss."""
+    way from ``reference`` (the untrained loss) to the minimum over all curves; at that epoch
+    count, the lr with the lower loss."""
     best = min(min(c) for c in curves.values())
-    bound = best + BUDGET_TOLERANCE * (zero_shot - best)
+    bound = best + BUDGET_TOLERANCE * max(reference - best, 0.0)  # reference < best: the min
     epochs, lr = min(((e + 1, float(lr)) for lr, c in curves.items()
                       for e, v in enumerate(c) if v <= bound),
                      key=lambda b: (b[0], curves[str(b[1])][b[0] - 1]))

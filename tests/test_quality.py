@@ -53,12 +53,14 @@ def test_config_helpers():
 
 def test_budget_is_the_smallest_within_two_percent_of_the_attainable_gain():
     curves = {"0.001": [2.0, 1.5, 1.21, 1.2, 1.25], "0.003": [1.6, 1.30, 1.206, 1.4, 1.5]}
-    b = quality.choose_budget(curves, zero_shot=2.2)
+    b = quality.choose_budget(curves, reference=2.2)
     assert b["plateau"] == 1.2 and b["bound"] == pytest.approx(1.22)
     # epoch 3 is within the bound at both lrs; the lower loss (0.003: 1.206) wins the tie
     assert (b["epochs"], b["lr"]) == (3, 0.003)
     # a zero-shot loss close to the minimum widens nothing: the bound stays near the minimum
-    assert quality.choose_budget({"0.1": [1.3, 1.21, 1.2]}, zero_shot=1.25)["epochs"] == 3
+    assert quality.choose_budget({"0.1": [1.3, 1.21, 1.2]}, reference=1.25)["epochs"] == 3
+    # a reference below every loss (a model that never reached the label prior): the minimum
+    assert quality.choose_budget({"0.1": [1.3, 1.21, 1.2]}, reference=0.5)["epochs"] == 3
 
 
 @pytest.mark.parametrize("config,extra", [("ner_coarse", ["less_auc", "label_prior_auc"]),
@@ -93,6 +95,13 @@ def test_quality_tiny_end_to_end(config, extra, tmp_path, monkeypatch):
         assert sum(shares.values()) == pytest.approx(1.0)
         assert shares["target"] == pytest.approx(stats[m]["target_share"])
         assert all(0.0 <= a <= 1.0 for a in stats[m]["auc_vs_source"].values())
+    # the budget is measured from the label entropy (token classification) or zero-shot loss
+    cal = record["details"]["calibration"]
+    val = quality.setup(CONFIGS[config], "tiny", 0).val
+    reference = quality.label_entropy(val) if config == "ner_coarse" else cal["zero_shot"]
+    assert cal["reference"] == pytest.approx(reference)
+    assert cal["bound"] == pytest.approx(cal["plateau"] + quality.BUDGET_TOLERANCE
+                                         * max(reference - cal["plateau"], 0.0))
     assert path.with_suffix(".md").is_file()
     # a rerun resumes from the progress file: nothing is recomputed, same numbers
     monkeypatch.setattr(quality, "run_selector", _refuse)
