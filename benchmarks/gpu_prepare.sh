@@ -24,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-QUALITY_CONFIGS=${QUALITY_CONFIGS:-ner_coarse_v2}
+QUALITY_CONFIGS=${QUALITY_CONFIGS:-ner_coarse_v3}
 LM_CONFIGS=${LM_CONFIGS-chat_labels lm_tweets_v2}
 LM_SIZE=${LM_SIZE:-full}
 mkdir -p .gpu/wheels

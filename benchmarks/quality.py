@@ -22,8 +22,8 @@ on them (the result records that commit as ``config_commit``). One run of a conf
     python benchmarks/quality.py --config ner_coarse          # CPU size, 3 seeds
     python benchmarks/quality.py --config lm_tweets --size gpu
     python benchmarks/quality.py --config ner_coarse --tiny   # tiny random models (tests)
-    python benchmarks/quality.py --config ner_coarse_v2 --size gpu --device cuda \
-        --bundle .gpu/quality_ner_coarse_v2   # GPU machine: data + MiniLM from quality_bundle.py
+    python benchmarks/quality.py --config ner_coarse_v3 --size gpu --device cuda \
+        --bundle .gpu/quality_ner_coarse_v3   # GPU machine: data + MiniLM from quality_bundle.py
 
 Metrics are those of `tov_datasets.evaluation`: gains are paired by seed, oracle capture =
 (L_random - L_m) / (L_random - L_oracle) with a bootstrap interval over seeds.

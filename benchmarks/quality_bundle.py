@@ -32,10 +32,10 @@ under the tov cache (SHA-256 checked; a missing part is named) and points
 ``$TOV_SMOLLM2_DIR`` at it, so ``tov_datasets.assets.demo_model_dir`` dequantises that GGUF
 instead of the package's. benchmarks/gpu_quality_lm.sh runs them on the GPU machine.
 
-    python benchmarks/quality_bundle.py --config ner_coarse_v2 --size gpu \\
-        --out .gpu/quality_ner_coarse_v2 --share-weights-from .gpu/ner/model
-    python benchmarks/quality.py --config ner_coarse_v2 --size gpu \\
-        --bundle .gpu/quality_ner_coarse_v2 --device cuda          # on the GPU machine
+    python benchmarks/quality_bundle.py --config ner_coarse_v3 --size gpu \\
+        --out .gpu/quality_ner_coarse_v3 --share-weights-from .gpu/ner/model
+    python benchmarks/quality.py --config ner_coarse_v3 --size gpu \\
+        --bundle .gpu/quality_ner_coarse_v3 --device cuda          # on the GPU machine
     python benchmarks/quality_bundle.py --split-gguf .gpu/smollm2
     python benchmarks/quality_bundle.py --config chat_long --size full \\
         --out .gpu/quality_lm/chat_long --gguf-parts .gpu/smollm2
