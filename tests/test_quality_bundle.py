@@ -2,8 +2,8 @@
 its all-MiniLM-L6-v2 stand-in rounded to float16 (own copy or tensors shared with another
 checkpoint, checked), SmolLM2's GGUF split into parts and joined again (checked), and
 quality.py runs from it. A tiny BERT stands in for MiniLM, tiny synthetic configurations for
-a token-classification and the causal-LM chat configurations, a random file for the GGUF (seconds); one
-slow test dequantises the real GGUF from its parts."""
+a token-classification and the causal-LM chat configurations, a random file for the GGUF
+(seconds); one slow test dequantises the real GGUF from its parts."""
 
 import hashlib
 import json
