@@ -9,7 +9,7 @@ from benchmarks._common import RESULTS_DIR
 
 def test_kernel_bench_cpu_smoke(monkeypatch):
     name = "kernel_smoke_test.json"
-    monkeypatch.setattr(sys, "argv", ["kernel_bench.py", "--tokens", "16", "--vocab", "300",
+    monkeypatch.setattr(sys, "argv", ["kernel_bench.py", "--tokens", "16", "--vocab", "300", "257",
                                       "--repeats", "1", "--threads", "1", "--output", name])
     try:
         kernel_bench.main()
@@ -19,5 +19,7 @@ def test_kernel_bench_cpu_smoke(monkeypatch):
     assert record["benchmark"] == "kernel_bench"
     for key in ("commit", "date", "machine", "versions", "config", "details"):
         assert key in record
-    assert record["summary"]["time_ratio_vs_naive_v300"] > 0
-    assert record["details"]["v300"]["max_abs_diff"] < 1e-4
+    for vocab in ("300", "257"):  # timings of both vocabularies, then their memory
+        assert record["summary"][f"time_ratio_vs_naive_v{vocab}"] > 0
+        assert record["details"][f"v{vocab}"]["max_abs_diff"] < 1e-4
+        assert len(record["details"][f"v{vocab}"]["extra_peak_bytes"]["naive"]) == 3

@@ -221,6 +221,25 @@ def test_torch_path_chunks_tokens_and_vocabulary(monkeypatch):
     assert rel_err(out, reference(hb @ weight.T, hv @ weight.T, labels)) <= 1e-5
 
 
+@pytest.mark.parametrize("V", [1001, 40])
+def test_torch_path_chunks_half_precision(monkeypatch, V):
+    """bf16 inputs through the reused float32 buffers, with vocabulary tiles (V 1001: the
+    last tile 1 wide) and without (V 40 within one tile), on chunks of 8 rows."""
+    monkeypatch.setattr(torch_path, "CHUNK_ELEMENTS", 64 if V > 64 else 8 * V)
+    gen = torch.Generator().manual_seed(17)
+    B, T, H = 3, 9, 16
+    lb = (torch.randn(B, T, V, generator=gen) * 5).bfloat16()
+    lv = (torch.randn(B, T, V, generator=gen) * 5).bfloat16()
+    labels = make_labels(B, T, V, gen).cpu()
+    out = paired_logprob_delta(lb, lv, labels, backend="torch")
+    assert rel_err(out, reference(lb.double(), lv.double(), labels)) <= 1e-5
+    hb, hv = torch.randn(B, T, H, generator=gen), torch.randn(B, T, H, generator=gen)
+    weight = torch.randn(V, H, generator=gen).bfloat16()
+    w = weight.double()
+    out = paired_linear_logprob_delta(hb, hv, weight, labels, backend="torch")
+    assert rel_err(out, reference(hb.double() @ w.T, hv.double() @ w.T, labels)) <= 1e-5
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batch_and_all_masked(backend):
     lb = torch.randn(0, 4, 10, device=DEVICE)

@@ -3,7 +3,11 @@
 Token rows are processed in chunks whose float32 scratch holds at most CHUNK_ELEMENTS
 values, so extra memory is bounded and independent of B*T; a vocabulary wider than the
 budget is walked in tiles merged with log-add-exp. Only positions whose label is not
-ignored are computed.
+ignored are computed. A chunk's log-probabilities (and its logits, when they are not a
+float32 view of the input) go to buffers allocated once per call, not per chunk: where the
+allocator maps large blocks afresh on every request (glibc with a fixed mmap threshold), a
+per-chunk tensor costs a page fault per 4 KiB written, as much as the naive path's
+full-size tensors.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ def _chunking(V: int, rows_per_sample: int = 1) -> tuple[int, int]:
 
 
 def _label_logprob(logits_tile: Callable[[int, int], torch.Tensor], y: torch.Tensor, V: int,
-                   tile_v: int) -> torch.Tensor:
+                   tile_v: int, logp_buffer: torch.Tensor) -> torch.Tensor:
     """log p(y) per row. logits_tile(v0, v1) -> float32 (R, v1 - v0), left unmodified;
-    y: int64 (R,)."""
+    y: int64 (R,); logp_buffer: float32 (>= R, tile_v), overwritten when tile_v >= V."""
     if tile_v >= V:
-        return torch.log_softmax(logits_tile(0, V), dim=1).gather(1, y[:, None]).squeeze(1)
+        logp = torch.log_softmax(logits_tile(0, V), dim=1, out=logp_buffer[:y.numel()])
+        return logp.gather(1, y[:, None]).squeeze(1)
     target = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
     lse = None
     for v0 in range(0, V, tile_v):
@@ -76,10 +81,18 @@ def logprob_delta_tokens(logits_base: torch.Tensor, logits_vals: torch.Tensor,
     lb = logits_base.reshape(B * T, V)
     lvs = [logits_vals[k].reshape(B * T, V) for k in range(K)]
     chunk, tile_v = _chunking(V)
+    buffers = torch.empty(1 + (logits_base.dtype != torch.float32),
+                          min(chunk, max(rows.numel(), 1)), tile_v, device=logits_base.device)
 
     def label_logprob(logits: torch.Tensor, idx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        picked = _take_rows(logits, idx)  # (C, V): a view, or scratch in the input dtype
-        return _label_logprob(lambda v0, v1: picked[:, v0:v1].float(), y, V, tile_v)
+        picked = _take_rows(logits, idx)  # (C, V): a view, or a copy in the input dtype
+
+        def tile(v0: int, v1: int) -> torch.Tensor:
+            if picked.dtype == torch.float32:
+                return picked[:, v0:v1]
+            return buffers[1, :idx.numel(), :v1 - v0].copy_(picked[:, v0:v1])
+
+        return _label_logprob(tile, y, V, tile_v, buffers[0])
 
     for start in range(0, rows.numel(), chunk):
         idx = rows[start:start + chunk]
@@ -113,6 +126,8 @@ def linear_logprob_delta_tokens(hidden_base: torch.Tensor, hidden_vals: torch.Te
     w = weight.float()
     b = bias.float() if bias is not None else None
     chunk, tile_v = _chunking(V, rows_per_sample=1 + K)
+    buffers = torch.empty(2, (1 + K) * min(chunk, max(rows.numel(), 1)), tile_v,
+                          device=hidden_base.device)  # [0] log-probs, [1] logits
     for start in range(0, rows.numel(), chunk):
         idx = rows[start:start + chunk]
         c = idx.numel()
@@ -120,10 +135,10 @@ def linear_logprob_delta_tokens(hidden_base: torch.Tensor, hidden_vals: torch.Te
         h = torch.cat([_take_rows(hb, idx), *(_take_rows(hv, idx) for hv in hvs)]).float()
 
         def tile(v0, v1, h=h):
-            x = h @ w[v0:v1].T
+            x = torch.matmul(h, w[v0:v1].T, out=buffers[1, :h.shape[0], :v1 - v0])
             return x if b is None else x.add_(b[v0:v1])
 
-        logp = _label_logprob(tile, y.repeat(1 + K), V, tile_v)  # ((1 + K) C,)
+        logp = _label_logprob(tile, y.repeat(1 + K), V, tile_v, buffers[0])  # ((1 + K) C,)
         for k in range(K):
             out[k, idx] = apply_transform(logp[(k + 1) * c:(k + 2) * c] - logp[:c], code)
     return out.view(K, B, T)
