@@ -81,14 +81,15 @@ def logprob_delta_tokens(logits_base: torch.Tensor, logits_vals: torch.Tensor,
     lb = logits_base.reshape(B * T, V)
     lvs = [logits_vals[k].reshape(B * T, V) for k in range(K)]
     chunk, tile_v = _chunking(V)
-    buffers = torch.empty(1 + (logits_base.dtype != torch.float32),
-                          min(chunk, max(rows.numel(), 1)), tile_v, device=logits_base.device)
+    cast = logits_base.dtype != torch.float32  # then a chunk's float32 logits: buffers[1]
+    buffers = torch.empty(1 + cast, min(chunk, max(rows.numel(), 1)), tile_v,
+                          device=logits_base.device)
 
     def label_logprob(logits: torch.Tensor, idx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         picked = _take_rows(logits, idx)  # (C, V): a view, or a copy in the input dtype
 
         def tile(v0: int, v1: int) -> torch.Tensor:
-            if picked.dtype == torch.float32:
+            if not cast:
                 return picked[:, v0:v1]
             return buffers[1, :idx.numel(), :v1 - v0].copy_(picked[:, v0:v1])
 
