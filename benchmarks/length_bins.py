@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> Path:
     sizes = quality.TINY_SIZES if a.tiny else config.sizes[size]
     models: dict[str, Any] = {}
     per_seed = [seed_occupancy(config, size, seed, a.bins, models)
-                for seed in range(sizes.seeds)]
+                for seed in sizes.seed_list()]
     summary = {"max_bins_with_targets": max(r["bins_with_targets"] for r in per_seed),
                "min_bins_with_targets": min(r["bins_with_targets"] for r in per_seed)}
     stem = "_".join(x for x in ("length_bins", a.config, "" if size == "full" else size) if x)

@@ -9,7 +9,7 @@ on them (the result records that commit as ``config_commit``). One run of a conf
    the validation set after every epoch is its learning curve. The budget is the smallest
    (epochs, lr) within 2% of the way from the zero-shot loss to the curve's minimum (the
    plateau; ``quality_configs.BUDGET_TOLERANCE``); it is then fixed for every method.
-   Seed 0's split; no selector is involved.
+   The first run seed's split; no selector is involved.
 2. gate: random vs oracle at that budget on every seed. Passed when the oracle beats random
    by >= 3% of test log-loss with a paired t >= 4, and random has learned the task (token
    classification: loss <= 0.6 x the entropy of the test set's label marginal; language
@@ -606,7 +606,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--config", choices=sorted(CONFIGS), required=True)
     ap.add_argument("--size", choices=["small", "full", "gpu"], default="full")
     ap.add_argument("--tiny", action="store_true", help="tiny random models (tests)")
-    ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="the first k of the size's run seeds (default: all)")
     ap.add_argument("--methods", default=None,
                     help="comma list (default per task: "
                     f"{DEFAULT_METHODS}); random and oracle always run; 'tov' adds "
@@ -637,7 +638,7 @@ def main(argv: list[str] | None = None) -> Path:
         config = quality_bundle.use_bundle(config, a.bundle, size)
     config = quality_bundle.on_device(config, a.device)
     sizes = TINY_SIZES if a.tiny else config.sizes[size]
-    seeds = list(range(a.seeds if a.seeds is not None else sizes.seeds))
+    seeds = sizes.seed_list(a.seeds)
     methods = (a.methods.split(",") if a.methods else DEFAULT_METHODS[config.task])
     methods = [m for m in methods if m and m not in CONTROLS]
     stem = "_".join(x for x in ("quality", a.config, a.tag,

@@ -392,7 +392,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", choices=sorted(CONFIGS))
     ap.add_argument("--size", default="gpu")
-    ap.add_argument("--seeds", type=int, default=None, help="seeds 0..k-1 (default: the size's)")
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="the first k of the size's run seeds (default: all)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--share-weights-from", type=Path, default=None, metavar="MODEL_DIR",
                     help="a model directory holding all-MiniLM-L6-v2's fp16 tensors "
@@ -422,7 +423,7 @@ def main(argv: list[str] | None = None) -> Path:
     sizes = CONFIGS[a.config].sizes
     if a.size not in sizes:
         ap.error(f"{a.config} has no size {a.size!r} (sizes: {sorted(sizes)})")
-    seeds = range(a.seeds if a.seeds is not None else sizes[a.size].seeds)
+    seeds = sizes[a.size].seed_list(a.seeds)
     out = save(a.config, a.size, seeds, a.out, a.share_weights_from, a.gguf_parts)
     parts = {p.name: dir_size(p) for p in sorted(out.iterdir()) if p.is_dir()}
     print(f"{out}: {dir_size(out) / 2**20:.1f} MiB (" + ", ".join(

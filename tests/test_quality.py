@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks import quality
+from benchmarks import eval_data, quality
 from benchmarks.quality_configs import CONFIGS, coarse_tag
 
 
@@ -49,6 +49,33 @@ def test_config_helpers():
         for sz in cfg.sizes.values():
             in_pool = sz.data.get("wnut_in_pool", sz.data.get("target_in_pool"))
             assert in_pool >= 2 * sz.n and sz.base_size >= 2 * sz.n
+
+
+def test_run_seeds_start_at_first_seed():
+    v3, v4 = (CONFIGS[c].sizes["full"] for c in ("ner_coarse_v3", "ner_coarse_v4"))
+    assert v3.seed_list() == [0, 1, 2] and v4.seed_list() == [3, 4, 5, 6, 7]
+    assert v4.seed_list(2) == [3, 4] and quality.TINY_SIZES.seed_list() == [0, 1]
+
+
+def test_ner_coarse_silver_sentences_follow_silver_seed(monkeypatch):
+    """The silver articles come from ``silver_seed``'s draw; the WNUT split from the run seed."""
+    asked = []
+
+    def fake_silver(num_texts, seed):
+        asked.append((num_texts, seed))
+        return [{"tokens": ["Paris", f"s{i}"], "ner_tags": ["B-geo-loc", "O"],
+                 "source": "wiki" if i % 2 else "bbc"} for i in range(400)]
+
+    monkeypatch.setattr(eval_data, "silver_sentences", fake_silver)
+    sizes = CONFIGS["ner_coarse_v4"].sizes["small"]
+    a, b = (CONFIGS["ner_coarse_v4"].build(seed, **sizes.data) for seed in sizes.seed_list())
+    assert asked == [(3000, 1), (3000, 1)]
+    for d in (a, b):
+        assert d["meta"]["pool"] == 300 and d["meta"]["pool_target"] == 60
+        silver = [r for r in d["pool"] if not r["is_target"]]
+        assert len(silver) == 240 and all(r["ner_tags"] == ["B-LOC", "O"] for r in silver)
+        assert all(r["source"] == "wnut16" for r in d["val"])
+    assert a["val"]["tokens"] != b["val"]["tokens"]
 
 
 def test_budget_is_the_smallest_within_two_percent_of_the_attainable_gain():
