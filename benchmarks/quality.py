@@ -15,7 +15,8 @@ on them (the result records that commit as ``config_commit``). One run of a conf
    classification: loss <= 0.6 x the entropy of the test set's label marginal; language
    modelling: >= 3% below the zero-shot loss). A failed gate stops the run (``--force``
    runs the methods anyway, and the result says the gate failed).
-3. methods: each selector picks n rows (seeded); the same fine-tune; the target test loss.
+3. methods: each selector picks n rows (seeded); the same fine-tune; the target test loss
+   (after the budget's last epoch, or the mean over its last ``eval_epochs`` epochs).
    Scoring methods also report how their raw score ranks the target rows (ROC-AUC,
    precision@n), before length bins and the random half.
 
@@ -501,11 +502,12 @@ class Runner:
         picks = run_selector(method, s)
         t_select = time.perf_counter() - t0
         for name, pick in picks.items():
-            loss = finetune_curve(s, pick["idx"], self.budget["lr"], self.budget["epochs"],
-                                  s.test)[-1]
+            curve = finetune_curve(s, pick["idx"], self.budget["lr"], self.budget["epochs"],
+                                   s.test)
+            loss = float(np.mean(curve[-self.config.eval_epochs:]))
             ranking = ranking_metrics(s, pick["scores"], pick["extra"])
             self.progress.put(f"{seed}/{name}", {
-                "seed": seed, "method": name, "test_loss": loss,
+                "seed": seed, "method": name, "test_loss": loss, "test_curve": curve,
                 "target_share": float(s.is_target[pick["idx"]].mean()),
                 "source_shares": source_shares(s, pick["idx"]), "ranking": ranking,
                 "select_s": t_select, "n": int(len(pick["idx"])),

@@ -129,8 +129,9 @@ def render() -> str:
     return "\n".join(lines)
 
 
-QUALITY_CONFIGS = ("ner_coarse", "ner_coarse_v2", "ner_coarse_v3", "ner_coarse_v4", "lm_tweets",
-                   "lm_tweets_v2", "lm_news", "chat_long", "chat_long_v2", "chat_labels")
+QUALITY_CONFIGS = ("ner_coarse", "ner_coarse_v2", "ner_coarse_v3", "ner_coarse_v4",
+                   "ner_coarse_v5", "lm_tweets", "lm_tweets_v2", "lm_news", "chat_long",
+                   "chat_long_v2", "chat_labels")
 
 
 def _num(x: object, fmt: str) -> str:

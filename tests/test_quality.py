@@ -78,6 +78,29 @@ def test_ner_coarse_silver_sentences_follow_silver_seed(monkeypatch):
     assert a["val"]["tokens"] != b["val"]["tokens"]
 
 
+@pytest.mark.parametrize("eval_epochs,expected", [(1, 1.0), (3, 2.0), (5, 2.5)])
+def test_test_loss_is_the_mean_of_the_budgets_last_eval_epochs(eval_epochs, expected, tmp_path,
+                                                               monkeypatch):
+    import dataclasses
+    from types import SimpleNamespace
+
+    config = dataclasses.replace(CONFIGS["ner_coarse_v5"], eval_epochs=eval_epochs)
+    fake = SimpleNamespace(seed=8, is_target=np.array([True, False, True, False]),
+                           sources=None, test=None)
+    monkeypatch.setattr(quality, "setup", lambda *a, **k: fake)
+    monkeypatch.setattr(quality, "run_selector", lambda name, s: {
+        name: {"idx": np.array([0, 1]), "scores": None, "extra": {}}})
+    monkeypatch.setattr(quality, "finetune_curve", lambda s, idx, lr, epochs, held: [
+        4.0, 3.0, 2.0, 1.0][:epochs])
+    progress = quality.Progress(tmp_path / "p.json", {"k": 1})
+    runner = quality.Runner(config, "full", progress)
+    runner.budget = {"lr": 3e-4, "epochs": 4}
+    runner.evaluate(8, "random")
+    record = progress.get("8/random")
+    assert record["test_loss"] == pytest.approx(expected)
+    assert record["test_curve"] == [4.0, 3.0, 2.0, 1.0] and record["target_share"] == 0.5
+
+
 def test_budget_is_the_smallest_within_two_percent_of_the_attainable_gain():
     curves = {"0.001": [2.0, 1.5, 1.21, 1.2, 1.25], "0.003": [1.6, 1.30, 1.206, 1.4, 1.5]}
     b = quality.choose_budget(curves, reference=2.2)
