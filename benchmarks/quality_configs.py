@@ -41,11 +41,11 @@ target rows, so the oracle control (n of them at random) differs between seeds.
   recommend F = abs for token classification (the library default stays the identity: one
   causal-LM configuration's two seeds are too little to move it for every task).
 - ``ner_coarse_v5``: ``ner_coarse_v4`` after it failed its gate (oracle +10.7%, paired t 2.8:
-  per seed +12.9, +19.3, +17.5, +4.3, -0.4; no selector had produced a pick). Measured then
+  per seed +12.9, +19.2, +17.5, +4.3, -0.3; no selector had produced a pick). Measured then
   on seeds 6 and 7's control picks (test loss after each of 12 epochs at the budget's lr
   3e-4): at a constant lr the loss jumps by up to 5% from one epoch to the next (seed 7's
   oracle: 0.1836, 0.1928, 0.1839 at epochs 8-10), so one epoch's loss decides the sign of a
-  seed's gain (seed 7 at epochs 8 / 9 / 10: +7.1 / -0.4 / +5.2%). Here a method's test loss
+  seed's gain (seed 7 at epochs 8 / 9 / 10: +7.1 / -0.3 / +5.2%). Here a method's test loss
   is the mean over the budget's last 3 epochs (``eval_epochs``; computed by every fine-tune
   already, so no extra cost), for every method alike; the run seeds are fresh, 8-12 (10-14
   at the gpu size), so the gate is not judged on the seeds that suggested the change.
