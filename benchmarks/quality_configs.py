@@ -495,46 +495,6 @@ CONFIGS: dict[str, Config] = {
                          ft_lrs=(1e-4, 3e-4), ft_max_epochs=12, batch_size=32,
                          max_length=64, seeds=5),
         }),
-    # ner_coarse_v3 on other draws (run seeds 3-7, silver articles of another draw)
-    "ner_coarse_v4": Config(
-        "ner_coarse_v4", "token_classification", ner_coarse_data, load_ner_model,
-        selector_rank=16, finetune_rank=16, finetune_dropout=0.1,
-        sizes={
-            "small": Sizes(dict(pool_size=300, wnut_in_pool=60, val_size=30, test_size=60,
-                                silver_seed=1),
-                           n=30, base_size=90, epochs=1, lr=3e-4, ft_lrs=(3e-4,),
-                           ft_max_epochs=3, batch_size=16, max_length=64, seeds=2,
-                           first_seed=3),
-            "full": Sizes(dict(pool_size=6000, wnut_in_pool=1200, val_size=100,
-                               test_size=400, silver_seed=1),
-                          n=600, base_size=2400, epochs=2, lr=3e-4, ft_lrs=(1e-4, 3e-4),
-                          ft_max_epochs=12, batch_size=16, max_length=64, seeds=5,
-                          first_seed=3),
-            "gpu": Sizes(dict(pool_size=12000, wnut_in_pool=2000, val_size=100,
-                              test_size=294, silver_seed=1), n=1000, base_size=4000,
-                         epochs=3, lr=3e-4, ft_lrs=(1e-4, 3e-4), ft_max_epochs=12,
-                         batch_size=32, max_length=64, seeds=5, first_seed=5),
-        }),
-    # ner_coarse_v4 judged on the mean test loss of the budget's last 3 epochs, fresh seeds
-    "ner_coarse_v5": Config(
-        "ner_coarse_v5", "token_classification", ner_coarse_data, load_ner_model,
-        selector_rank=16, finetune_rank=16, finetune_dropout=0.1, eval_epochs=3,
-        sizes={
-            "small": Sizes(dict(pool_size=300, wnut_in_pool=60, val_size=30, test_size=60,
-                                silver_seed=1),
-                           n=30, base_size=90, epochs=1, lr=3e-4, ft_lrs=(3e-4,),
-                           ft_max_epochs=3, batch_size=16, max_length=64, seeds=2,
-                           first_seed=8),
-            "full": Sizes(dict(pool_size=6000, wnut_in_pool=1200, val_size=100,
-                               test_size=400, silver_seed=1),
-                          n=600, base_size=2400, epochs=2, lr=3e-4, ft_lrs=(1e-4, 3e-4),
-                          ft_max_epochs=12, batch_size=16, max_length=64, seeds=5,
-                          first_seed=8),
-            "gpu": Sizes(dict(pool_size=12000, wnut_in_pool=2000, val_size=100,
-                              test_size=294, silver_seed=1), n=1000, base_size=4000,
-                         epochs=3, lr=3e-4, ft_lrs=(1e-4, 3e-4), ft_max_epochs=12,
-                         batch_size=32, max_length=64, seeds=5, first_seed=10),
-        }),
     "lm_tweets": Config(
         "lm_tweets", "causal_lm", lm_tweets_data, load_smollm2,
         selector_rank=32, finetune_rank=16,
@@ -611,6 +571,28 @@ CONFIGS["chat_long_v2"] = Config(
                      n=80, base_size=1000, epochs=3, lr=5e-4, ft_lrs=(3e-4, 1e-3),
                      ft_max_epochs=6, batch_size=16, max_length=384, seeds=5),
     })
+
+
+def ner_replica(base: Config, name: str, first_seeds: dict[str, int], silver_seed: int,
+                **changes: Any) -> Config:
+    """``base`` on other draws: every size's run seeds start at ``first_seeds[size]`` (5 of
+    them at the full size) and its silver sentences come from draw ``silver_seed``;
+    ``changes`` replace Config fields."""
+    sizes = {size: dataclasses.replace(sz, data={**sz.data, "silver_seed": silver_seed},
+                                       first_seed=first_seeds[size],
+                                       seeds=5 if size == "full" else sz.seeds)
+             for size, sz in base.sizes.items()}
+    return dataclasses.replace(base, name=name, sizes=sizes, **changes)
+
+
+# ner_coarse_v3 on other draws (run seeds 3-7, silver articles of another draw)
+CONFIGS["ner_coarse_v4"] = ner_replica(CONFIGS["ner_coarse_v3"], "ner_coarse_v4",
+                                       {"small": 3, "full": 3, "gpu": 5}, silver_seed=1)
+# ner_coarse_v4 judged on the mean test loss of the budget's last 3 epochs, fresh seeds
+CONFIGS["ner_coarse_v5"] = ner_replica(CONFIGS["ner_coarse_v4"], "ner_coarse_v5",
+                                       {"small": 8, "full": 8, "gpu": 10}, silver_seed=1,
+                                       eval_epochs=3)
+
 # the same configuration as lm_tweets, judged under the gain-relative budget rule
 CONFIGS["lm_tweets_v2"] = dataclasses.replace(CONFIGS["lm_tweets"], name="lm_tweets_v2")
 
