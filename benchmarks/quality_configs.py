@@ -573,25 +573,24 @@ CONFIGS["chat_long_v2"] = Config(
     })
 
 
-def ner_replica(base: Config, name: str, first_seeds: dict[str, int], silver_seed: int,
+def ner_replica(base: Config, name: str, runs: dict[str, tuple[int, int]], silver_seed: int,
                 **changes: Any) -> Config:
-    """``base`` on other draws: every size's run seeds start at ``first_seeds[size]`` (5 of
-    them at the full size) and its silver sentences come from draw ``silver_seed``;
-    ``changes`` replace Config fields."""
+    """``base`` on other draws: ``runs[size]`` = (first run seed, number of seeds) of each
+    size, silver sentences from draw ``silver_seed``; ``changes`` replace Config fields."""
     sizes = {size: dataclasses.replace(sz, data={**sz.data, "silver_seed": silver_seed},
-                                       first_seed=first_seeds[size],
-                                       seeds=5 if size == "full" else sz.seeds)
+                                       first_seed=runs[size][0], seeds=runs[size][1])
              for size, sz in base.sizes.items()}
     return dataclasses.replace(base, name=name, sizes=sizes, **changes)
 
 
 # ner_coarse_v3 on other draws (run seeds 3-7, silver articles of another draw)
 CONFIGS["ner_coarse_v4"] = ner_replica(CONFIGS["ner_coarse_v3"], "ner_coarse_v4",
-                                       {"small": 3, "full": 3, "gpu": 5}, silver_seed=1)
+                                       {"small": (3, 2), "full": (3, 5), "gpu": (5, 5)},
+                                       silver_seed=1)
 # ner_coarse_v4 judged on the mean test loss of the budget's last 3 epochs, fresh seeds
 CONFIGS["ner_coarse_v5"] = ner_replica(CONFIGS["ner_coarse_v4"], "ner_coarse_v5",
-                                       {"small": 8, "full": 8, "gpu": 10}, silver_seed=1,
-                                       eval_epochs=3)
+                                       {"small": (8, 2), "full": (8, 5), "gpu": (10, 5)},
+                                       silver_seed=1, eval_epochs=3)
 
 # the same configuration as lm_tweets, judged under the gain-relative budget rule
 CONFIGS["lm_tweets_v2"] = dataclasses.replace(CONFIGS["lm_tweets"], name="lm_tweets_v2")
