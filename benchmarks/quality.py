@@ -9,7 +9,9 @@ on them (the result records that commit as ``config_commit``). One run of a conf
    the validation set after every epoch is its learning curve. The budget is the smallest
    (epochs, lr) within 2% of the way from the zero-shot loss to the curve's minimum (the
    plateau; ``quality_configs.BUDGET_TOLERANCE``); it is then fixed for every method.
-   The first run seed's split; no selector is involved.
+   The first run seed's split; no selector is involved. A configuration with
+   ``ft_schedule="linear"`` skips this: its budget is a fixed recipe (``ft_max_epochs``
+   epochs, the lr decaying linearly by epoch).
 2. gate: random vs oracle at that budget on every seed. Passed when the oracle beats random
    by >= 3% of test log-loss with a paired t >= 4, and random has learned the task (token
    classification: loss <= 0.6 x the entropy of the test set's label marginal; language
@@ -147,10 +149,21 @@ def setup(config: Config, size: str, seed: int, models: dict[str, Any] | None = 
 
 
 # ------------------------------------------------------------------ fine-tune --------------
+def epoch_lrs(schedule: str, lr: float, epochs: int) -> list[float]:
+    """The lr of each fine-tune epoch: ``"constant"``: ``lr`` throughout; ``"linear"``:
+    lr x (1 - e / epochs) in epoch e = 0 .. epochs - 1 (lr / epochs in the last)."""
+    if schedule == "constant":
+        return [lr] * epochs
+    if schedule == "linear":
+        return [lr * (1 - e / epochs) for e in range(epochs)]
+    raise ValueError(f"ft_schedule={schedule!r}; expected 'constant' or 'linear'")
+
+
 def finetune_curve(s: Setup, idx: np.ndarray, lr: float, epochs: int,
-                   eval_set: Any) -> list[float]:
-    """Fine-tune a fresh LoRA (``finetune_lora``, seeded by s.seed) on pool rows ``idx`` at a
-    constant lr; the token-mean loss on ``eval_set`` after each of ``epochs`` epochs."""
+                   eval_set: Any, schedule: str = "constant") -> list[float]:
+    """Fine-tune a fresh LoRA (``finetune_lora``, seeded by s.seed) on pool rows ``idx`` for
+    ``epochs`` epochs at the lrs of `epoch_lrs` (``schedule``); the token-mean loss on
+    ``eval_set`` after each epoch."""
     from tov_datasets.models import adapter_parameters
     from tov_datasets.training import adamw, fit, mean_loss
 
@@ -160,8 +173,8 @@ def finetune_curve(s: Setup, idx: np.ndarray, lr: float, epochs: int,
     held = encode(m, eval_set, s.tokenizer, s.sizes.max_length)
     optimizer = adamw(adapter_parameters(m, "ft"), lr)
     curve = []
-    for e in range(epochs):
-        fit(m, train, pad_token_id=pad, adapter="ft", lr=lr, batch_size=s.sizes.batch_size,
+    for e, lr_e in enumerate(epoch_lrs(schedule, lr, epochs)):
+        fit(m, train, pad_token_id=pad, adapter="ft", lr=lr_e, batch_size=s.sizes.batch_size,
             schedule="constant", seed=1000 * s.seed + e, optimizer=optimizer)
         curve.append(mean_loss(m, held, pad_token_id=pad, adapter="ft",
                                batch_size=2 * s.sizes.batch_size))
@@ -322,7 +335,14 @@ def calibrate(s: Setup) -> dict[str, Any]:
     """The oracle's validation-loss curve per lr, its zero-shot validation loss, and the
     chosen budget (`choose_budget`) measured from a reference loss: the zero-shot loss for a
     causal LM; for a token classifier the validation set's label entropy (a fresh head's
-    zero-shot loss is far above it and is left within the first epoch)."""
+    zero-shot loss is far above it and is left within the first epoch). Under
+    ``ft_schedule="linear"`` nothing is calibrated: the budget is the configuration's fixed
+    recipe, ``ft_max_epochs`` epochs from its one lr."""
+    if s.config.ft_schedule == "linear":
+        if len(s.sizes.ft_lrs) != 1:
+            raise ValueError(f"ft_schedule='linear' takes one lr; ft_lrs={s.sizes.ft_lrs}")
+        return {"schedule": "linear", "epochs": s.sizes.ft_max_epochs,
+                "lr": float(s.sizes.ft_lrs[0]), "zero_shot": zero_shot_loss(s, s.val)}
     idx = oracle_rows(s)
     curves = {str(lr): finetune_curve(s, idx, lr, s.sizes.ft_max_epochs, s.val)
               for lr in s.sizes.ft_lrs}
@@ -503,7 +523,7 @@ class Runner:
         t_select = time.perf_counter() - t0
         for name, pick in picks.items():
             curve = finetune_curve(s, pick["idx"], self.budget["lr"], self.budget["epochs"],
-                                   s.test)
+                                   s.test, self.config.ft_schedule)
             loss = float(np.mean(curve[-self.config.eval_epochs:]))
             ranking = ranking_metrics(s, pick["scores"], pick["extra"])
             self.progress.put(f"{seed}/{name}", {
@@ -529,9 +549,10 @@ def run(config: Config, size: str, seeds: list[int], methods: list[str], force: 
     started = time.perf_counter()
     runner = Runner(config, size, progress)
     cal = runner.calibrate(seeds[0])
-    print(f"budget: {cal['epochs']} epochs at lr {cal['lr']} (oracle val-loss plateau "
-          f"{cal['plateau']:.4f}, bound {cal['bound']:.4f}, zero-shot {cal['zero_shot']:.4f})",
-          flush=True)
+    print(f"budget: {budget_text(cal)} (" + (
+        f"oracle val-loss plateau {cal['plateau']:.4f}, bound {cal['bound']:.4f}, "
+        if "plateau" in cal else "fixed, ") + f"zero-shot {cal['zero_shot']:.4f})",
+        flush=True)
     for seed in method_seeds if method_seeds is not None else seeds:
         for m in CONTROLS:
             runner.evaluate(seed, m)
@@ -561,6 +582,13 @@ def run(config: Config, size: str, seeds: list[int], methods: list[str], force: 
             **summarise(per_seed, names), "wall_s": time.perf_counter() - started}
 
 
+def budget_text(cal: dict[str, Any]) -> str:
+    """"9 epochs at lr 0.0003", with the schedule where it is not constant."""
+    schedule = cal.get("schedule", "constant")
+    return (f"{cal['epochs']} epochs at lr {cal['lr']}"
+            + ("" if schedule == "constant" else f" ({schedule} decay)"))
+
+
 def write_outputs(stem: str, config: Config, size: str, seeds: list[int], result: dict,
                   out_dir: Path | None, threads: int, run_config: dict[str, Any]) -> Path:
     gate, stats = result["gate"], result["stats"]
@@ -568,7 +596,8 @@ def write_outputs(stem: str, config: Config, size: str, seeds: list[int], result
                **{k: gate[k] for k in ("gate_passed", "oracle_improvement_pct", "oracle_t",
                                        "random_learned")},
                "finetune_epochs": result["calibration"]["epochs"],
-               "finetune_lr": result["calibration"]["lr"], **result["summary"]}
+               "finetune_lr": result["calibration"]["lr"],
+               "finetune_schedule": config.ft_schedule, **result["summary"]}
     sizes = asdict(config.sizes[size]) if size in config.sizes else asdict(TINY_SIZES)
     cfg = {"config": config.name, "size": size, "sizes": sizes, "threads": threads,
            "selector_rank": config.selector_rank, "finetune_rank": config.finetune_rank,
@@ -585,7 +614,7 @@ def write_outputs(stem: str, config: Config, size: str, seeds: list[int], result
     title = (f"quality {config.name} ({size}, {len(seeds)} seeds): gate "
              f"{'passed' if gate['gate_passed'] else 'FAILED'}, oracle "
              f"{gate['oracle_improvement_pct']:+.2f}% t {gate['oracle_t']:.1f}; budget "
-             f"{result['calibration']['epochs']} epochs at lr {result['calibration']['lr']}")
+             f"{budget_text(result['calibration'])}")
     _common.print_table(rows, title)
     md = [f"# Quality, configuration `{config.name}` ({size})\n",
           f"Command: `{_common.command()}`; seeds {seeds}; configuration commit "

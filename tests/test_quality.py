@@ -90,7 +90,7 @@ def test_test_loss_is_the_mean_of_the_budgets_last_eval_epochs(eval_epochs, expe
     monkeypatch.setattr(quality, "setup", lambda *a, **k: fake)
     monkeypatch.setattr(quality, "run_selector", lambda name, s: {
         name: {"idx": np.array([0, 1]), "scores": None, "extra": {}}})
-    monkeypatch.setattr(quality, "finetune_curve", lambda s, idx, lr, epochs, held: [
+    monkeypatch.setattr(quality, "finetune_curve", lambda s, idx, lr, epochs, held, sched: [
         4.0, 3.0, 2.0, 1.0][:epochs])
     progress = quality.Progress(tmp_path / "p.json", {"k": 1})
     runner = quality.Runner(config, "full", progress)
@@ -99,6 +99,50 @@ def test_test_loss_is_the_mean_of_the_budgets_last_eval_epochs(eval_epochs, expe
     record = progress.get("8/random")
     assert record["test_loss"] == pytest.approx(expected)
     assert record["test_curve"] == [4.0, 3.0, 2.0, 1.0] and record["target_share"] == 0.5
+
+
+def test_epoch_lrs_constant_or_linear_decay():
+    assert quality.epoch_lrs("constant", 0.3, 3) == [0.3] * 3
+    assert quality.epoch_lrs("linear", 0.3, 3) == pytest.approx([0.3, 0.2, 0.1])
+    assert quality.epoch_lrs("linear", 0.3, 1) == [0.3]
+    with pytest.raises(ValueError, match="ft_schedule='cosine'"):
+        quality.epoch_lrs("cosine", 0.3, 3)
+
+
+def test_linear_schedule_fine_tunes_a_fixed_recipe(tmp_path, monkeypatch):
+    """ft_schedule="linear": nothing is calibrated, the budget is ft_max_epochs at the one lr,
+    and every fine-tune's epochs run at lr, lr / 2 (two epochs), as fit is told."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import tov_datasets.training as training
+
+    linear = dataclasses.replace(CONFIGS["ner_coarse"], ft_schedule="linear")
+    monkeypatch.setitem(quality.CONFIGS, "ner_coarse", linear)
+    seen, fit = [], training.fit
+
+    def recording_fit(*args, **kwargs):
+        if kwargs.get("adapter") == "ft":
+            seen.append(kwargs["lr"])
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(training, "fit", recording_fit)
+    path = quality.main(["--config", "ner_coarse", "--tiny", "--threads", "1", "--force",
+                         "--methods", "length", "--out-dir", str(tmp_path)])
+    record = json.loads(path.read_text())
+    cal = record["details"]["calibration"]
+    assert {k: cal[k] for k in ("schedule", "epochs", "lr")} == {
+        "schedule": "linear", "epochs": 2, "lr": 1e-2}
+    assert "curves" not in cal and math.isfinite(cal["zero_shot"])
+    assert record["summary"]["finetune_schedule"] == "linear"
+    fine_tunes = 2 * 3  # seeds x (random, oracle, length)
+    assert seen == pytest.approx([1e-2, 5e-3] * fine_tunes)
+    assert all(len(r["test_curve"]) == 2 for r in record["details"]["per_seed"])
+    assert "(linear decay)" in path.with_suffix(".md").read_text()
+    two_lrs = SimpleNamespace(config=linear, sizes=dataclasses.replace(
+        quality.TINY_SIZES, ft_lrs=(1e-2, 1e-3)))
+    with pytest.raises(ValueError, match="takes one lr"):
+        quality.calibrate(two_lrs)
 
 
 def test_budget_is_the_smallest_within_two_percent_of_the_attainable_gain():
