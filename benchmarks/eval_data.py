@@ -70,7 +70,7 @@ def _gzip_or_plain(path: Path):
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes may share the cache
     with _gzip_or_plain(path)(tmp, "wt", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -295,7 +295,7 @@ def silver_sentences(num_texts: int = 1500, seed: int = 0) -> list[dict]:
               for i in rng.permutation(len(bbc))[: num_texts - num_texts // 2]]
     src = path.with_suffix(".in.jsonl")
     _write_jsonl(src, texts)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes may share the cache
     script = bench_cache() / "spacy_label.py"
     script.write_text(_SPACY_SCRIPT)
     subprocess.run([str(spacy_python()), str(script), str(src), str(tmp), SPACY_MODEL,

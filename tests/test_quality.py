@@ -330,3 +330,20 @@ def test_source_metrics_against_pair_counts():
     shares = quality.source_shares(s, np.array([0, 1, 4, 7]))
     assert shares == {"a": 0.75, "b": 0.0, "t": 0.25}
     assert quality.mean_by_key([{"a": 1.0, "b": 0.0}, {"a": 0.5}]) == {"a": 0.75, "b": 0.0}
+
+
+def test_cache_writers_in_several_processes_do_not_clash(tmp_path):
+    """Processes filling one cache entry at once (two quality runs on one machine) each write
+    their own temporary file; the entry ends whole and no temporary file is left."""
+    import multiprocessing
+
+    path = tmp_path / "entry.jsonl"
+    rows = [{"i": i, "text": "x" * 200} for i in range(5000)]
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=eval_data._write_jsonl, args=(path, rows)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert [p.exitcode for p in procs] == [0] * 4
+    assert eval_data._read_jsonl(path) == rows and list(tmp_path.iterdir()) == [path]
