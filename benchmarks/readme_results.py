@@ -130,12 +130,17 @@ def render() -> str:
 
 
 QUALITY_CONFIGS = ("ner_coarse", "ner_coarse_v2", "ner_coarse_v3", "ner_coarse_v4",
-                   "ner_coarse_v5", "lm_tweets", "lm_tweets_v2", "lm_news", "chat_long",
-                   "chat_long_v2", "chat_labels")
+                   "ner_coarse_v5", "ner_coarse_v6", "lm_tweets", "lm_tweets_v2", "lm_news",
+                   "chat_long", "chat_long_v2", "chat_labels")
 
 
 def _num(x: object, fmt: str) -> str:
     return fmt.format(x) if isinstance(x, (int, float)) and x == x else "n/a"
+
+
+def _schedule_note(summary: dict) -> str:
+    schedule = summary.get("finetune_schedule", "constant")
+    return "" if schedule == "constant" else f" ({schedule} decay, a fixed recipe)"
 
 
 def render_quality() -> str:
@@ -155,7 +160,8 @@ def render_quality() -> str:
                 f"{_num(s['oracle_t'], '{:.1f}')}), random learned the task: "
                 f"{s['random_learned']} ({d['gate']['random_loss']:.4f} vs bound "
                 f"{d['gate']['learned_bound']:.4f}); fine-tune budget "
-                f"{s['finetune_epochs']} epochs at lr {s['finetune_lr']}. File `{name}`, "
+                f"{s['finetune_epochs']} epochs at lr {s['finetune_lr']}"
+                f"{_schedule_note(s)}. File `{name}`, "
                 f"command `{record['command']}`.", "",
                 "| method | seeds | test loss | gain vs random % (± se) | oracle capture (90% CI) "
                 "| target rows % | raw-score AUC | precision@n |",

@@ -35,3 +35,10 @@ def test_by_source_table_lists_each_source_share_and_auc():
     assert lines[4] == "| tov | 50.0 | 25.0 | 25.0 | 0.750 | 0.900 |"
     assert lines[5] == "| length | 10.0 | 0.0 | 90.0 | n/a | n/a |"
     assert readme_results._by_source({"random": {"test_loss": 1.0}}) == []
+
+
+def test_quality_budget_names_a_schedule_other_than_constant():
+    assert readme_results._schedule_note({}) == ""
+    assert readme_results._schedule_note({"finetune_schedule": "constant"}) == ""
+    assert readme_results._schedule_note({"finetune_schedule": "linear"}) == (
+        " (linear decay, a fixed recipe)")
