@@ -549,10 +549,10 @@ def run(config: Config, size: str, seeds: list[int], methods: list[str], force: 
     started = time.perf_counter()
     runner = Runner(config, size, progress)
     cal = runner.calibrate(seeds[0])
-    print(f"budget: {budget_text(cal)} (" + (
-        f"oracle val-loss plateau {cal['plateau']:.4f}, bound {cal['bound']:.4f}, "
-        if "plateau" in cal else "fixed, ") + f"zero-shot {cal['zero_shot']:.4f})",
-        flush=True)
+    chosen = (f"oracle val-loss plateau {cal['plateau']:.4f}, bound {cal['bound']:.4f}"
+              if "plateau" in cal else "a fixed recipe")
+    print(f"budget: {budget_text(cal)} ({chosen}, zero-shot {cal['zero_shot']:.4f})",
+          flush=True)
     for seed in method_seeds if method_seeds is not None else seeds:
         for m in CONTROLS:
             runner.evaluate(seed, m)
@@ -583,7 +583,8 @@ def run(config: Config, size: str, seeds: list[int], methods: list[str], force: 
 
 
 def budget_text(cal: dict[str, Any]) -> str:
-    """"9 epochs at lr 0.0003", with the schedule where it is not constant."""
+    """The budget in words, e.g. 9 epochs at lr 0.0003, naming the schedule unless it is
+    constant."""
     schedule = cal.get("schedule", "constant")
     return (f"{cal['epochs']} epochs at lr {cal['lr']}"
             + ("" if schedule == "constant" else f" ({schedule} decay)"))
