@@ -293,11 +293,14 @@ def silver_sentences(num_texts: int = 1500, seed: int = 0) -> list[dict]:
              for i in rng.permutation(len(wiki))[: num_texts // 2]]
     texts += [{"text": bbc[int(i)]["text"], "source": "bbc"}
               for i in rng.permutation(len(bbc))[: num_texts - num_texts // 2]]
-    src = path.with_suffix(".in.jsonl")
+    # this process's own input and output files: processes may label the same draw at once
+    src, tmp = (path.with_name(f"{path.name}.{os.getpid()}.{end}") for end in ("in", "tmp"))
     _write_jsonl(src, texts)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes may share the cache
     script = bench_cache() / "spacy_label.py"
-    script.write_text(_SPACY_SCRIPT)
+    if not script.is_file() or script.read_text() != _SPACY_SCRIPT:
+        part = script.with_name(f"{script.name}.{os.getpid()}.tmp")
+        part.write_text(_SPACY_SCRIPT)
+        os.replace(part, script)  # a process already running the script keeps its copy
     subprocess.run([str(spacy_python()), str(script), str(src), str(tmp), SPACY_MODEL,
                     json.dumps(ONTO_TO_WNUT)], check=True)
     os.replace(tmp, path)

@@ -347,3 +347,32 @@ def test_cache_writers_in_several_processes_do_not_clash(tmp_path):
         p.join()
     assert [p.exitcode for p in procs] == [0] * 4
     assert eval_data._read_jsonl(path) == rows and list(tmp_path.iterdir()) == [path]
+
+
+def test_silver_sentences_labelled_by_several_processes_at_once(tmp_path, monkeypatch):
+    """Two processes drawing the same silver sentences at once (the spaCy labelling stands in
+    as a copy of its input) both finish, with the same rows, and leave only the cache entry."""
+    import multiprocessing
+    import shutil
+    import time
+
+    def fake_spacy(cmd, check):
+        time.sleep(0.2)
+        shutil.copyfile(cmd[2], cmd[3])
+
+    monkeypatch.setattr(eval_data, "bench_cache", lambda: tmp_path)
+    monkeypatch.setattr(eval_data, "spacy_python", lambda: "python")
+    monkeypatch.setattr(eval_data.subprocess, "run", fake_spacy)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=eval_data.silver_sentences, args=(6, 123)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+    rows = eval_data.silver_sentences(6, 123)  # from the cache entry
+    assert len(rows) == 6 and {r["source"] for r in rows} == {"wiki", "bbc"}
+    entries = [f.name for f in tmp_path.glob("ner-silver-*.jsonl")]
+    assert len(entries) == 1
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted([*entries, "spacy_label.py"])
+    assert (tmp_path / "spacy_label.py").read_text() == eval_data._SPACY_SCRIPT
