@@ -69,8 +69,13 @@ def _gzip_or_plain(path: Path):
     return gzip.open if path.name.endswith(".gz") else open
 
 
+def _own_file(path: Path, end: str = "tmp") -> Path:
+    """A file beside ``path`` that only this process writes (processes share the cache)."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{end}")
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes may share the cache
+    tmp = _own_file(path)
     with _gzip_or_plain(path)(tmp, "wt", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -293,12 +298,12 @@ def silver_sentences(num_texts: int = 1500, seed: int = 0) -> list[dict]:
              for i in rng.permutation(len(wiki))[: num_texts // 2]]
     texts += [{"text": bbc[int(i)]["text"], "source": "bbc"}
               for i in rng.permutation(len(bbc))[: num_texts - num_texts // 2]]
-    # this process's own input and output files: processes may label the same draw at once
-    src, tmp = (path.with_name(f"{path.name}.{os.getpid()}.{end}") for end in ("in", "tmp"))
+    # processes may label the same draw at once: each from and to its own files
+    src, tmp = _own_file(path, "in"), _own_file(path)
     _write_jsonl(src, texts)
     script = bench_cache() / "spacy_label.py"
     if not script.is_file() or script.read_text() != _SPACY_SCRIPT:
-        part = script.with_name(f"{script.name}.{os.getpid()}.tmp")
+        part = _own_file(script)
         part.write_text(_SPACY_SCRIPT)
         os.replace(part, script)  # a process already running the script keeps its copy
     subprocess.run([str(spacy_python()), str(script), str(src), str(tmp), SPACY_MODEL,
