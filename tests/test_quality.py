@@ -350,8 +350,8 @@ def test_cache_writers_in_several_processes_do_not_clash(tmp_path):
 
 
 def test_silver_sentences_labelled_by_several_processes_at_once(tmp_path, monkeypatch):
-    """Two processes drawing the same silver sentences at once (the spaCy labelling stands in
-    as a copy of its input) both finish, with the same rows, and leave only the cache entry."""
+    """Two processes drawing the same silver sentences at once (a copy of the input stands in
+    for the spaCy labelling) both finish and leave only the cache entry and the script."""
     import multiprocessing
     import shutil
     import time
