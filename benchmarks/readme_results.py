@@ -130,8 +130,9 @@ def render() -> str:
 
 
 QUALITY_CONFIGS = ("ner_coarse", "ner_coarse_v2", "ner_coarse_v3", "ner_coarse_v4",
-                   "ner_coarse_v5", "ner_coarse_v6", "ner_coarse_v7", "lm_tweets",
-                   "lm_tweets_v2", "lm_news", "chat_long", "chat_long_v2", "chat_labels")
+                   "ner_coarse_v5", "ner_coarse_v6", "ner_coarse_v7", "ner_coarse_v8",
+                   "lm_tweets", "lm_tweets_v2", "lm_news", "chat_long", "chat_long_v2",
+                   "chat_labels")
 
 
 def _num(x: object, fmt: str) -> str:
