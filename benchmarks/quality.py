@@ -75,8 +75,13 @@ GATE_MIN_GAIN_PCT, GATE_MIN_T = 3.0, 4.0
 LEARNED_ENTROPY_RATIO, LEARNED_LM_GAIN = 0.6, 0.03
 # ToV's selection variants computed from the scores of the "tov" run (no second trajectory)
 DERIVED = {"tov_score_only": {"random_fraction": 0.0}, "tov_nobins": {"num_bins": 1}}
+# "<baseline>_score_random": that baseline's score picked in ToV's shape (the library's
+# selection defaults: top scores per length bin for half of n, the other half at random from
+# the base set U that ToV draws at the same seed), so it differs from ToV in the score alone
+SCORE_RANDOM = "_score_random"
 DEFAULT_METHODS = {
-    "token_classification": ["tov", "maxunc", "less", "embedding", "length", "label_prior"],
+    "token_classification": ["tov", "maxunc", "less", "embedding", "length", "label_prior",
+                             "label_prior" + SCORE_RANDOM],
     "causal_lm": ["tov", "maxunc", "embedding", "length"],
 }
 CONTROLS = ("random", "oracle")
@@ -215,6 +220,15 @@ def run_selector(name: str, s: Setup) -> dict[str, dict[str, Any]]:
     "extra": per-method facts}; "tov" also yields its DERIVED selection variants."""
     sz, n = s.sizes, s.sizes.n
     common = {"seed": s.seed}
+    if name.endswith(SCORE_RANDOM):
+        from tov_datasets.trajectory import draw_base_set
+
+        baseline = name[: -len(SCORE_RANDOM)]
+        r = run_selector(baseline, s)[baseline]
+        counts = length.scored_lengths(s.model, s.tokenizer, s.pool, sz.max_length)
+        base = draw_base_set(len(s.pool), sz.base_size, s.seed)
+        return {name: {"idx": score_random_pick(s, r["scores"], counts, base), "scores":
+                       r["scores"], "extra": {**r["extra"], "derived_from": baseline}}}
     if name == "random":
         return {name: {"idx": random_select.select(None, None, s.pool, s.val, n, s.seed),
                        "scores": None, "extra": {}}}
@@ -258,9 +272,6 @@ def tov_result(s: Setup, name: str, **kwargs: Any) -> Any:
 
 
 def _run_tov(name: str, s: Setup) -> dict[str, dict[str, Any]]:
-    from tov_datasets.select import select_indices
-
-    sz = s.sizes
     r = tov_result(s, name)
     scores = tov.pool_scores(r)
     table = r.scores.data
@@ -273,11 +284,20 @@ def _run_tov(name: str, s: Setup) -> dict[str, dict[str, Any]]:
     out = {name: {"idx": tov.selected_rows(r), "scores": scores, "extra": extra}}
     if name == "tov":
         for derived, options in DERIVED.items():
-            kwargs = {"num_bins": 10, "random_fraction": 0.5, "random_pool": r.base_indices,
-                      "seed": s.seed, **options}
-            idx = np.sort(select_indices(scores.astype(np.float32), counts, sz.n, **kwargs))
+            idx = score_random_pick(s, scores, counts, r.base_indices, **options)
             out[derived] = {"idx": idx, "scores": scores, "extra": {"derived_from": "tov"}}
     return out
+
+
+def score_random_pick(s: Setup, scores: np.ndarray, counts: np.ndarray, base: np.ndarray,
+                      **options: Any) -> np.ndarray:
+    """(n,) int64 ascending rows: `select_indices` at the library's defaults (``options``
+    override them) on raw ``scores`` (len(pool),) and scored-token ``counts``, its random
+    part drawn from the base set ``base`` with the run seed."""
+    from tov_datasets.select import select_indices
+
+    return np.sort(select_indices(scores.astype(np.float32), counts, s.sizes.n,
+                                  random_pool=base, seed=s.seed, **options))
 
 
 # ------------------------------------------------------------------ metrics ----------------
@@ -643,7 +663,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--methods", default=None,
                     help="comma list (default per task: "
                     f"{DEFAULT_METHODS}); random and oracle always run; 'tov' adds "
-                    f"{sorted(DERIVED)}; variants: {sorted(tov.VARIANTS)} and tov_rank<r>")
+                    f"{sorted(DERIVED)}; variants: {sorted(tov.VARIANTS)} and tov_rank<r>; "
+                    f"<baseline>{SCORE_RANDOM}: a baseline's score picked in ToV's shape")
     ap.add_argument("--force", action="store_true", help="run the methods on a failed gate")
     ap.add_argument("--summarise-only", action="store_true",
                     help="compute nothing new: write the result from the progress file "

@@ -157,7 +157,8 @@ def test_budget_is_the_smallest_within_two_percent_of_the_attainable_gain():
     assert quality.choose_budget({"0.1": [1.3, 1.21, 1.2]}, reference=0.5)["epochs"] == 3
 
 
-@pytest.mark.parametrize("config,extra", [("ner_coarse", ["less_auc", "label_prior_auc"]),
+@pytest.mark.parametrize("config,extra", [("ner_coarse", ["less_auc", "label_prior_auc",
+                                                         "label_prior_score_random_auc"]),
                                           ("lm_tweets", [])])
 def test_quality_tiny_end_to_end(config, extra, tmp_path, monkeypatch):
     path = quality.main(["--config", config, "--tiny", "--threads", "1", "--force",
@@ -202,6 +203,31 @@ def test_quality_tiny_end_to_end(config, extra, tmp_path, monkeypatch):
     again = quality.main(["--config", config, "--tiny", "--threads", "1", "--force",
                           "--out-dir", str(tmp_path)])
     assert json.loads(again.read_text())["details"]["stats"] == stats
+
+
+def test_score_random_picks_a_baseline_score_in_tovs_shape():
+    """``label_prior_score_random`` differs from ToV's pick in the score alone: the same
+    scored-token counts (length bins), base set U (random half) and seed as ToV's run."""
+    from benchmarks.baselines import label_prior, length
+    from tov_datasets.select import select_indices
+    from tov_datasets.trajectory import draw_base_set
+
+    s = quality.setup(CONFIGS["ner_coarse"], "tiny", 1)
+    got = quality.run_selector("label_prior_score_random", s)["label_prior_score_random"]
+    prior = label_prior.scores(s.model, s.tokenizer, s.pool, s.val)
+    assert np.array_equal(got["scores"], prior) and prior.max() > prior.min()
+    r = quality.tov_result(s, "tov")
+    table = r.scores.data
+    order = np.argsort(table.column("tov_row").to_numpy())
+    counts = np.asarray(table.column("tov_num_tokens").to_numpy())[order]
+    assert np.array_equal(length.scored_lengths(s.model, s.tokenizer, s.pool,
+                                                s.sizes.max_length), counts)
+    assert np.array_equal(draw_base_set(len(s.pool), s.sizes.base_size, s.seed),
+                          r.base_indices)
+    want = select_indices(prior.astype(np.float32), counts, s.sizes.n,
+                          random_pool=r.base_indices, seed=s.seed)
+    assert np.array_equal(got["idx"], np.sort(want))
+    assert len(np.unique(got["idx"])) == s.sizes.n
 
 
 def test_seeds_split_over_processes_then_summarised(tmp_path, monkeypatch):

@@ -74,8 +74,8 @@ from tov_datasets.select import (
     selection_overlap,
 )
 
-__all__ = ["TARGETS", "ToVConfig", "ToVResult", "epoch_column", "epoch_lrs", "num_epochs",
-           "tov_select"]
+__all__ = ["TARGETS", "ToVConfig", "ToVResult", "draw_base_set", "epoch_column", "epoch_lrs",
+           "num_epochs", "tov_select"]
 
 VARIANTS = ("interleaved", "parallel")
 VAL_MODES = ("epoch", "step")
@@ -373,7 +373,9 @@ def _with_overrides(config: ToVConfig | None, overrides: Mapping[str, Any]) -> T
     return dataclasses.replace(config or ToVConfig(), **overrides)
 
 
-def _draw_base(num_rows: int, base_size: int, seed: int) -> np.ndarray:
+def draw_base_set(num_rows: int, base_size: int, seed: int) -> np.ndarray:
+    """(base_size,) int64 ascending pool rows of the base set U that a trajectory with
+    ``seed`` draws (also the random part's pool of its selection)."""
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(num_rows, size=base_size, replace=False)).astype(np.int64)
 
@@ -823,7 +825,7 @@ def tov_select(
     targets = _targets(val)
     counts_by_target = _counts(n, targets)
     _check_data(config, pool, targets, counts_by_target)
-    base_indices = _draw_base(len(pool), config.base_size, config.seed)
+    base_indices = draw_base_set(len(pool), config.base_size, config.seed)
     adapters = [BASE_ADAPTER, *(t.adapter for t in targets)]
     with (
         models.attached(model, adapters, lora=config.lora, seed=config.seed) as peft_model,
