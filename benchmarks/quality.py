@@ -344,6 +344,15 @@ def source_shares(s: Setup, idx: np.ndarray) -> dict[str, float] | None:
     return {str(src): float((picked == src).mean()) for src in np.unique(sources)}
 
 
+def entity_share(s: Setup, idx: np.ndarray) -> float | None:
+    """Token classification: the mean over the selected rows ``idx`` of each row's share of
+    words tagged other than "O" (``label_prior``'s score); None for other tasks."""
+    if s.config.task != "token_classification":
+        return None
+    prior = label_prior.scores(s.model, s.tokenizer, s.pool)
+    return float(prior[np.asarray(idx, dtype=np.int64)].mean())
+
+
 def mean_by_key(dicts: list[dict[str, float]]) -> dict[str, float]:
     """Key-wise mean of dicts (a key missing from some dicts: the mean of those holding it)."""
     keys = sorted({k for d in dicts for k in d})
@@ -433,6 +442,9 @@ def summarise(per_seed: list[dict[str, Any]], methods: list[str]) -> dict[str, A
         if epochs:
             st["auc_per_epoch"] = np.mean(np.array(epochs), axis=0).tolist()
         # per source, over the seeds that recorded it (runs before it was recorded lack it)
+        entity = [r["entity_share"] for r in rows if r.get("entity_share") is not None]
+        if entity:  # over the seeds that recorded it (runs before it was recorded lack it)
+            st["entity_share"] = float(np.mean(entity))
         shares = [r["source_shares"] for r in rows if r.get("source_shares")]
         if shares:
             st["source_shares"] = mean_by_key(shares)
@@ -549,7 +561,8 @@ class Runner:
             self.progress.put(f"{seed}/{name}", {
                 "seed": seed, "method": name, "test_loss": loss, "test_curve": curve,
                 "target_share": float(s.is_target[pick["idx"]].mean()),
-                "source_shares": source_shares(s, pick["idx"]), "ranking": ranking,
+                "source_shares": source_shares(s, pick["idx"]),
+                "entity_share": entity_share(s, pick["idx"]), "ranking": ranking,
                 "select_s": t_select, "n": int(len(pick["idx"])),
                 "timings": pick["extra"].get("timings"), "history": pick["extra"].get("history")})
             print(f"seed {seed} {name:16s} loss {loss:.4f} target "

@@ -88,6 +88,7 @@ def test_test_loss_is_the_mean_of_the_budgets_last_eval_epochs(eval_epochs, expe
     fake = SimpleNamespace(seed=8, is_target=np.array([True, False, True, False]),
                            sources=None, test=None)
     monkeypatch.setattr(quality, "setup", lambda *a, **k: fake)
+    monkeypatch.setattr(quality, "entity_share", lambda s, idx: None)
     monkeypatch.setattr(quality, "run_selector", lambda name, s: {
         name: {"idx": np.array([0, 1]), "scores": None, "extra": {}}})
     monkeypatch.setattr(quality, "finetune_curve", lambda s, idx, lr, epochs, held, sched: [
@@ -181,6 +182,10 @@ def test_quality_tiny_end_to_end(config, extra, tmp_path, monkeypatch):
     for k in extra:
         assert 0.0 <= s[k] <= 1.0
     assert stats["oracle"]["target_share"] == 1.0
+    if config == "ner_coarse":  # the label prior takes the rows densest in entity tags
+        assert 0.0 <= stats["random"]["entity_share"] <= stats["label_prior"]["entity_share"]
+    else:
+        assert "entity_share" not in stats["random"]
     assert len(stats["tov"]["auc_per_epoch"]) == 1 and "auc_outside_u" in stats["tov"]
     # the derived selections reuse ToV's scores: same AUC, own picks
     assert stats["tov_score_only"]["auc"] == stats["tov"]["auc"]
@@ -203,6 +208,17 @@ def test_quality_tiny_end_to_end(config, extra, tmp_path, monkeypatch):
     again = quality.main(["--config", config, "--tiny", "--threads", "1", "--force",
                           "--out-dir", str(tmp_path)])
     assert json.loads(again.read_text())["details"]["stats"] == stats
+
+
+def test_entity_share_is_the_mean_share_of_entity_words_over_the_pick():
+    s = quality.setup(CONFIGS["ner_coarse"], "tiny", 0)
+    id2label = s.model.config.id2label
+    words = [[t if isinstance(t, str) else id2label[int(t)] for t in row]
+             for row in s.pool["ner_tags"]]
+    idx = np.array([0, 3, 5, len(words) - 1])
+    want = np.mean([sum(t != "O" for t in words[i]) / len(words[i]) for i in idx])
+    assert want > 0
+    assert quality.entity_share(s, idx) == pytest.approx(want, abs=1e-12)
 
 
 def test_score_random_picks_a_baseline_score_in_tovs_shape():
