@@ -441,10 +441,10 @@ def summarise(per_seed: list[dict[str, Any]], methods: list[str]) -> dict[str, A
                   if "auc_per_epoch" in r.get("ranking", {})]
         if epochs:
             st["auc_per_epoch"] = np.mean(np.array(epochs), axis=0).tolist()
-        # per source, over the seeds that recorded it (runs before it was recorded lack it)
         entity = [r["entity_share"] for r in rows if r.get("entity_share") is not None]
         if entity:  # over the seeds that recorded it (runs before it was recorded lack it)
             st["entity_share"] = float(np.mean(entity))
+        # per source, over the seeds that recorded it (runs before it was recorded lack it)
         shares = [r["source_shares"] for r in rows if r.get("source_shares")]
         if shares:
             st["source_shares"] = mean_by_key(shares)
