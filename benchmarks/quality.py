@@ -546,14 +546,18 @@ class Runner:
         return self.progress.get(key)
 
     def evaluate(self, seed: int, method: str) -> None:
-        """Select with ``method`` (and its derived variants), fine-tune, test; saved."""
-        if self.progress.get(f"{seed}/{method}") is not None:
+        """Select with ``method`` (and its derived variants), fine-tune, test; saved per
+        pick, so a run stopped between a method's picks fine-tunes only the missing ones."""
+        names = [method, *(DERIVED if method == "tov" else ())]
+        if all(self.progress.get(f"{seed}/{name}") is not None for name in names):
             return
         s = self.setup(seed)
         t0 = time.perf_counter()
         picks = run_selector(method, s)
         t_select = time.perf_counter() - t0
         for name, pick in picks.items():
+            if self.progress.get(f"{seed}/{name}") is not None:
+                continue
             curve = finetune_curve(s, pick["idx"], self.budget["lr"], self.budget["epochs"],
                                    s.test, self.config.ft_schedule)
             loss = float(np.mean(curve[-self.config.eval_epochs:]))

@@ -102,6 +102,36 @@ def test_test_loss_is_the_mean_of_the_budgets_last_eval_epochs(eval_epochs, expe
     assert record["test_curve"] == [4.0, 3.0, 2.0, 1.0] and record["target_share"] == 0.5
 
 
+def test_a_run_stopped_between_tovs_picks_fine_tunes_only_the_missing_ones(tmp_path,
+                                                                          monkeypatch):
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(seed=8, is_target=np.array([True, False, True, False]),
+                           sources=None, test=None)
+    monkeypatch.setattr(quality, "setup", lambda *a, **k: fake)
+    monkeypatch.setattr(quality, "entity_share", lambda s, idx: None)
+    monkeypatch.setattr(quality, "ranking_metrics", lambda s, scores, extra: {})
+    names = ["tov", *quality.DERIVED]
+    monkeypatch.setattr(quality, "run_selector", lambda name, s: {
+        m: {"idx": np.array([0, 1]), "scores": None, "extra": {}} for m in names})
+    tuned = []
+
+    def curve(s, idx, lr, epochs, held, sched):
+        tuned.append(len(tuned))
+        return [float(len(tuned))] * epochs
+
+    monkeypatch.setattr(quality, "finetune_curve", curve)
+    progress = quality.Progress(tmp_path / "p.json", {"k": 1})
+    progress.put("8/tov", {"seed": 8, "method": "tov", "test_loss": 0.5})
+    runner = quality.Runner(CONFIGS["ner_coarse_v6"], "full", progress)
+    runner.budget = {"lr": 3e-4, "epochs": 2}
+    runner.evaluate(8, "tov")
+    assert len(tuned) == len(names) - 1 and progress.get("8/tov")["test_loss"] == 0.5
+    assert all(progress.get(f"8/{m}") is not None for m in names)
+    runner.evaluate(8, "tov")  # every pick saved: nothing again
+    assert len(tuned) == len(names) - 1
+
+
 def test_epoch_lrs_constant_or_linear_decay():
     assert quality.epoch_lrs("constant", 0.3, 3) == [0.3] * 3
     assert quality.epoch_lrs("linear", 0.3, 3) == pytest.approx([0.3, 0.2, 0.1])
