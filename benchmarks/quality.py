@@ -349,8 +349,8 @@ def entity_share(s: Setup, idx: np.ndarray) -> float | None:
     words tagged other than "O" (``label_prior``'s score); None for other tasks."""
     if s.config.task != "token_classification":
         return None
-    prior = label_prior.scores(s.model, s.tokenizer, s.pool)
-    return float(prior[np.asarray(idx, dtype=np.int64)].mean())
+    picked = s.pool.select(np.asarray(idx, dtype=np.int64))
+    return float(label_prior.scores(s.model, s.tokenizer, picked).mean())
 
 
 def mean_by_key(dicts: list[dict[str, float]]) -> dict[str, float]:
@@ -441,10 +441,11 @@ def summarise(per_seed: list[dict[str, Any]], methods: list[str]) -> dict[str, A
                   if "auc_per_epoch" in r.get("ranking", {})]
         if epochs:
             st["auc_per_epoch"] = np.mean(np.array(epochs), axis=0).tolist()
+        # entity share and per source: over the seeds that recorded them (runs before they
+        # were recorded lack them)
         entity = [r["entity_share"] for r in rows if r.get("entity_share") is not None]
-        if entity:  # over the seeds that recorded it (runs before it was recorded lack it)
+        if entity:
             st["entity_share"] = float(np.mean(entity))
-        # per source, over the seeds that recorded it (runs before it was recorded lack it)
         shares = [r["source_shares"] for r in rows if r.get("source_shares")]
         if shares:
             st["source_shares"] = mean_by_key(shares)
