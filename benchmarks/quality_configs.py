@@ -89,8 +89,8 @@ target rows, so the oracle control (n of them at random) differs between seeds.
   +17.5, +20.2, +5.1, +6.0, +7.6; random learned, 0.1619 vs the bound 0.1756; no selector
   ran). With the twelve seeds above, nineteen seeds of this recipe's controls: oracle gain
   mean +12.2%, sd 6.7, positive on every seed. Resampling those nineteen gains, a run of k
-  seeds reaches t < 4 with probability 0.20 at seven, 0.11 at eight, 0.03 at ten, 0.004 at
-  twelve: ten is the fewest that makes a miss unlikely. The gate still decides: a selector is
+  seeds reaches t < 4 with probability 0.20 at seven, 0.11 at eight, 0.06 at nine, 0.03 at
+  ten, 0.004 at twelve: ten is the fewest below 5%. The gate still decides: a selector is
   judged only on this configuration's own seeds, and only if they pass it. Here: ten fresh
   run seeds, 41-50 (51-60 at the gpu size), silver sentences of a fifth draw (``silver_seed``
   4); otherwise ``ner_coarse_v6`` (sizes, recipe, trajectory, methods, in that order: the
