@@ -429,6 +429,7 @@ def summarise(per_seed: list[dict[str, Any]], methods: list[str]) -> dict[str, A
         st: dict[str, Any] = {
             "seeds": seeds, "test_loss": float(np.mean(loss[m])),
             "improvement_pct": g.mean_pct, "improvement_se_pct": g.se_pct, "t": g.t,
+            "improvement_pct_by_seed": gains_pct(loss[m], loss["random"]),
             "oracle_capture": cap[0], "oracle_capture_low": cap[1],
             "oracle_capture_high": cap[2],
             "target_share": float(np.mean([r["target_share"] for r in rows])),
@@ -446,6 +447,7 @@ def summarise(per_seed: list[dict[str, Any]], methods: list[str]) -> dict[str, A
         entity = [r["entity_share"] for r in rows if r.get("entity_share") is not None]
         if entity:
             st["entity_share"] = float(np.mean(entity))
+            st["entity_share_by_seed"] = [r.get("entity_share") for r in rows]
         shares = [r["source_shares"] for r in rows if r.get("source_shares")]
         if shares:
             st["source_shares"] = mean_by_key(shares)
@@ -454,6 +456,11 @@ def summarise(per_seed: list[dict[str, Any]], methods: list[str]) -> dict[str, A
         if by_source:
             st["auc_vs_source"] = mean_by_key(by_source)
         stats[m] = st
+    selectors = [m for m in stats if m not in CONTROLS]
+    for m in selectors:
+        vs = {other: paired_difference(stats[m], stats[other])
+              for other in selectors if other != m}
+        stats[m]["paired_vs"] = {k: v for k, v in vs.items() if v is not None}
     summary: dict[str, Any] = {}
     for m, st in stats.items():
         if m == "random":
@@ -472,6 +479,25 @@ def summarise(per_seed: list[dict[str, Any]], methods: list[str]) -> dict[str, A
         summary["best_tov_variant"] = best
         summary["best_tov_oracle_capture"] = stats[best]["oracle_capture"]
     return {"summary": summary, "stats": stats}
+
+
+def gains_pct(losses: list[float], random: list[float]) -> list[float]:
+    """Per-seed gain over random, % of random's test loss (the terms of ``paired_gain``)."""
+    return [100.0 * (r - x) / r for x, r in zip(losses, random, strict=True)]
+
+
+def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    """Method a's gain over random minus method b's, in percentage points, paired over the
+    seeds both finished: mean, standard error, and on how many seeds a is ahead or behind.
+    None when they share fewer than two seeds."""
+    gain_b = dict(zip(b["seeds"], b["improvement_pct_by_seed"], strict=True))
+    gain_a = zip(a["seeds"], a["improvement_pct_by_seed"], strict=True)
+    d = np.array([g - gain_b[sd] for sd, g in gain_a if sd in gain_b])
+    if d.size < 2:
+        return None
+    return {"seeds": int(d.size), "mean_pp": float(d.mean()),
+            "se_pp": float(d.std(ddof=1) / math.sqrt(d.size)),
+            "ahead": int((d > 0).sum()), "behind": int((d < 0).sum())}
 
 
 def config_commit() -> str:
@@ -500,8 +526,28 @@ class Progress:
     def get(self, name: str) -> Any:
         return self.done.get(name)
 
+    def merge(self, path: Path) -> int:
+        """Adds the entries of another process's progress file (same key); returns how many
+        were new. An entry both hold must be equal."""
+        if not path.is_file():
+            raise SystemExit(f"--merge-progress: no such file: {path}")
+        saved = json.loads(path.read_text())
+        if saved.get("key") != self.key:
+            raise SystemExit(f"--merge-progress: {path} is of another run (configuration "
+                             f"commit, seeds or sizes differ): {saved.get('key')}")
+        new = {k: v for k, v in saved["done"].items() if k not in self.done}
+        clash = [k for k, v in saved["done"].items() if k in self.done and self.done[k] != v]
+        if clash:
+            raise SystemExit(f"--merge-progress: {path} disagrees on {clash[:3]}")
+        self.done.update(new)
+        self._save()
+        return len(new)
+
     def put(self, name: str, value: Any) -> None:
         self.done[name] = value
+        self._save()
+
+    def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"key": self.key, "done": self.done}, default=_jsonable))
         os.replace(tmp, self.path)
@@ -597,8 +643,9 @@ def run(config: Config, size: str, seeds: list[int], methods: list[str], force: 
             if m == "random":
                 runner.zero_shot(seed)
     if any(progress.get(f"{seed}/{m}") is None for seed in seeds for m in CONTROLS):
-        raise SystemExit("the gate needs the controls of every seed: merge the progress "
-                         "files of the other --method-seeds runs, then --summarise-only")
+        raise SystemExit("the gate needs the controls of every seed: once the other "
+                         "--method-seeds runs have theirs, rerun with --merge-progress and "
+                         "their progress files")
     zs = [runner.zero_shot(seed) for seed in seeds]
     controls = {m: [progress.get(f"{seed}/{m}")["test_loss"] for seed in seeds]
                 for m in CONTROLS}
@@ -667,8 +714,32 @@ def write_outputs(stem: str, config: Config, size: str, seeds: list[int], result
             f"({st['oracle_capture_low']:.2f}, {st['oracle_capture_high']:.2f}) | "
             f"{100 * st['target_share']:.1f} | {st.get('auc', float('nan')):.3f} | "
             f"{st.get('precision_at_n', float('nan')):.3f} |")
-    path.with_suffix(".md").write_text("\n".join(md) + "\n")
+    path.with_suffix(".md").write_text("\n".join(md + seed_tables(stats)) + "\n")
     return path
+
+
+def seed_tables(stats: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown: each method's gain over random on every seed (and its pick's entity-tag
+    share, where recorded), then every pair of selectors' paired difference of gains."""
+    seeds = sorted({sd for st in stats.values() for sd in st["seeds"]})
+    out = ["", "Gain vs random by seed, % (entity-tag share of the pick's rows, %):", "",
+           "| method | " + " | ".join(str(sd) for sd in seeds) + " |",
+           "|---|" + "---|" * len(seeds)]
+    for m, st in stats.items():
+        entity = st.get("entity_share_by_seed") or [None] * len(st["seeds"])
+        cells = {sd: f"{g:+.1f}" + ("" if e is None else f" ({100 * e:.1f})")
+                 for sd, g, e in zip(st["seeds"], st["improvement_pct_by_seed"], entity,
+                                     strict=True)}
+        out.append(f"| {m} | " + " | ".join(cells.get(sd, "") for sd in seeds) + " |")
+    pairs = [(a, b, st["paired_vs"][b]) for i, (a, st) in enumerate(stats.items())
+             for b in list(stats)[i + 1:] if b in st.get("paired_vs", {})]
+    if pairs:
+        out += ["", "Paired differences of gains (a minus b, percentage points):", "",
+                "| a | b | seeds | a - b (± se) | a ahead | a behind |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {a} | {b} | {d['seeds']} | {d['mean_pp']:+.2f} ± {d['se_pp']:.2f} | "
+                f"{d['ahead']} | {d['behind']} |" for a, b, d in pairs]
+    return out
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -691,7 +762,10 @@ def main(argv: list[str] | None = None) -> Path:
                     help="comma list: run the controls and methods on these seeds only (the "
                     "gate needs every seed's controls); to share seeds between processes, "
                     "give each its own --out-dir holding a copy of the progress file, then "
-                    "merge the files' entries")
+                    "merge them with --merge-progress")
+    ap.add_argument("--merge-progress", type=Path, nargs="+", default=[], metavar="FILE",
+                    help="first add the entries of these progress files (the copies of other "
+                    "--method-seeds processes) to this run's progress file")
     ap.add_argument("--tag", default="", help="file name suffix: quality_<config>_<tag>.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-dir", type=Path, default=None, help="default benchmarks/results")
@@ -719,6 +793,8 @@ def main(argv: list[str] | None = None) -> Path:
     progress = Progress(out_dir / f".{stem}.progress.json",
                         {"config_commit": config_commit(), "size": size, "seeds": seeds,
                          "sizes": asdict(sizes)} | ({"bundle": True} if a.bundle else {}))
+    for other in a.merge_progress:
+        print(f"merged {progress.merge(other)} entries of {other}", flush=True)
     method_seeds = ([int(x) for x in a.method_seeds.split(",")] if a.method_seeds else None)
     result = run(config, size, seeds, methods, a.force, progress, a.summarise_only,
                  method_seeds)

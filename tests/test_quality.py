@@ -78,32 +78,11 @@ def test_ner_coarse_silver_sentences_follow_silver_seed(monkeypatch):
     assert a["val"]["tokens"] != b["val"]["tokens"]
 
 
-@pytest.mark.parametrize("eval_epochs,expected", [(1, 1.0), (3, 2.0), (5, 2.5)])
-def test_test_loss_is_the_mean_of_the_budgets_last_eval_epochs(eval_epochs, expected, tmp_path,
-                                                               monkeypatch):
-    import dataclasses
-    from types import SimpleNamespace
-
-    config = dataclasses.replace(CONFIGS["ner_coarse_v5"], eval_epochs=eval_epochs)
-    fake = SimpleNamespace(seed=8, is_target=np.array([True, False, True, False]),
-                           sources=None, test=None)
-    monkeypatch.setattr(quality, "setup", lambda *a, **k: fake)
-    monkeypatch.setattr(quality, "entity_share", lambda s, idx: None)
-    monkeypatch.setattr(quality, "run_selector", lambda name, s: {
-        name: {"idx": np.array([0, 1]), "scores": None, "extra": {}}})
-    monkeypatch.setattr(quality, "finetune_curve", lambda s, idx, lr, epochs, held, sched: [
-        4.0, 3.0, 2.0, 1.0][:epochs])
-    progress = quality.Progress(tmp_path / "p.json", {"k": 1})
-    runner = quality.Runner(config, "full", progress)
-    runner.budget = {"lr": 3e-4, "epochs": 4}
-    runner.evaluate(8, "random")
-    record = progress.get("8/random")
-    assert record["test_loss"] == pytest.approx(expected)
-    assert record["test_curve"] == [4.0, 3.0, 2.0, 1.0] and record["target_share"] == 0.5
-
-
-def test_a_run_stopped_between_tovs_picks_fine_tunes_only_the_missing_ones(tmp_path,
-                                                                          monkeypatch):
+@pytest.fixture
+def fake_seed_runner(tmp_path, monkeypatch):
+    """make(config, epochs, names, curve) -> (Runner, Progress) on a fake 4-row seed 8 (rows
+    0 and 2 are target rows): every selector picks rows 0 and 1 under ``names`` (default: the
+    method's own name), and a fine-tune for e epochs returns ``curve(e)``."""
     from types import SimpleNamespace
 
     fake = SimpleNamespace(seed=8, is_target=np.array([True, False, True, False]),
@@ -111,20 +90,43 @@ def test_a_run_stopped_between_tovs_picks_fine_tunes_only_the_missing_ones(tmp_p
     monkeypatch.setattr(quality, "setup", lambda *a, **k: fake)
     monkeypatch.setattr(quality, "entity_share", lambda s, idx: None)
     monkeypatch.setattr(quality, "ranking_metrics", lambda s, scores, extra: {})
+
+    def make(config, epochs, names, curve):
+        monkeypatch.setattr(quality, "run_selector", lambda name, s: {
+            m: {"idx": np.array([0, 1]), "scores": None, "extra": {}} for m in names or [name]})
+        monkeypatch.setattr(quality, "finetune_curve",
+                            lambda s, idx, lr, epochs, held, sched: curve(epochs))
+        progress = quality.Progress(tmp_path / "p.json", {"k": 1})
+        runner = quality.Runner(config, "full", progress)
+        runner.budget = {"lr": 3e-4, "epochs": epochs}
+        return runner, progress
+
+    return make
+
+
+@pytest.mark.parametrize("eval_epochs,expected", [(1, 1.0), (3, 2.0), (5, 2.5)])
+def test_test_loss_is_the_mean_of_the_budgets_last_eval_epochs(eval_epochs, expected,
+                                                               fake_seed_runner):
+    import dataclasses
+
+    config = dataclasses.replace(CONFIGS["ner_coarse_v5"], eval_epochs=eval_epochs)
+    runner, progress = fake_seed_runner(config, 4, None, lambda e: [4.0, 3.0, 2.0, 1.0][:e])
+    runner.evaluate(8, "random")
+    record = progress.get("8/random")
+    assert record["test_loss"] == pytest.approx(expected)
+    assert record["test_curve"] == [4.0, 3.0, 2.0, 1.0] and record["target_share"] == 0.5
+
+
+def test_a_run_stopped_between_tovs_picks_fine_tunes_only_the_missing_ones(fake_seed_runner):
     names = ["tov", *quality.DERIVED]
-    monkeypatch.setattr(quality, "run_selector", lambda name, s: {
-        m: {"idx": np.array([0, 1]), "scores": None, "extra": {}} for m in names})
     tuned = []
 
-    def curve(s, idx, lr, epochs, held, sched):
+    def curve(epochs):
         tuned.append(len(tuned))
         return [float(len(tuned))] * epochs
 
-    monkeypatch.setattr(quality, "finetune_curve", curve)
-    progress = quality.Progress(tmp_path / "p.json", {"k": 1})
+    runner, progress = fake_seed_runner(CONFIGS["ner_coarse_v6"], 2, names, curve)
     progress.put("8/tov", {"seed": 8, "method": "tov", "test_loss": 0.5})
-    runner = quality.Runner(CONFIGS["ner_coarse_v6"], "full", progress)
-    runner.budget = {"lr": 3e-4, "epochs": 2}
     runner.evaluate(8, "tov")
     assert len(tuned) == len(names) - 1 and progress.get("8/tov")["test_loss"] == 0.5
     assert all(progress.get(f"8/{m}") is not None for m in names)
@@ -289,12 +291,13 @@ def test_seeds_split_over_processes_then_summarised(tmp_path, monkeypatch):
         with pytest.raises(SystemExit, match="controls of every seed"):
             quality.main([*args, "--method-seeds", str(seed), "--out-dir", str(out)])
         files[seed] = out / ".quality_lm_tweets_tiny.progress.json"
-    merged = json.loads(files[0].read_text())
-    assert {"0/random", "0/oracle"} <= set(merged["done"]) and "1/random" not in merged["done"]
-    merged["done"].update(json.loads(files[1].read_text())["done"])
-    files[0].write_text(json.dumps(merged))
+    first = json.loads(files[0].read_text())
+    assert {"0/random", "0/oracle"} <= set(first["done"]) and "1/random" not in first["done"]
     out = str(tmp_path / "seed0")
-    quality.main([*args, "--method-seeds", "0", "--out-dir", out])  # seed 1: no baseline yet
+    # seed 1's controls merged in, the gate runs; methods on seed 0 only (none on seed 1 yet)
+    quality.main([*args, "--method-seeds", "0", "--out-dir", out,
+                  "--merge-progress", str(files[1])])
+    assert "1/oracle" in json.loads(files[0].read_text())["done"]
     monkeypatch.setattr(quality, "run_selector", _refuse)
     path = quality.main([*args, "--summarise-only", "--out-dir", out])
     stats = json.loads(path.read_text())["details"]["stats"]
@@ -448,3 +451,60 @@ def test_silver_sentences_labelled_by_several_processes_at_once(tmp_path, monkey
     assert len(entries) == 1
     assert sorted(f.name for f in tmp_path.iterdir()) == sorted([*entries, "spacy_label.py"])
     assert (tmp_path / "spacy_label.py").read_text() == eval_data._SPACY_SCRIPT
+
+
+def _record(seed, method, loss, entity=None):
+    return {"seed": seed, "method": method, "test_loss": loss, "target_share": 0.5,
+            "entity_share": entity, "ranking": {}}
+
+
+def test_summary_keeps_per_seed_gains_and_paired_differences_of_selectors():
+    random = {0: 2.0, 1: 4.0, 2: 5.0, 3: 1.0}
+    a = {0: 1.0, 1: 3.0, 2: 5.5, 3: 0.5}
+    b = {0: 1.5, 1: 3.5, 2: 4.0}  # no seed 3
+    per_seed = ([_record(sd, "random", x) for sd, x in random.items()]
+                + [_record(sd, "oracle", 0.1) for sd in random]
+                + [_record(sd, "a", x, entity=0.1 * (sd + 1)) for sd, x in a.items()]
+                + [_record(sd, "b", x) for sd, x in b.items()])
+    stats = quality.summarise(per_seed, ["random", "oracle", "a", "b"])["stats"]
+    gain_a = [100 * (random[sd] - a[sd]) / random[sd] for sd in range(4)]
+    assert stats["a"]["improvement_pct_by_seed"] == pytest.approx(gain_a)
+    assert stats["a"]["improvement_pct"] == pytest.approx(sum(gain_a) / 4)
+    assert stats["a"]["entity_share_by_seed"] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert "entity_share_by_seed" not in stats["b"]
+    # a minus b on the three seeds both finished: +25, +12.5 and -30 points
+    diff = [100 * (b[sd] - a[sd]) / random[sd] for sd in range(3)]
+    mean = sum(diff) / 3
+    se = math.sqrt(sum((d - mean) ** 2 for d in diff) / 2 / 3)
+    assert stats["a"]["paired_vs"]["b"] == pytest.approx(
+        {"seeds": 3, "mean_pp": mean, "se_pp": se, "ahead": 2, "behind": 1})
+    assert stats["b"]["paired_vs"]["a"]["mean_pp"] == pytest.approx(-mean)
+    assert "paired_vs" not in stats["random"] and "paired_vs" not in stats["oracle"]
+    md = "\n".join(quality.seed_tables(stats))
+    assert "| a | +50.0 (10.0) | +25.0 (20.0) | -10.0 (30.0) | +50.0 (40.0) |" in md
+    assert "| b | +25.0 | +12.5 | +20.0 |  |" in md
+    assert f"| a | b | 3 | {mean:+.2f} ± {se:.2f} | 2 | 1 |" in md
+
+
+def test_merge_progress_adds_another_processs_entries_and_refuses_a_mismatch(tmp_path):
+    key = {"config_commit": "abc", "seeds": [1, 2]}
+    mine = quality.Progress(tmp_path / "mine.json", key)
+    mine.put("calibration", {"lr": 1e-3})
+    mine.put("1/random", {"test_loss": 1.0})
+    theirs = quality.Progress(tmp_path / "theirs.json", key)
+    theirs.put("calibration", {"lr": 1e-3})
+    theirs.put("2/random", {"test_loss": 2.0})
+    assert mine.merge(theirs.path) == 1
+    assert quality.Progress(mine.path, key).done == {
+        "calibration": {"lr": 1e-3}, "1/random": {"test_loss": 1.0},
+        "2/random": {"test_loss": 2.0}}
+    theirs.put("1/random", {"test_loss": 1.5})
+    with pytest.raises(SystemExit, match="disagrees on .'1/random'"):
+        mine.merge(theirs.path)
+    other = quality.Progress(tmp_path / "other.json", {**key, "config_commit": "def"})
+    other.put("3/random", {"test_loss": 3.0})
+    with pytest.raises(SystemExit, match="of another run"):
+        mine.merge(other.path)
+    with pytest.raises(SystemExit, match="no such file"):
+        mine.merge(tmp_path / "missing.json")
+    assert "3/random" not in quality.Progress(mine.path, key).done
