@@ -65,6 +65,7 @@ from benchmarks.baselines import (  # noqa: E402
 from benchmarks.baselines._util import encode, lora_copy, pad_id_of, top_n  # noqa: E402
 from benchmarks.quality_configs import BUDGET_TOLERANCE, CONFIGS, Config, Sizes  # noqa: E402
 from tov_datasets.evaluation import (  # noqa: E402
+    mean_and_se,
     oracle_capture,
     paired_gain,
     precision_at_k,
@@ -429,7 +430,7 @@ def summarise(per_seed: list[dict[str, Any]], methods: list[str]) -> dict[str, A
         st: dict[str, Any] = {
             "seeds": seeds, "test_loss": float(np.mean(loss[m])),
             "improvement_pct": g.mean_pct, "improvement_se_pct": g.se_pct, "t": g.t,
-            "improvement_pct_by_seed": gains_pct(loss[m], loss["random"]),
+            "improvement_pct_by_seed": list(g.by_seed),
             "oracle_capture": cap[0], "oracle_capture_low": cap[1],
             "oracle_capture_high": cap[2],
             "target_share": float(np.mean([r["target_share"] for r in rows])),
@@ -481,11 +482,6 @@ def summarise(per_seed: list[dict[str, Any]], methods: list[str]) -> dict[str, A
     return {"summary": summary, "stats": stats}
 
 
-def gains_pct(losses: list[float], random: list[float]) -> list[float]:
-    """Per-seed gain over random, % of random's test loss (the terms of ``paired_gain``)."""
-    return [100.0 * (r - x) / r for x, r in zip(losses, random, strict=True)]
-
-
 def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
     """Method a's gain over random minus method b's, in percentage points, paired over the
     seeds both finished: mean, standard error, and on how many seeds a is ahead or behind.
@@ -495,8 +491,8 @@ def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | 
     d = np.array([g - gain_b[sd] for sd, g in gain_a if sd in gain_b])
     if d.size < 2:
         return None
-    return {"seeds": int(d.size), "mean_pp": float(d.mean()),
-            "se_pp": float(d.std(ddof=1) / math.sqrt(d.size)),
+    mean, se = mean_and_se(d)
+    return {"seeds": int(d.size), "mean_pp": mean, "se_pp": se,
             "ahead": int((d > 0).sum()), "behind": int((d < 0).sum())}
 
 

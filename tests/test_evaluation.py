@@ -8,6 +8,7 @@ import pytest
 
 from tov_datasets.evaluation import (
     counted_forward_passes,
+    mean_and_se,
     oracle_capture,
     paired_gain,
     precision_at_k,
@@ -59,7 +60,14 @@ def test_paired_gain_matches_hand_computation():
     assert out.mean_pct == pytest.approx(g.mean())
     assert out.se_pct == pytest.approx(g.std(ddof=1) / 2)
     assert out.t == pytest.approx(g.mean() / (g.std(ddof=1) / 2))
+    assert out.by_seed == pytest.approx([5.0, 100 * 0.2 / 2.2, 100 * 0.05 / 1.9, 100 * 0.05 / 2.1])
     assert math.isnan(paired_gain([1.0], [2.0]).se_pct)
+
+
+def test_mean_and_se_by_hand():
+    assert mean_and_se([1.0, 2.0, 6.0]) == pytest.approx((3.0, math.sqrt(7.0 / 3.0)))
+    mean, se = mean_and_se([4.0])
+    assert mean == 4.0 and math.isnan(se)
 
 
 def test_oracle_capture_point_and_interval():

@@ -4,7 +4,8 @@ Shared by the demo and the quality benchmarks, so both report the same numbers t
 
 - `roc_auc`, `precision_at_k`: how well a raw score ranks the target rows of a pool above
   the rest (before length bins and the random half).
-- `paired_gain`: a method's test-loss gain over a reference, paired by seed (mean, s.e., t).
+- `paired_gain`: a method's test-loss gain over a reference, paired by seed (mean, s.e., t,
+  the per-seed gains); `mean_and_se` of any per-seed values (e.g. two gains' difference).
 - `oracle_capture`: (L_random - L_method) / (L_random - L_oracle), with a bootstrap interval
   over seeds.
 
@@ -22,6 +23,7 @@ import numpy as np
 __all__ = [
     "PairedGain",
     "counted_forward_passes",
+    "mean_and_se",
     "oracle_capture",
     "paired_gain",
     "precision_at_k",
@@ -75,11 +77,20 @@ class PairedGain:
     """Gain of a method over a reference in % of the reference's loss, paired by seed.
 
     mean_pct, se_pct: mean and standard error over seeds of 100 * (L_ref - L_m) / L_ref;
-    t: mean / se (inf when every seed gains the same, nan with one seed)."""
+    t: mean / se (inf when every seed gains the same, nan with one seed); by_seed: the
+    per-seed gains, in the seeds' order."""
 
     mean_pct: float
     se_pct: float
     t: float
+    by_seed: tuple[float, ...] = ()
+
+
+def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (ddof 1; nan with one value) of non-empty values."""
+    x = np.asarray(values, dtype=np.float64)
+    se = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else float("nan")
+    return float(x.mean()), se
 
 
 def paired_gain(losses: Sequence[float], reference: Sequence[float]) -> PairedGain:
@@ -89,12 +100,12 @@ def paired_gain(losses: Sequence[float], reference: Sequence[float]) -> PairedGa
     if m.shape != r.shape or m.ndim != 1 or m.size == 0:
         raise ValueError(f"losses {m.shape} and reference {r.shape} must be equal, non-empty 1-D")
     gain = 100.0 * (r - m) / r
-    mean = float(gain.mean())
+    mean, se = mean_and_se(gain)
     if gain.size < 2:
-        return PairedGain(mean, float("nan"), float("nan"))
-    se = float(gain.std(ddof=1) / math.sqrt(gain.size))
-    t = mean / se if se > 0 else (math.copysign(math.inf, mean) if mean else float("nan"))
-    return PairedGain(mean, se, t)
+        t = float("nan")
+    else:
+        t = mean / se if se > 0 else (math.copysign(math.inf, mean) if mean else float("nan"))
+    return PairedGain(mean, se, t, tuple(gain.tolist()))
 
 
 def oracle_capture(
