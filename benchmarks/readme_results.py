@@ -131,6 +131,7 @@ def render() -> str:
 
 QUALITY_CONFIGS = ("ner_coarse", "ner_coarse_v2", "ner_coarse_v3", "ner_coarse_v4",
                    "ner_coarse_v5", "ner_coarse_v6", "ner_coarse_v7", "ner_coarse_v8",
+                   "ner_coarse_v9",
                    "lm_tweets", "lm_tweets_v2", "lm_news", "chat_long", "chat_long_v2",
                    "chat_labels")
 
