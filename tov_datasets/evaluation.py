@@ -83,7 +83,7 @@ class PairedGain:
     mean_pct: float
     se_pct: float
     t: float
-    by_seed: tuple[float, ...] = ()
+    by_seed: tuple[float, ...]
 
 
 def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
