@@ -390,7 +390,7 @@ def tov_scores(model: nn.Module, tokenizer: Any, rows: Any, val: Any, *, lr: flo
                              seed=seed, schedule="constant")
     model.set_adapter("base")
     scorer = ToVScorer(model, tokenizer, base_adapter="base", val_adapter="val",
-                       max_length=max_length, batch_size=2 * batch_size)
+                       transform="identity", max_length=max_length, batch_size=2 * batch_size)
     scores, _ = scorer.score_columns(rows.to_dict())
     return scores.astype(np.float64), info["mean_loss"]
 

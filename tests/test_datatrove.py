@@ -50,10 +50,11 @@ def _read(folder: Path) -> pa.Table:
 
 
 def _check_example_run(work: Path, texts: dict[str, str], model_dir: Path, base_dir: Path,
-                       targets: dict[str, Path], selected_by: str) -> None:
+                       targets: dict[str, Path], selected_by: str,
+                       scorer_options: dict | None = None) -> None:
     """Each document scored once with, per score column (``targets``: {column: val adapter
-    directory}), the scores of make_tov_score; the selected documents are select_by_score's
-    by the column ``selected_by``."""
+    directory}), the scores of make_tov_score (with ``scorer_options``); the selected
+    documents are select_by_score's by the column ``selected_by``."""
     scored = _read(work / "scores")
     ids = scored.column("id").to_pylist()
     assert sorted(ids) == sorted(texts)  # each document scored once, by one of the two tasks
@@ -62,8 +63,8 @@ def _check_example_run(work: Path, texts: dict[str, str], model_dir: Path, base_
     ds = Dataset.from_dict({"id": ids, NUM_TOKENS: metadata.field(NUM_TOKENS).to_numpy(),
                            **{column: metadata.field(column).to_numpy() for column in targets}})
     for column, val_dir in targets.items():
-        reference = make_tov_score(model_dir, base_adapter=base_dir, val_adapter=val_dir)(
-            {"text": [texts[i] for i in ids]})
+        reference = make_tov_score(model_dir, base_adapter=base_dir, val_adapter=val_dir,
+                                   **(scorer_options or {}))({"text": [texts[i] for i in ids]})
         np.testing.assert_allclose(ds[column], reference[SCORE], rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(ds[NUM_TOKENS], reference[NUM_TOKENS])
 
@@ -82,19 +83,24 @@ def test_example_pipeline_selects_like_select_by_score(tmp_path):
 
 
 def test_example_pipeline_with_several_targets_selects_for_the_target(tmp_path):
-    """val_adapter={name: directory}: every target's column, the selection by --target's."""
+    """val_adapter={name: directory}: every target's column, the selection by --target's.
+    The signed score (scorer_options, passed to each worker's scorer): under the default F
+    (abs) these two tiny random adapters rank the rows alike (|delta| follows the row more
+    than the adapter: rank correlation 0.92 against 0.31 signed), so their selections
+    coincide and could not tell the targets apart."""
     from tov_datasets.scorer import score_column
 
     model_dir, base_dir, val_dir = save_tiny_model(tmp_path / "model", more_targets=["other"])
     targets = {"val": val_dir, "other": val_dir.parent / "other"}
     texts = _write_input(tmp_path / "input")
     work = tmp_path / "work"
+    options = {"transform": "identity"}
     _example().build(tmp_path / "input", work, N, model=model_dir, base_adapter=base_dir,
                      val_adapter=targets, target="other", tasks=2, start_method="fork",
-                     torch_threads=1).run()
+                     torch_threads=1, scorer_options=options).run()
     _check_example_run(work, texts, model_dir, base_dir,
                        {score_column(name): path for name, path in targets.items()},
-                       score_column("other"))
+                       score_column("other"), options)
     assert selected_ids(work / "scores", N, score_column=score_column("val")) != selected_ids(
         work / "scores", N, score_column=score_column("other"))  # the target decides
 

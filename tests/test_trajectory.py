@@ -772,8 +772,8 @@ def test_parallel_targets_score_as_single_target_runs(tiny_tokenizer, pool, targ
 
 
 def _reference_scores(model, samples, val_adapter, causal):
-    """Per sample: float64 mean over its scored tokens of log p_val - log p_base, from two
-    separate plain forwards (set_adapter), one sample at a time."""
+    """Per sample: float64 mean over its scored tokens of |log p_val - log p_base| (the
+    default F, abs), from two separate plain forwards (set_adapter), one sample at a time."""
     model.eval()
     scores = []
     with torch.no_grad():
@@ -790,7 +790,7 @@ def _reference_scores(model, samples, val_adapter, causal):
             keep = labels != -100
             delta = (logp[val_adapter][positions[keep], labels[keep]]
                      - logp["tov_base"][positions[keep], labels[keep]])
-            scores.append(float(delta.mean()))
+            scores.append(float(delta.abs().mean()))
     return np.array(scores)
 
 

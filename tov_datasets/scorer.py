@@ -141,7 +141,7 @@ class ToVScorer:
     ``base_adapter``/``val_adapter`` given as directories saved by peft (loaded under the
     names "base" and "val"; several targets: ``val_adapter`` = {name: directory}, loaded
     under those names; the model is wrapped in place). The task (causal LM or token
-    classification) is inferred from the model. transform: "identity", "abs" or "relu".
+    classification) is inferred from the model. transform: "abs" (default), "identity" or "relu".
     max_length: truncation length (default: the model's max_position_embeddings, if any).
     batch_size: samples per micro-batch (the forward runs (1 + K) * batch_size rows).
     device: where to score (default: where the model is; the model is moved there).
@@ -155,7 +155,7 @@ class ToVScorer:
         *,
         base_adapter: str | os.PathLike[str] = "base",
         val_adapter: str | os.PathLike[str] | Sequence[str] | Mapping[str, Any] = "val",
-        transform: str = "identity",
+        transform: str = "abs",
         max_length: int | None = None,
         batch_size: int = 16,
         device: str | torch.device | None = None,

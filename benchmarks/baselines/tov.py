@@ -1,9 +1,10 @@
 """ToV through the library's public API (``tov_select``), with the benchmark's variants.
 
 Variants (names used in the benchmark tables):
-- ``tov`` (default): F identity, Score+Random (half top-per-bin, half random from U),
-  10 length bins, interleaved trajectory;
-- ``tov_abs`` / ``tov_relu``: F = |.| / relu;
+- ``tov``: F identity (the library's default until ``chat_long_v3``; pinned so that every
+  committed configuration keeps what it judged), Score+Random (half top-per-bin, half
+  random from U), 10 length bins, interleaved trajectory; the library's other defaults;
+- ``tov_abs`` / ``tov_relu``: F = |.| (the library's default now) / relu;
 - ``tov_score_only``: no random half (random_fraction 0);
 - ``tov_nobins``: one bin (no length binning);
 - ``tov_parallel``: the parallel trajectory;
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "tov": {},
+    "tov": {"transform": "identity"},
     "tov_abs": {"transform": "abs"},
     "tov_relu": {"transform": "relu"},
     "tov_score_only": {"random_fraction": 0.0},
