@@ -155,6 +155,22 @@ target rows, so the oracle control (n of them at random) differs between seeds.
   the gate passes and H5 and H6 both hold, the library's default F becomes abs (for every
   task); otherwise it stays the identity and the README gives these numbers. On the CPU ~1.5
   h of two 1-thread processes (one per method; ~13 min a selection).
+- ``lm_tweets_v3``: ``lm_tweets_v2`` on five fresh seeds, 10-14 (small 10-11), committed
+  after ``chat_long_v3`` made F = abs the library's default (H5: ``tov_abs`` - ``tov`` +3.5
+  +- 2.2 points; H6: ``tov_abs`` +13.6% +- 3.7 vs random) and before any selector ran on it:
+  does the default replicate on a second causal-LM task, a style shift where embedding
+  similarity was ahead of ToV (``lm_tweets_v2``: +3.8% against +2.9%)? (Its gpu size, like
+  ``lm_tweets``', cannot be built.) Methods, in this order: the controls of every seed (the
+  gate), then on every seed ``tov_abs`` (the library's default), embedding, and ``tov`` (F
+  identity, with its derived score_only/nobins). Stated before the run: H7 (primary),
+  ``tov_abs`` beats random by > 2 s.e.; H8, the mean over seeds of the paired difference
+  ``tov_abs`` - ``tov`` (gain vs random, points) is >= 0 (H5 replicated); H9, the mean
+  paired ``tov_abs`` - embedding is >= 0. Decision: if the gate passes and H7 and H8 both
+  fail, the library's default F returns to the identity; otherwise it stays abs, and the
+  README gives these numbers beside ``chat_long_v3``'s. H9 decides nothing in the library:
+  if it fails, the README says again that embedding similarity is the better pick for a
+  style shift a sentence embedder sees directly. On the CPU ~4 h of 1-thread processes
+  (~15 min a selection), resumed across sessions.
 - ``chat_labels`` (added after the configurations above, committed before any selector ran
   on it): a target that differs from other pool rows in its input-to-answer mapping, not in
   its surface. Every gated configuration before it was a style or format shift that a
@@ -709,6 +725,10 @@ CONFIGS["lm_tweets_v2"] = dataclasses.replace(CONFIGS["lm_tweets"], name="lm_twe
 
 # chat_long_v2 on five fresh seeds: is F = abs at least as good as the identity there?
 CONFIGS["chat_long_v3"] = replica(CONFIGS["chat_long_v2"], "chat_long_v3",
+                                  {"small": (10, 2), "full": (10, 5), "gpu": (20, 5)})
+
+# lm_tweets_v2 on five fresh seeds: does the default F = abs replicate there?
+CONFIGS["lm_tweets_v3"] = replica(CONFIGS["lm_tweets_v2"], "lm_tweets_v3",
                                   {"small": (10, 2), "full": (10, 5), "gpu": (20, 5)})
 
 # a target that differs from the pool in its label mapping, not its surface
