@@ -285,6 +285,18 @@ def test_val_optimizer_choices_match_the_library(capsys):
     assert "invalid choice: 'adam'" in capsys.readouterr().err
 
 
+def test_transform_choices_and_default_match_the_library():
+    from tov_datasets import scorer, trajectory
+    from tov_kernels._checks import TRANSFORMS
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for command in ("select", "score"):
+        action = next(a for a in sub.choices[command]._actions if a.dest == "transform")
+        assert sorted(action.choices) == sorted(TRANSFORMS)
+        assert action.default == scorer.DEFAULT_TRANSFORM == trajectory.ToVConfig().transform
+
+
 # ------------------------------------------------------------------ hardening (issue 14)
 def _run(argv, capsys) -> tuple[int, str]:
     capsys.readouterr()

@@ -36,6 +36,8 @@ from tov_kernels import (
 
 SCORE = "tov_score"
 NUM_TOKENS = "tov_num_tokens"
+# F of the per-token deltas unless told otherwise (README: chat_long_v3, lm_tweets_v3)
+DEFAULT_TRANSFORM = "abs"
 # A target adapter's name becomes part of its score column, SCORE + "_" + name.
 TARGET_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # First elements of each frozen base weight that enter the fingerprint (a cheap identity check).
@@ -155,7 +157,7 @@ class ToVScorer:
         *,
         base_adapter: str | os.PathLike[str] = "base",
         val_adapter: str | os.PathLike[str] | Sequence[str] | Mapping[str, Any] = "val",
-        transform: str = "abs",
+        transform: str = DEFAULT_TRANSFORM,
         max_length: int | None = None,
         batch_size: int = 16,
         device: str | torch.device | None = None,

@@ -65,7 +65,14 @@ from tov_datasets import models, storage, tables, training
 from tov_datasets.formats import num_scored
 from tov_datasets.models import BASE_ADAPTER, VAL_ADAPTER
 from tov_datasets.report import Timer
-from tov_datasets.scorer import NUM_TOKENS, SCORE, ToVScorer, check_target_names, score_column
+from tov_datasets.scorer import (
+    DEFAULT_TRANSFORM,
+    NUM_TOKENS,
+    SCORE,
+    ToVScorer,
+    check_target_names,
+    score_column,
+)
 from tov_datasets.select import (
     FROM_SCORE_COLUMN,
     SelectionOverlap,
@@ -189,7 +196,7 @@ class ToVConfig:
     val_mode: str = "epoch"
     val_optimizer: str = "fresh"
     lora: Any = None
-    transform: str = "abs"
+    transform: str = DEFAULT_TRANSFORM
     num_bins: int = 10
     random_fraction: float = 0.5
     batch_size: int = 8
