@@ -19,11 +19,14 @@ Kill points: half are times drawn one per equal slice of the uninterrupted run's
 its first event after the imports to its end); the other half go through `KILL_STAGES` in
 turn (base training, val training, scoring, selection, file writes, ...: short steps are hit
 too), each a random event of that stage with a uniform delay inside the first half of the
-event's duration (runs vary in speed: later, the kill might land in the next stage).
-All draws come from one seeded RNG. Each kill point becomes (anchor event, delay): a run is
-killed ``delay`` seconds after it logs the anchor, or the first later event of the trace if
-the anchor's step is already done. The module-level imports are light: an "exec" run logs
-"start" before torch is imported, so that a kill can land in the imports too.
+event's duration. All draws come from one seeded RNG. Each kill point becomes (anchor event,
+delay). The run SIGKILLs itself (`KillPlan`): ``delay`` seconds after it logs the trigger
+(the anchor, or the first later event of the reference trace if the anchor's step is
+already done), or, if that step ends first, just before it logs its next event. So a kill
+always lands in the trigger's step, however fast or loaded the machine is (a kill sent from
+outside, polling the trace, landed a step or two late on a slow machine), and what a rerun
+finds on disk does not depend on timing. The module-level imports are light: an "exec" run
+logs "start" before torch is imported.
 """
 
 from __future__ import annotations
@@ -119,14 +122,45 @@ def run_cli(argv: Sequence[str], capsys: Any) -> tuple[int, str]:
 
 
 # ---------------------------------------------------------------------------- tracing
-class Tracer:
-    """Appends "<monotonic seconds>\\t<event>" lines to a file with one unbuffered write each."""
+@dataclass
+class KillPlan:
+    """When a traced run SIGKILLs itself: ``delay`` seconds after it logs one of
+    ``triggers``, or just before its next event (or its exit) if that comes first."""
 
-    def __init__(self, path: Path):
+    triggers: list[str]
+    delay: float
+
+
+def _sigkill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Tracer:
+    """Appends "<monotonic seconds>\\t<event>" lines to a file with one unbuffered write each;
+    with a `KillPlan`, SIGKILLs its process as the plan says. A lock keeps the timer's kill
+    and an event's line apart: the last line is always the trigger's step."""
+
+    def __init__(self, path: Path, kill: KillPlan | None = None):
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.kill, self.armed = kill, False
+        self.lock = threading.Lock()
 
     def __call__(self, event: str) -> None:
-        os.write(self.fd, f"{time.monotonic():.6f}\t{event}\n".encode())
+        with self.lock:
+            self.end_of_step()
+            os.write(self.fd, f"{time.monotonic():.6f}\t{event}\n".encode())
+            if self.kill is not None and event in self.kill.triggers:
+                self.armed = True
+                threading.Timer(self.kill.delay, self._timer).start()
+
+    def end_of_step(self) -> None:
+        """The logged step is over: a kill still pending lands now."""
+        if self.armed:
+            _sigkill_self()
+
+    def _timer(self) -> None:
+        with self.lock:
+            _sigkill_self()
 
     def close(self) -> None:
         os.close(self.fd)
@@ -160,12 +194,14 @@ def _written(out: Path) -> Callable[..., str | None]:
 
 
 @contextlib.contextmanager
-def traced(trace: Path, out: Path, shard_rows: int = SHARD_ROWS) -> Iterator[None]:
-    """Within the block, runs log their events to ``trace`` (module doc) and the trajectory
-    writes score shards of ``shard_rows`` rows. The library is restored on exit."""
+def traced(trace: Path, out: Path, shard_rows: int = SHARD_ROWS,
+           kill: KillPlan | None = None) -> Iterator[None]:
+    """Within the block, runs log their events to ``trace`` (module doc), the trajectory
+    writes score shards of ``shard_rows`` rows and the process is SIGKILLed as ``kill``
+    says (at the latest when the block ends). The library is restored on exit."""
     from tov_datasets import report, storage, trajectory
 
-    tracer = Tracer(trace)
+    tracer = Tracer(trace, kill)
 
     def patch(owner: Any, name: str, label: Callable[..., str | None]) -> tuple:
         original = getattr(owner, name)
@@ -198,6 +234,7 @@ def traced(trace: Path, out: Path, shard_rows: int = SHARD_ROWS) -> Iterator[Non
         for owner, name, value in patches:
             setattr(owner, name, value)
         yield
+        tracer.end_of_step()
     finally:
         for owner, name, value in saved:
             setattr(owner, name, value)
@@ -237,12 +274,13 @@ def _import_tov() -> Any:
     return cli
 
 
-def traced_tov(trace: Path, shard_rows: int, argv: Sequence[str]) -> int:
+def traced_tov(trace: Path, shard_rows: int, argv: Sequence[str],
+               kill: KillPlan | None = None) -> int:
     """``tov argv`` with tracing: "start" first (before the imports), "exit" last."""
     Tracer.once(trace, "start")
     cli = _import_tov()
     out = Path(argv[list(argv).index("--out") + 1])
-    with traced(trace, out, shard_rows):
+    with traced(trace, out, shard_rows, kill):
         code = cli.main(list(argv))
     Tracer.once(trace, "exit")
     return code
@@ -256,7 +294,8 @@ def _forked_run(request: dict[str, Any], modules: Path) -> None:
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
-        code = traced_tov(Path(request["trace"]), request["shard_rows"], request["argv"])
+        kill = KillPlan(**request["kill"]) if request["kill"] else None
+        code = traced_tov(Path(request["trace"]), request["shard_rows"], request["argv"], kill)
         modules.write_text("\n".join(sys.modules))
     except BaseException:
         import traceback
@@ -270,7 +309,7 @@ def _forked_run(request: dict[str, Any], modules: Path) -> None:
 
 def _serve() -> None:
     """The fork server: import once, then per request line {"trace", "shard_rows", "argv",
-    "log"} fork a traced `tov` run (stdout/stderr to "log"), answer {"pid"}, reap it and
+    "kill", "log"} fork a traced `tov` run (stdout/stderr to "log"), answer {"pid"}, reap it and
     answer {"status"} (the exit code, -signal if killed). The modules a finished run
     imported lazily are then imported here, so that later runs start with them (imports
     only: no thread pools are started before a fork)."""
@@ -296,11 +335,14 @@ def _serve() -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``--serve`` (`_serve`) or ``TRACE SHARD_ROWS tov-arguments...`` (`traced_tov`)."""
+    """``--serve`` (`_serve`) or ``TRACE SHARD_ROWS tov-arguments...`` (`traced_tov`; a
+    `KillPlan` as JSON in $TOV_TEST_KILL_PLAN)."""
     if list(argv) == ["--serve"]:
         _serve()
         return 0
-    return traced_tov(Path(argv[0]), int(argv[1]), argv[2:])
+    plan = os.environ.get("TOV_TEST_KILL_PLAN")
+    kill = KillPlan(**json.loads(plan)) if plan else None
+    return traced_tov(Path(argv[0]), int(argv[1]), argv[2:], kill)
 
 
 class Run:
@@ -359,17 +401,19 @@ class Launcher:
             raise RuntimeError(f"the fork server sent {message}, expected {key!r}")
         return message[key]
 
-    def start(self, trace: Path, argv: Sequence[str]) -> Run:
+    def start(self, trace: Path, argv: Sequence[str], kill: KillPlan | None = None) -> Run:
         log = trace.with_suffix(".out")
+        plan = asdict(kill) if kill else None
         if self.server is None:
             command = [sys.executable, "-m", "tests._cli_fixtures", str(trace),
                        str(SHARD_ROWS), *argv]
+            env = {**self.env, "TOV_TEST_KILL_PLAN": json.dumps(plan) if plan else ""}
             with open(log, "w") as f:
-                proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=f, stderr=f)
+                proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=f, stderr=f)
             return Run(proc.pid, trace, log, lambda block: proc.wait() if block else proc.poll())
         assert self.server.stdin is not None
         request = {"trace": str(trace), "shard_rows": SHARD_ROWS, "argv": list(argv),
-                   "log": str(log)}
+                   "kill": plan, "log": str(log)}
         self.server.stdin.write(json.dumps(request) + "\n")
         self.server.stdin.flush()
         pid = self._message("pid", timeout=60)
@@ -441,26 +485,11 @@ def plan_kills(reference: list[tuple[float, str]], count: int, seed: int) -> lis
     return sorted(kills, key=lambda k: k.offset)
 
 
-def _kill_at(run: Run, kill: Kill, order: dict[str, int]) -> bool:
-    """SIGKILL ``run`` ``kill.delay`` s after it logs the anchor event (or a later one);
-    False if it exits first."""
-    target = order[kill.anchor]
-    seen = 0
-    while kill.trigger == "":
-        events = read_trace(run.trace)
-        for _, event in events[seen:]:
-            if order.get(event, -1) >= target:
-                kill.trigger = event
-                break
-        seen = len(events)
-        if kill.trigger == "" and run.poll() is not None:
-            return False
-        time.sleep(0.002)
-    time.sleep(kill.delay)
-    if run.poll() is not None:
-        return False
-    os.kill(run.pid, signal.SIGKILL)
-    return run.wait() == -signal.SIGKILL
+def _kill_plan(kill: Kill, reference: list[tuple[float, str]]) -> KillPlan:
+    """The run's `KillPlan` for ``kill``: its triggers are the anchor and every later event
+    of the reference trace."""
+    events = [event for _, event in reference]
+    return KillPlan(events[events.index(kill.anchor):], kill.delay)
 
 
 def finish(run: Run) -> list[tuple[float, str]]:
@@ -477,23 +506,25 @@ def kill_chain(launcher: Launcher, kills: list[Kill], argv: Callable[[Path], lis
     """Run ``tov argv(out)``, SIGKILLing one run per planned kill and rerunning on the same
     output directory ``out`` (under ``work``), then once more to completion. After each
     kill, a run.json present must describe finished, correct outputs (``check(out)``). A
-    kill that misses (the run finished first) is checked, recorded with ``missed`` and
-    retried with no delay on a fresh output directory. Returns the kills (filled in, missed
-    attempts included) and the number of runs."""
+    kill that misses (the run logged no trigger and finished) is checked, recorded with
+    ``missed`` and retried with no delay on a fresh output directory. Returns the kills
+    (filled in, missed attempts included) and the number of runs."""
     work.mkdir(parents=True, exist_ok=True)
-    order = {event: i for i, (_, event) in enumerate(reference)}
     done: list[Kill] = []
     runs, chains = 0, 0
     out = work / "out_0"
     for kill in kills:
         while True:
             started = time.monotonic()
-            run = launcher.start(work / f"run_{runs:03d}.trace", argv(out))
-            landed = _kill_at(run, kill, order)
+            plan = _kill_plan(kill, reference)
+            run = launcher.start(work / f"run_{runs:03d}.trace", argv(out), plan)
+            code = run.wait()
             kill.run, kill.seconds = runs, time.monotonic() - started
             runs += 1
-            if landed:
-                kill.last_event = read_trace(run.trace)[-1][1]
+            if code == -signal.SIGKILL:
+                events = [event for _, event in read_trace(run.trace)]
+                kill.trigger = next(e for e in events if e in plan.triggers)
+                kill.last_event = events[-1]
                 kill.stage = stage_of(kill.last_event)
                 done.append(kill)
                 if (out / "run.json").exists():
