@@ -186,6 +186,25 @@ target rows, so the oracle control (n of them at random) differs between seeds.
   the pool. Expected before any run: a selector that reads only the surface picks target
   and conflicting rows alike; one that reads what a row's answer does to the validation
   loss ranks target rows above conflicting ones.
+- ``chat_labels_v2``: ``chat_labels`` on five fresh seeds, 10-14 (small 10-11, gpu 20-24),
+  committed before any selector ran on it, after F = abs became the library's default
+  (``chat_long_v3``) and held on ``lm_tweets_v3``. Why here: abs scores a row by how much
+  the validation update moves its loss, in either direction, so a row whose answer
+  conflicts with the target's (its loss rises under the update) scores as high as a target
+  row; the identity scores it below zero. This is the configuration built with such rows
+  (``chat_labels``: the identity's pick -14% +- 50 vs random, 3 seeds; abs never ran on it).
+  Methods, in this order: the controls of every seed (the gate), then on every seed
+  ``tov_abs`` (the library's default), ``tov`` (F identity, with its derived
+  score_only/nobins) and embedding. Stated before the run: H10 (primary), the mean over
+  seeds of the paired difference ``tov_abs`` - ``tov`` (gain vs random, points) is >= 0;
+  H11, ``tov_abs`` beats random by > 2 s.e.; H12, the mean paired ``tov_abs`` - embedding
+  is >= 0. Reported beside them: the share of conflicting rows in each pick (the mechanism
+  above predicts more under abs). Decision: if the gate passes and either ``tov_abs`` is
+  behind ``tov`` by more than 2 s.e. of the paired difference, or H10 and H11 both fail,
+  the library's default F returns to the identity (a default must not prefer rows whose
+  answers conflict with the target's); otherwise it stays abs and the README gives these
+  numbers. H12 decides nothing in the library. On the CPU ~1.5 h of two 1-thread processes
+  (~13 min a selection).
 
 Changing anything here makes a new configuration: commit it first, then rerun every method
 (quality.py records the commit that last changed this file as ``config_commit``).
@@ -751,3 +770,7 @@ CONFIGS["chat_labels"] = Config(
                      n=1000, base_size=4000, epochs=3, lr=5e-4, ft_lrs=(3e-4, 1e-3),
                      ft_max_epochs=6, batch_size=32, max_length=160, seeds=5),
     })
+
+# chat_labels on five fresh seeds: does the default F = abs prefer the conflicting rows?
+CONFIGS["chat_labels_v2"] = replica(CONFIGS["chat_labels"], "chat_labels_v2",
+                                    {"small": (10, 2), "full": (10, 5), "gpu": (20, 5)})
