@@ -151,7 +151,9 @@ class Tracer:
             os.write(self.fd, f"{time.monotonic():.6f}\t{event}\n".encode())
             if self.kill is not None and event in self.kill.triggers:
                 self.armed = True
-                threading.Timer(self.kill.delay, self._timer).start()
+                timer = threading.Timer(self.kill.delay, self._timer)
+                timer.daemon = True  # a run that fails is not held open by it
+                timer.start()
 
     def end_of_step(self) -> None:
         """The logged step is over: a kill still pending lands now."""
