@@ -348,22 +348,16 @@ def main(argv: Sequence[str]) -> int:
 
 
 class Run:
-    """One traced `tov` process: ``pid``, ``trace``, ``poll()``/``wait()`` (exit code, or
-    -9 after SIGKILL) and ``log()`` (its stdout + stderr)."""
+    """One traced `tov` process: ``pid``, ``trace``, ``wait()`` (exit code, or -9 after
+    SIGKILL) and ``log()`` (its stdout + stderr)."""
 
-    def __init__(self, pid: int, trace: Path, log: Path, status: Callable[[bool], int | None]):
+    def __init__(self, pid: int, trace: Path, log: Path, status: Callable[[], int]):
         self.pid, self.trace, self._log, self._status = pid, trace, log, status
         self.code: int | None = None
 
-    def poll(self) -> int | None:
-        if self.code is None:
-            self.code = self._status(False)
-        return self.code
-
     def wait(self) -> int:
         if self.code is None:
-            self.code = self._status(True)
-        assert self.code is not None
+            self.code = self._status()
         return self.code
 
     def log(self) -> str:
@@ -412,21 +406,14 @@ class Launcher:
             env = {**self.env, "TOV_TEST_KILL_PLAN": json.dumps(plan) if plan else ""}
             with open(log, "w") as f:
                 proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=f, stderr=f)
-            return Run(proc.pid, trace, log, lambda block: proc.wait() if block else proc.poll())
+            return Run(proc.pid, trace, log, proc.wait)
         assert self.server.stdin is not None
         request = {"trace": str(trace), "shard_rows": SHARD_ROWS, "argv": list(argv),
                    "kill": plan, "log": str(log)}
         self.server.stdin.write(json.dumps(request) + "\n")
         self.server.stdin.flush()
         pid = self._message("pid", timeout=60)
-
-        def status(block: bool) -> int | None:
-            try:
-                return self._message("status", timeout=None if block else 0)
-            except queue.Empty:
-                return None
-
-        return Run(pid, trace, log, status)
+        return Run(pid, trace, log, lambda: self._message("status"))
 
     def close(self) -> None:
         if self.server is not None:
@@ -537,7 +524,7 @@ def kill_chain(launcher: Launcher, kills: list[Kill], argv: Callable[[Path], lis
             done.append(Kill(**{**asdict(kill), "missed": True}))
             chains += 1
             out = work / f"out_{chains}"
-            kill.delay, kill.trigger = 0.0, ""
+            kill.delay = 0.0
     finish(launcher.start(work / f"run_{runs:03d}.trace", argv(out)))
     check(out)
     return done, runs + 1
