@@ -42,3 +42,14 @@ def test_quality_budget_names_a_schedule_other_than_constant():
     assert readme_results._schedule_note({"finetune_schedule": "constant"}) == ""
     assert readme_results._schedule_note({"finetune_schedule": "linear"}) == (
         " (linear decay, a fixed recipe)")
+
+
+def test_scoreboard_cell_gives_gain_se_seeds_with_a_gain_and_bolds_above_two_se():
+    cell = readme_results._gain_cell
+    assert cell({"improvement_pct": 3.16, "improvement_se_pct": 0.43,
+                 "improvement_pct_by_seed": [3.4, 3.5, 4.3, 3.0, 1.6]}) == "**+3.16 ± 0.43 (5/5)**"
+    assert cell({"improvement_pct": -9.04, "improvement_se_pct": 6.53,
+                 "improvement_pct_by_seed": [3.9, -17.2, -13.8]}) == "-9.04 ± 6.53 (1/3)"
+    assert cell({"improvement_pct": 2.0, "improvement_se_pct": 1.0}) == "+2.00 ± 1.00"  # = 2 se
+    assert cell({"improvement_pct": 5.0, "improvement_se_pct": float("nan")}) == "+5.00 ± n/a"
+    assert cell(None) == "not run"

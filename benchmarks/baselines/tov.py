@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from tov_datasets import tov_select
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "tov": {"transform": "identity"},
     "tov_abs": {"transform": "abs"},
@@ -30,18 +32,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _tov_select():
-    try:
-        from tov_datasets import tov_select
-    except ImportError:  # until the package exports it
-        from tov_datasets.trajectory import tov_select
-    return tov_select
-
-
 def run(model, tokenizer, pool, val, n: int, seed: int = 0, name: str = "tov", **kwargs):
     """The library's ToVResult for variant ``name`` (kwargs go to tov_select)."""
     options = {**VARIANTS[name], **kwargs}
-    return _tov_select()(model, tokenizer, pool, val, n=n, seed=seed, **options)
+    return tov_select(model, tokenizer, pool, val, n=n, seed=seed, **options)
 
 
 def selected_rows(result) -> np.ndarray:
