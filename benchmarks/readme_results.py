@@ -133,7 +133,7 @@ QUALITY_CONFIGS = ("ner_coarse", "ner_coarse_v2", "ner_coarse_v3", "ner_coarse_v
                    "ner_coarse_v5", "ner_coarse_v6", "ner_coarse_v7", "ner_coarse_v8",
                    "ner_coarse_v9",
                    "lm_tweets", "lm_tweets_v2", "lm_news", "chat_long", "chat_long_v2",
-                   "chat_long_v3", "lm_tweets_v3", "chat_labels")
+                   "chat_long_v3", "lm_tweets_v3", "chat_labels", "chat_labels_v2")
 
 
 def _num(x: object, fmt: str) -> str:

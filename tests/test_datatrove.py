@@ -84,10 +84,10 @@ def test_example_pipeline_selects_like_select_by_score(tmp_path):
 
 def test_example_pipeline_with_several_targets_selects_for_the_target(tmp_path):
     """val_adapter={name: directory}: every target's column, the selection by --target's.
-    The signed score (scorer_options, passed to each worker's scorer): under the default F
-    (abs) these two tiny random adapters rank the rows alike (|delta| follows the row more
-    than the adapter: rank correlation 0.92 against 0.31 signed), so their selections
-    coincide and could not tell the targets apart."""
+    The signed score (scorer_options, passed to each worker's scorer, pinned whatever the
+    default F): under F = abs these two tiny random adapters rank the rows alike (|delta|
+    follows the row more than the adapter: rank correlation 0.92 against 0.31 signed), so
+    their selections coincide and could not tell the targets apart."""
     from tov_datasets.scorer import score_column
 
     model_dir, base_dir, val_dir = save_tiny_model(tmp_path / "model", more_targets=["other"])

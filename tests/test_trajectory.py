@@ -771,9 +771,14 @@ def test_parallel_targets_score_as_single_target_runs(tiny_tokenizer, pool, targ
     assert not np.allclose(epoch_2[0], epoch_2[1]) and not np.allclose(epoch_2[1], epoch_2[2])
 
 
+# F of the library's default (ToVConfig().transform), written out in float64
+_REFERENCE_F = {"identity": lambda d: d, "abs": torch.abs, "relu": lambda d: d.clamp(min=0)}
+
+
 def _reference_scores(model, samples, val_adapter, causal):
-    """Per sample: float64 mean over its scored tokens of |log p_val - log p_base| (the
-    default F, abs), from two separate plain forwards (set_adapter), one sample at a time."""
+    """Per sample: float64 mean over its scored tokens of F(log p_val - log p_base), F the
+    default ToVConfig's, from two separate plain forwards (set_adapter), one sample at a time."""
+    transform = _REFERENCE_F[trajectory.ToVConfig().transform]
     model.eval()
     scores = []
     with torch.no_grad():
@@ -790,7 +795,7 @@ def _reference_scores(model, samples, val_adapter, causal):
             keep = labels != -100
             delta = (logp[val_adapter][positions[keep], labels[keep]]
                      - logp["tov_base"][positions[keep], labels[keep]])
-            scores.append(float(delta.abs().mean()))
+            scores.append(float(transform(delta).mean()))
     return np.array(scores)
 
 

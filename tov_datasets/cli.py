@@ -997,9 +997,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="allow model code from the model's repository (off by default)")
     p.add_argument("--dtype", choices=_DTYPES, default="float32", help="model weights dtype")
     p.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--transform", choices=("identity", "abs", "relu"), default="abs",
-                   help="F applied to each token's log-prob delta (default abs: the README's "
-                   "chat_long_v3 and ner_coarse_v8/v9)")
+    p.add_argument("--transform", choices=("identity", "abs", "relu"), default="identity",
+                   help="F applied to each token's log-prob delta (default identity: the "
+                   "README's chat_labels_v2; abs for token classification: ner_coarse_v8/v9)")
     p.add_argument("--max-length", type=int,
                    help="truncate samples to this many tokens (default: the model's maximum)")
     p.add_argument("--batch-size", type=int, default=8, help="micro-batch size")

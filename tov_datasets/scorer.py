@@ -36,8 +36,9 @@ from tov_kernels import (
 
 SCORE = "tov_score"
 NUM_TOKENS = "tov_num_tokens"
-# F of the per-token deltas unless told otherwise (README: chat_long_v3, lm_tweets_v3)
-DEFAULT_TRANSFORM = "abs"
+# F of the per-token deltas unless told otherwise: the signed delta (README: chat_labels_v2,
+# whose committed decision returned it from abs)
+DEFAULT_TRANSFORM = "identity"
 # A target adapter's name becomes part of its score column, SCORE + "_" + name.
 TARGET_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # First elements of each frozen base weight that enter the fingerprint (a cheap identity check).
@@ -143,7 +144,7 @@ class ToVScorer:
     ``base_adapter``/``val_adapter`` given as directories saved by peft (loaded under the
     names "base" and "val"; several targets: ``val_adapter`` = {name: directory}, loaded
     under those names; the model is wrapped in place). The task (causal LM or token
-    classification) is inferred from the model. transform: "abs" (default), "identity" or "relu".
+    classification) is inferred from the model. transform: "identity" (default), "abs" or "relu".
     max_length: truncation length (default: the model's max_position_embeddings, if any).
     batch_size: samples per micro-batch (the forward runs (1 + K) * batch_size rows).
     device: where to score (default: where the model is; the model is moved there).

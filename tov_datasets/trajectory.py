@@ -181,7 +181,7 @@ class ToVConfig:
     the gradient instead of its sign.
     variant: ``"interleaved"`` (the base continues from the val weights) or ``"parallel"``.
     lora: a peft LoraConfig for a plain model (None: ``default_lora_config(task,
-    model=model)``). transform: F of the per-token deltas ("abs", "identity", "relu").
+    model=model)``). transform: F of the per-token deltas ("identity", "abs", "relu").
     num_bins, random_fraction: the final selection's length bins and random share
     (`select_by_score`). seed: draws U, the LoRA start, micro-batch order and dropout.
     column_map: {user_column: canonical_column} (`tov_datasets.formats`; kept as a dict,

@@ -1,10 +1,12 @@
 """ToV through the library's public API (``tov_select``), with the benchmark's variants.
 
 Variants (names used in the benchmark tables):
-- ``tov``: F identity (the library's default until ``chat_long_v3``; pinned so that every
-  committed configuration keeps what it judged), Score+Random (half top-per-bin, half
-  random from U), 10 length bins, interleaved trajectory; the library's other defaults;
-- ``tov_abs`` / ``tov_relu``: F = |.| (the library's default now) / relu;
+- ``tov``: F identity (the library's default, except between ``chat_long_v3``
+  and ``chat_labels_v2``; pinned so that every committed configuration keeps what it judged),
+  Score+Random (half top-per-bin, half random from U), 10 length bins, interleaved
+  trajectory; the library's other defaults;
+- ``tov_abs`` / ``tov_relu``: F = |.| (the library's default from ``chat_long_v3`` to
+  ``chat_labels_v2``) / relu;
 - ``tov_score_only``: no random half (random_fraction 0);
 - ``tov_nobins``: one bin (no length binning);
 - ``tov_parallel``: the parallel trajectory;
