@@ -154,7 +154,7 @@ SCOREBOARD = (("tov", "ToV, F identity"), ("tov_abs", "ToV, F abs"),
 
 def _gain_cell(st: dict | None) -> str:
     """'+3.16 ± 0.43 (5/5)': gain vs random %, its s.e., seeds with a gain; bold when the gain
-    exceeds 2 s.e."""
+    exceeds 2 s.e. (never for a missing or NaN s.e.)."""
     if st is None:
         return "not run"
     gain, se = st["improvement_pct"], st["improvement_se_pct"]
@@ -162,15 +162,15 @@ def _gain_cell(st: dict | None) -> str:
     cell = f"{gain:+.2f} ± {_num(se, '{:.2f}')}"
     if by_seed:
         cell += f" ({sum(g > 0 for g in by_seed)}/{len(by_seed)})"
-    return f"**{cell}**" if isinstance(se, (int, float)) and se == se and gain > 2 * se else cell
+    return f"**{cell}**" if isinstance(se, (int, float)) and gain > 2 * se else cell
 
 
-def render_scoreboard() -> str:
-    """One row per configuration whose gate passed: the oracle's and each method's gain over
-    random (paired by seed), so the configurations read side by side."""
+def render_scoreboard(records: dict[str, dict | None]) -> str:
+    """One row per configuration ({name: its quality record, None if not measured}) whose gate
+    passed: the oracle's and each method's gain over random (paired by seed), so the
+    configurations read side by side."""
     passed, failed = [], []
-    for config in QUALITY_CONFIGS:
-        record = _load(f"quality_{config}.json")
+    for config, record in records.items():
         if record is not None:
             (passed if record["summary"]["gate_passed"] else failed).append((config, record))
     heads = ["configuration", "task", "seeds", "oracle"] + [h for _, h in SCOREBOARD]
@@ -192,10 +192,10 @@ def render_scoreboard() -> str:
 def render_quality() -> str:
     """The scoreboard, then one table per quality configuration: its premise gate, then every
     method."""
-    out: list[str] = [render_scoreboard(), ""]
-    for config in QUALITY_CONFIGS:
+    records = {config: _load(f"quality_{config}.json") for config in QUALITY_CONFIGS}
+    out: list[str] = [render_scoreboard(records), ""]
+    for config, record in records.items():
         name = f"quality_{config}.json"
-        record = _load(name)
         if record is None:
             out += [f"**{config}**: not measured yet.", ""]
             continue

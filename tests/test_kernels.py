@@ -9,11 +9,11 @@ import os
 import pytest
 import torch
 
+from tests.reference import TRANSFORMS
 from tov_kernels import paired_linear_logprob_delta, paired_logprob_delta, torch_path
 
 IGNORE = -100
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ["TRITON_INTERPRET"] == "0" else "cpu"
-TRANSFORMS = {"identity": lambda d: d, "abs": torch.abs, "relu": lambda d: d.clamp(min=0)}
 BACKENDS = ["torch", "triton"]
 
 

@@ -11,6 +11,7 @@ import os
 import pytest
 import torch
 
+from tests.reference import TRANSFORMS
 from tov_kernels import linear_logprob_delta as lld
 from tov_kernels import paired_linear_logprob_delta
 from tov_kernels.linear_logprob_delta import (
@@ -22,7 +23,6 @@ from tov_kernels.linear_logprob_delta import (
 
 IGNORE = -100
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ["TRITON_INTERPRET"] == "0" else "cpu"
-TRANSFORMS = {"identity": lambda d: d, "abs": torch.abs, "relu": lambda d: d.clamp(min=0)}
 CODES = {"identity": 0, "abs": 1, "relu": 2}
 # Tile configs other than the default: tiles taller than wide, GROUP_M not dividing the row
 # tiles, an uneven K tail; and every tile config of the table and the candidates.

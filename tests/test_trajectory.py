@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from datasets import Dataset, concatenate_datasets
 
 from tests import tiny
+from tests.reference import TRANSFORMS
 from tov_datasets import models, storage, training, trajectory
 from tov_datasets.formats import collate
 from tov_datasets.scorer import ToVScorer
@@ -771,14 +772,10 @@ def test_parallel_targets_score_as_single_target_runs(tiny_tokenizer, pool, targ
     assert not np.allclose(epoch_2[0], epoch_2[1]) and not np.allclose(epoch_2[1], epoch_2[2])
 
 
-# F of the library's default (ToVConfig().transform), written out in float64
-_REFERENCE_F = {"identity": lambda d: d, "abs": torch.abs, "relu": lambda d: d.clamp(min=0)}
-
-
 def _reference_scores(model, samples, val_adapter, causal):
     """Per sample: float64 mean over its scored tokens of F(log p_val - log p_base), F the
     default ToVConfig's, from two separate plain forwards (set_adapter), one sample at a time."""
-    transform = _REFERENCE_F[trajectory.ToVConfig().transform]
+    transform = TRANSFORMS[trajectory.ToVConfig().transform]
     model.eval()
     scores = []
     with torch.no_grad():
