@@ -1,0 +1,90 @@
+"""benchmarks/pick_answers.py: what a labelled-chat pick teaches, against hand counts."""
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import pick_answers, quality
+from benchmarks.fidelity import spearman
+
+
+def _chat(answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": "q"},
+                         {"role": "assistant", "content": f" {answer}\n"}]}
+
+
+def test_answers_are_the_last_assistant_message_stripped():
+    rows = {"messages": [_chat("sport")["messages"],
+                         [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"},
+                          {"role": "assistant", "content": " tech "}]]}
+    assert pick_answers.answers(rows).tolist() == ["sport", "tech"]
+
+
+def test_pick_measures_against_hand_counts():
+    # pool: 0-2 target rows (their own label), 3-4 conflicting (a label word, wrong mapping),
+    # 5-6 other rows (answers outside the test's words)
+    answer = np.array(["a", "b", "a", "b", "c", "x", "y"])
+    is_target = np.array([True, True, True, False, False, False, False])
+    test = np.array(["a", "a", "b", "c"])  # test asks a 1/2, b 1/4, c 1/4
+    m = pick_answers.pick_measures(answer, is_target, np.array([0, 2, 3, 5]), test)
+    # label rows 0, 2, 3 (answers a, a, b); 2 of 3 are target rows; row 5 is not a label row
+    assert m["label_share"] == 0.75 and m["correct_share"] == pytest.approx(2 / 3)
+    assert m["answers"] == {"a": 2, "b": 1, "c": 0}
+    # taught (2/3, 1/3, 0) vs asked (1/2, 1/4, 1/4): TV = (1/6 + 1/12 + 1/4) / 2
+    assert m["label_tv"] == pytest.approx(0.25)
+    assert m["target_labels"] == 1
+    none = pick_answers.pick_measures(answer, is_target, np.array([5, 6]), test)
+    assert none["label_share"] == 0.0 and np.isnan(none["correct_share"])
+    assert none["label_tv"] == 1.0 and none["target_labels"] == 0
+
+
+def test_score_by_label_means_per_word_and_kind():
+    scores = np.array([1.0, 3.0, 5.0, -1.0, 2.0])
+    answer = np.array(["a", "a", "b", "a", "z"])
+    is_target = np.array([True, True, True, False, False])
+    got = pick_answers.score_by_label(scores, answer, is_target, np.array(["a", "b"]))
+    assert got == {"target": {"a": 2.0, "b": 5.0}, "other": {"a": -1.0}}
+
+
+def test_associations_pair_gains_by_seed_and_skip_missing_measures():
+    def rec(seed, method, loss, tv, correct):
+        return {"seed": seed, "method": method, "test_loss": loss, "label_share": 1.0,
+                "correct_share": correct, "label_tv": tv, "target_labels": 2}
+
+    records = [rec(0, "random", 2.0, 0.5, 0.4), rec(0, "oracle", 0.1, 0.0, 1.0),
+               rec(0, "m", 1.0, 0.1, np.nan), rec(1, "random", 1.0, 0.4, 0.5),
+               rec(1, "m", 1.5, 0.9, 0.2), rec(1, "k", 0.5, 0.2, 0.9)]
+    got = pick_answers.associations(records)
+    assert got["picks"] == 5  # the oracle is left out
+    gains = [0.0, 50.0, 0.0, -50.0, 50.0]  # random, m, random, m, k (% of random's loss)
+    assert got["spearman_with_gain"]["label_tv"] == pytest.approx(
+        spearman([0.5, 0.1, 0.4, 0.9, 0.2], gains))
+    # m's seed-0 NaN is left out of both the correlation and m's mean
+    assert got["spearman_with_gain"]["correct_share"] == pytest.approx(
+        spearman([0.4, 0.5, 0.2, 0.9], [0.0, 0.0, -50.0, 50.0]))
+    assert got["by_method"]["m"]["correct_share"] == 0.2
+    assert got["by_method"]["m"]["label_tv"] == pytest.approx(0.5)
+
+
+def test_tiny_run_recomputes_and_checks_the_stored_picks(tmp_path):
+    path = quality.main(["--config", "chat_labels", "--tiny", "--threads", "1", "--force",
+                         "--methods", "tov,embedding", "--out-dir", str(tmp_path)])
+    out = tmp_path / "pick_answers.json"
+    args = ["--config", "chat_labels", "--size", "tiny", "--quality", str(path), "--out",
+            str(out)]
+    pick_answers.main(args)
+    picks = json.loads(out.read_text())["details"]["picks"]
+    stored = pick_answers.stored_picks(path)
+    assert {(r["seed"], r["method"]) for r in picks} == set(stored)
+    for r in picks:
+        assert len(r["idx"]) == stored[(r["seed"], r["method"])]["n"]
+    merged = tmp_path / "merged.json"
+    pick_answers.main([*args[:6], "--merge", str(out), "--out", str(merged)])
+    assert json.loads(merged.read_text())["details"]["picks"] == picks
+    # a stored pick that differs from the recomputed one stops the run
+    record = json.loads(path.read_text())
+    record["details"]["per_seed"][0]["source_shares"] = {"target": 1.0}
+    path.write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match="differ from the stored"):
+        pick_answers.main(args)
