@@ -24,10 +24,13 @@ its random half held more target rows than embedding similarity's (54% against 4
 fewer conflicting ones (29% against 58%), yet lost to random (-23% +- 29) where embedding
 gained +34% +- 10. Stated before the picks were recomputed: H13, across the non-oracle picks
 the gain falls as ``label_tv`` rises (Spearman < 0); H14, ToV's picks (``tov``,
-``tov_score_only``) have a larger mean ``label_tv`` than embedding's. A post-hoc diagnosis
-of one configuration: it decides nothing in the library.
+``tov_score_only``) have a larger mean ``label_tv`` than embedding's. Added while the
+first run went (only two embedding picks' measures seen): the same two on ``chat_labels``
+(seeds 0-2, with its length and Max-Uncertainty picks), a replication on other draws. A
+post-hoc diagnosis: it decides nothing in the library.
 
     python benchmarks/pick_answers.py --config chat_labels_v2 --threads 1
+    python benchmarks/pick_answers.py --config chat_labels --methods embedding,tov,length,maxunc
 """
 
 from __future__ import annotations
