@@ -29,8 +29,21 @@ first run went (only two embedding picks' measures seen): the same two on ``chat
 (seeds 0-2, with its length and Max-Uncertainty picks), a replication on other draws. A
 post-hoc diagnosis: it decides nothing in the library.
 
+``--controls`` tests the mechanism H13 names without any selector: per seed, three picks of
+n rows drawn from the pool by their answers alone, each fine-tuned with the quality run's
+budget (its stored calibration) and compared with the stored random pick's loss:
+``balanced``: target rows whose answer words follow the test set's shares; ``skewed``: target
+rows of which two words drawn by the seed take 40% of n each (as far as the pool holds them),
+the rest spread over the other words by their test shares; ``half_conflicting``: n/2 target
+and n/2 conflicting rows, each half spread by the test shares. The stored oracle pick is
+fine-tuned again first: its loss must equal the stored one (the fine-tune is deterministic),
+else the run stops. Stated before any control ran: H15, ``skewed`` gains less than
+``balanced`` by more than 2 s.e. of the paired difference; H16, ``half_conflicting`` beats
+random by more than 2 s.e.
+
     python benchmarks/pick_answers.py --config chat_labels_v2 --threads 1
     python benchmarks/pick_answers.py --config chat_labels --methods embedding,tov,length,maxunc
+    python benchmarks/pick_answers.py --config chat_labels_v2 --controls --threads 1
 """
 
 from __future__ import annotations
@@ -51,9 +64,12 @@ import numpy as np  # noqa: E402
 from benchmarks import _common, quality  # noqa: E402
 from benchmarks.fidelity import spearman  # noqa: E402
 from benchmarks.quality_configs import CONFIGS  # noqa: E402
+from tov_datasets.evaluation import paired_gain  # noqa: E402
 
 MEASURES = ("label_share", "correct_share", "label_tv", "target_labels")
 AUC_ATOL = 1e-3
+SKEW_WORDS, SKEW_SHARE = 2, 0.4  # the skewed control: two words take 40% of n each
+REFIT_ATOL = 1e-4
 
 
 def answers(rows: Any) -> np.ndarray:
@@ -157,9 +173,102 @@ def _finite_mean(values: list[float]) -> float:
     return float(x[np.isfinite(x)].mean()) if np.isfinite(x).any() else float("nan")
 
 
-def stored_picks(path: Path) -> dict[tuple[int, str], dict[str, Any]]:
+def word_quotas(shares: np.ndarray, n: int, available: np.ndarray) -> np.ndarray:
+    """(W,) int summing to n: n split over words in proportion to ``shares`` (largest
+    remainder), none above its ``available`` rows; a word's shortfall goes one row at a time
+    to the word with room furthest below its share."""
+    if available.sum() < n:
+        raise ValueError(f"{available.sum()} rows for a pick of {n}")
+    raw = shares * n
+    quota = np.floor(raw).astype(np.int64)
+    quota[np.argsort(quota - raw, kind="stable")[: n - quota.sum()]] += 1
+    quota = np.minimum(quota, available)
+    while quota.sum() < n:
+        room = np.flatnonzero(quota < available)
+        quota[room[np.argmax(raw[room] - quota[room])]] += 1
+    return quota
+
+
+def draw_by_word(rows: np.ndarray, answer: np.ndarray, words: np.ndarray, shares: np.ndarray,
+                 n: int, rng: np.random.Generator) -> np.ndarray:
+    """n of ``rows`` drawn without replacement, `word_quotas` of them per answer word."""
+    by_word = [rows[answer[rows] == w] for w in words]
+    quota = word_quotas(shares, n, np.array([r.size for r in by_word]))
+    return np.concatenate([rng.choice(r, q, replace=False) for r, q in zip(by_word, quota,
+                                                                          strict=True)])
+
+
+def control_picks(answer: np.ndarray, is_target: np.ndarray, test_answer: np.ndarray, n: int,
+                  seed: int) -> dict[str, np.ndarray]:
+    """The ``--controls`` picks (module doc), each (n,) ascending pool rows."""
+    rng = np.random.default_rng([seed, 13])
+    words, counts = np.unique(test_answer, return_counts=True)
+    shares = counts / counts.sum()
+    label = np.isin(answer, words)
+    target, conflicting = np.flatnonzero(is_target & label), np.flatnonzero(~is_target & label)
+    skew = np.zeros(len(words))
+    dominant = rng.choice(len(words), SKEW_WORDS, replace=False)
+    skew[dominant] = SKEW_SHARE
+    rest = np.setdiff1d(np.arange(len(words)), dominant)
+    skew[rest] = (1 - SKEW_WORDS * SKEW_SHARE) * shares[rest] / shares[rest].sum()
+    half = n // 2
+    picks = {"balanced": draw_by_word(target, answer, words, shares, n, rng),
+             "skewed": draw_by_word(target, answer, words, skew, n, rng),
+             "half_conflicting": np.concatenate([
+                 draw_by_word(target, answer, words, shares, n - half, rng),
+                 draw_by_word(conflicting, answer, words, shares, half, rng)])}
+    return {k: np.sort(v) for k, v in picks.items()}
+
+
+def control_records(config_name: str, size: str, seed: int, budget: dict[str, Any],
+                    stored: dict[tuple[int, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Seed ``seed``'s control picks, measured and fine-tuned with ``budget``, after the
+    stored oracle pick's loss is reproduced."""
+    s = quality.setup(CONFIGS[config_name], size, seed)
+    answer, test_answer = answers(s.pool), answers(s.test)
+    oracle = quality.run_selector("oracle", s)["oracle"]["idx"]
+    refit, _ = quality.pick_test_loss(s, oracle, budget)
+    if abs(refit - stored[(seed, "oracle")]["test_loss"]) > REFIT_ATOL:
+        raise SystemExit(f"seed {seed}: the oracle pick fine-tuned again gives test loss "
+                         f"{refit:.6f}, the stored {stored[(seed, 'oracle')]['test_loss']:.6f}")
+    out = []
+    for arm, idx in control_picks(answer, s.is_target, test_answer, s.sizes.n, seed).items():
+        loss, curve = quality.pick_test_loss(s, idx, budget)
+        rec = {"seed": seed, "method": arm, "test_loss": loss, "test_curve": curve,
+               **pick_measures(answer, s.is_target, idx, test_answer), "idx": idx.tolist()}
+        out.append(rec)
+        print(f"seed {seed} {arm:16s} loss {loss:.4f} " + " ".join(
+            f"{k} {rec[k]:.3f}" for k in MEASURES), flush=True)
+    return out
+
+
+def control_summary(records: list[dict[str, Any]],
+                    stored: dict[tuple[int, str], dict[str, Any]]) -> dict[str, Any]:
+    """Each control arm's gain over the stored random pick (% of its loss, paired by seed),
+    and the paired differences H15 and H16 read (`quality.paired_difference`, points)."""
+    losses: dict[str, dict[int, float]] = {}
+    for r in records:
+        losses.setdefault(r["method"], {})[r["seed"]] = r["test_loss"]
+    out: dict[str, Any] = {}
+    for arm, by_seed in losses.items():
+        seeds = sorted(by_seed)
+        g = paired_gain([by_seed[sd] for sd in seeds],
+                        [stored[(sd, "random")]["test_loss"] for sd in seeds])
+        out[arm] = {"seeds": seeds, "improvement_pct": g.mean_pct,
+                    "improvement_se_pct": g.se_pct, "t": g.t,
+                    "improvement_pct_by_seed": list(g.by_seed)}
+    for a in ("skewed", "half_conflicting"):
+        if a in out and "balanced" in out:
+            out[f"{a}_minus_balanced"] = quality.paired_difference(out[a], out["balanced"])
+    return out
+
+
+def stored_picks(path: Path) -> tuple[dict[tuple[int, str], dict[str, Any]], dict[str, Any]]:
+    """A quality result's per-seed records by (seed, method), and its fine-tune budget."""
     record = json.loads(path.read_text())
-    return {(r["seed"], r["method"]): r for r in record["details"]["per_seed"]}
+    details = record["details"]
+    return ({(r["seed"], r["method"]): r for r in details["per_seed"]},
+            details["calibration"])
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -171,12 +280,14 @@ def main(argv: list[str] | None = None) -> Path:
                     "benchmarks/results/quality_<config>.json)")
     ap.add_argument("--methods", default="tov,embedding",
                     help="comma list besides the controls; 'tov' brings its derived picks")
+    ap.add_argument("--controls", action="store_true",
+                    help="fine-tune the control picks drawn by answer (module doc) instead")
     ap.add_argument("--seeds", default=None, help="comma list (default: the result's seeds)")
     ap.add_argument("--merge", type=Path, nargs="+", default=[], metavar="FILE",
                     help="compute nothing: merge these files of runs on other seeds")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None,
-                    help="default benchmarks/results/pick_answers_<config>.json")
+                    help="default benchmarks/results/pick_answers[_controls]_<config>.json")
     a = ap.parse_args(argv)
     import torch
 
@@ -184,26 +295,43 @@ def main(argv: list[str] | None = None) -> Path:
     source = a.quality or _common.RESULTS_DIR / f"quality_{a.config}.json"
     if not source.is_file():
         raise SystemExit(f"--quality: no such file: {source}")
-    stored = stored_picks(source)
+    stored, budget = stored_picks(source)
     if a.merge:
         records = [r for f in a.merge for r in json.loads(f.read_text())["details"]["picks"]]
     else:
         seeds = ([int(x) for x in a.seeds.split(",")] if a.seeds
                  else sorted({sd for sd, _ in stored}))
         methods = [m for m in a.methods.split(",") if m and m not in quality.CONTROLS]
-        records = [r for sd in seeds
-                   for r in seed_records(a.config, a.size, sd, methods, stored)]
+        records = [r for sd in seeds for r in (
+            control_records(a.config, a.size, sd, budget, stored) if a.controls
+            else seed_records(a.config, a.size, sd, methods, stored))]
+    stem = "pick_answers_controls" if a.controls else "pick_answers"
+    out = a.out or _common.RESULTS_DIR / f"{stem}_{a.config}.json"
+    config = {"config": a.config, "size": a.size, "quality_file": source.name,
+              "threads": a.threads, "budget": {k: budget[k] for k in ("epochs", "lr")}}
+    if a.controls:
+        summary = control_summary(records, stored)
+        path = _common.write_result(stem, config, summary, {"picks": records},
+                                    filename=str(out.resolve()))
+        _common.print_table(
+            [{"arm": k, "gain_%": v["improvement_pct"], "se_%": v["improvement_se_pct"]}
+             for k, v in summary.items() if "seeds" in v and "t" in v],
+            f"controls {a.config}: skewed - balanced {_pp(summary, 'skewed')}, "
+            f"half_conflicting - balanced {_pp(summary, 'half_conflicting')}")
+        return path
     summary = associations(records)
-    out = a.out or _common.RESULTS_DIR / f"pick_answers_{a.config}.json"
-    path = _common.write_result(
-        "pick_answers", {"config": a.config, "size": a.size, "quality_file": source.name,
-                         "threads": a.threads}, summary, {"picks": records},
-        filename=str(out.resolve()))
+    path = _common.write_result(stem, config, summary, {"picks": records},
+                                filename=str(out.resolve()))
     _common.print_table([{"method": m, **v} for m, v in summary["by_method"].items()],
                         f"pick_answers {a.config}: {summary['picks']} non-oracle picks; "
                         f"Spearman with gain vs random: " + ", ".join(
                             f"{k} {v:+.2f}" for k, v in summary["spearman_with_gain"].items()))
     return path
+
+
+def _pp(summary: dict[str, Any], arm: str) -> str:
+    d = summary.get(f"{arm}_minus_balanced")
+    return "n/a" if d is None else f"{d['mean_pp']:+.2f} +- {d['se_pp']:.2f} points"
 
 
 if __name__ == "__main__":

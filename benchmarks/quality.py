@@ -187,6 +187,16 @@ def finetune_curve(s: Setup, idx: np.ndarray, lr: float, epochs: int,
     return curve
 
 
+def pick_test_loss(s: Setup, idx: np.ndarray, budget: dict[str, Any]
+                   ) -> tuple[float, list[float]]:
+    """Pool rows ``idx``'s test loss under the run's fine-tune ``budget`` (the calibration's
+    ``epochs`` and ``lr``): the mean over the budget's last ``eval_epochs`` epochs; and the
+    test loss after each epoch."""
+    curve = finetune_curve(s, idx, budget["lr"], budget["epochs"], s.test,
+                           s.config.ft_schedule)
+    return float(np.mean(curve[-s.config.eval_epochs:])), curve
+
+
 def zero_shot_loss(s: Setup, held: Any) -> float:
     """Loss on ``held`` before any fine-tuning (a fresh LoRA has B = 0: the base model; a
     token classifier keeps its fresh head)."""
@@ -601,9 +611,7 @@ class Runner:
         for name, pick in picks.items():
             if self.progress.get(f"{seed}/{name}") is not None:
                 continue
-            curve = finetune_curve(s, pick["idx"], self.budget["lr"], self.budget["epochs"],
-                                   s.test, self.config.ft_schedule)
-            loss = float(np.mean(curve[-self.config.eval_epochs:]))
+            loss, curve = pick_test_loss(s, pick["idx"], self.budget)
             ranking = ranking_metrics(s, pick["scores"], pick["extra"])
             self.progress.put(f"{seed}/{name}", {
                 "seed": seed, "method": name, "test_loss": loss, "test_curve": curve,

@@ -75,7 +75,8 @@ def test_tiny_run_recomputes_and_checks_the_stored_picks(tmp_path):
             str(out)]
     pick_answers.main(args)
     picks = json.loads(out.read_text())["details"]["picks"]
-    stored = pick_answers.stored_picks(path)
+    stored, budget = pick_answers.stored_picks(path)
+    assert set(budget) >= {"epochs", "lr"}
     assert {(r["seed"], r["method"]) for r in picks} == set(stored)
     for r in picks:
         assert len(r["idx"]) == stored[(r["seed"], r["method"])]["n"]
@@ -88,3 +89,71 @@ def test_tiny_run_recomputes_and_checks_the_stored_picks(tmp_path):
     path.write_text(json.dumps(record))
     with pytest.raises(SystemExit, match="differ from the stored"):
         pick_answers.main(args)
+
+
+def test_word_quotas_follow_shares_within_what_the_pool_holds():
+    shares = np.array([0.5, 0.3, 0.2])
+    assert pick_answers.word_quotas(shares, 10, np.array([9, 9, 9])).tolist() == [5, 3, 2]
+    # largest remainder: 7 x (0.5, 0.3, 0.2) = (3.5, 2.1, 1.4) -> 3 + 1, 2, 1
+    assert pick_answers.word_quotas(shares, 7, np.array([9, 9, 9])).tolist() == [4, 2, 1]
+    # word 0 holds 2 rows: its 3 missing go to the words furthest below their share
+    assert pick_answers.word_quotas(shares, 10, np.array([2, 9, 9])).tolist() == [2, 5, 3]
+    with pytest.raises(ValueError, match="rows for a pick of"):
+        pick_answers.word_quotas(shares, 10, np.array([2, 2, 2]))
+
+
+def test_control_picks_draw_by_answer_word():
+    rng = np.random.default_rng(0)
+    words = np.array(list("abcde"))
+    answer = np.concatenate([np.repeat(words, 12), np.repeat(words, 12), ["x"] * 40])
+    is_target = np.r_[np.ones(60, bool), np.zeros(100, bool)]  # 60 conflicting, 40 other
+    test = rng.permutation(np.repeat(words, 8))  # every word 1/5 of the test
+    picks = pick_answers.control_picks(answer, is_target, test, 30, seed=3)
+    assert set(picks) == {"balanced", "skewed", "half_conflicting"}
+    for arm, idx in picks.items():
+        assert idx.size == 30 and np.unique(idx).size == 30 and np.all(np.diff(idx) > 0)
+        assert np.isin(answer[idx], words).all(), arm
+    assert is_target[picks["balanced"]].all() and is_target[picks["skewed"]].all()
+    assert is_target[picks["half_conflicting"]].sum() == 15
+    count = {arm: sorted(np.unique(answer[idx], return_counts=True)[1].tolist())
+             for arm, idx in picks.items()}
+    assert count["balanced"] == [6] * 5 and count["half_conflicting"] == [6] * 5
+    assert count["skewed"] == [2, 2, 2, 12, 12]  # two words 40% of 30 each, 6 rows for 3
+    m = pick_answers.pick_measures(answer, is_target, picks["skewed"], test)
+    assert m["label_tv"] == pytest.approx(0.4)  # 2 x (0.4 - 0.2)
+    again = pick_answers.control_picks(answer, is_target, test, 30, seed=3)
+    assert all(np.array_equal(again[k], picks[k]) for k in picks)
+
+
+def test_tiny_controls_refit_the_oracle_and_pair_with_random(tmp_path, monkeypatch):
+    path = quality.main(["--config", "chat_labels", "--tiny", "--threads", "1", "--out-dir",
+                         str(tmp_path)])
+
+    def labels(rows):  # tiny chats' answers are random words: give every row a label word
+        return np.array(["a", "b", "c"] * len(rows))[: len(rows)]
+
+    monkeypatch.setattr(pick_answers, "answers", labels)
+    out = pick_answers.main(["--config", "chat_labels", "--size", "tiny", "--controls",
+                             "--quality", str(path), "--out", str(tmp_path / "c.json")])
+    record = json.loads(out.read_text())
+    stored, _ = pick_answers.stored_picks(path)
+    summary, picks = record["summary"], record["details"]["picks"]
+    assert {r["method"] for r in picks} == {"balanced", "skewed", "half_conflicting"}
+    for arm in ("balanced", "skewed", "half_conflicting"):
+        mine = sorted((r["seed"], r["test_loss"]) for r in picks if r["method"] == arm)
+        gains = [100 * (stored[(sd, "random")]["test_loss"] - loss)
+                 / stored[(sd, "random")]["test_loss"] for sd, loss in mine]
+        assert summary[arm]["improvement_pct_by_seed"] == pytest.approx(gains)
+    d = summary["skewed_minus_balanced"]
+    assert d["seeds"] == 2 and d["mean_pp"] == pytest.approx(np.mean(
+        np.subtract(summary["skewed"]["improvement_pct_by_seed"],
+                    summary["balanced"]["improvement_pct_by_seed"])))
+    # a stored oracle loss the fine-tune does not reproduce stops the run
+    data = json.loads(path.read_text())
+    for r in data["details"]["per_seed"]:
+        if r["method"] == "oracle":
+            r["test_loss"] += 0.01
+    path.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="fine-tuned again"):
+        pick_answers.main(["--config", "chat_labels", "--size", "tiny", "--controls",
+                           "--quality", str(path), "--out", str(tmp_path / "d.json")])

@@ -92,6 +92,7 @@ def fake_seed_runner(tmp_path, monkeypatch):
     monkeypatch.setattr(quality, "ranking_metrics", lambda s, scores, extra: {})
 
     def make(config, epochs, names, curve):
+        fake.config = config
         monkeypatch.setattr(quality, "run_selector", lambda name, s: {
             m: {"idx": np.array([0, 1]), "scores": None, "extra": {}} for m in names or [name]})
         monkeypatch.setattr(quality, "finetune_curve",
