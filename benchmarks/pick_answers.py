@@ -165,7 +165,32 @@ def associations(records: list[dict[str, Any]]) -> dict[str, Any]:
         x = np.array([r[k] for r in picks], dtype=np.float64)
         have = np.isfinite(x)
         correlation[k] = spearman(x[have], gain[have])
-    return {"picks": len(picks), "spearman_with_gain": correlation, "by_method": by_method}
+    return {"picks": len(picks), "spearman_with_gain": correlation, "by_method": by_method,
+            "word_effect": word_effect(records)}
+
+
+def word_effect(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per scoring method, means over seeds of: ``word_spread``, the range of the target
+    rows' mean raw score over answer words; ``mapping_gap``, the mean over words of the
+    target rows' mean score minus the other rows' with the same answer; ``word_corr``, the
+    Pearson correlation over words of those two means. A score that reads the mapping has a
+    positive gap; one that reads only the answer word has gap 0 and correlation 1."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        by = r.get("score_by_label")
+        if not by:
+            continue
+        words = sorted(set(by["target"]) & set(by["other"]))
+        t = np.array([by["target"][w] for w in words])
+        o = np.array([by["other"][w] for w in words])
+        stats = out.setdefault(r["method"], {"word_spread": [], "mapping_gap": [],
+                                             "word_corr": []})
+        stats["word_spread"].append(float(np.ptp(t)) if t.size else float("nan"))
+        stats["mapping_gap"].append(float((t - o).mean()) if t.size else float("nan"))
+        varied = t.size > 2 and t.std() > 0 and o.std() > 0
+        stats["word_corr"].append(float(np.corrcoef(t, o)[0, 1]) if varied else float("nan"))
+    return {m: {k: _finite_mean(v) for k, v in st.items()} | {"seeds": len(st["word_spread"])}
+            for m, st in out.items()}
 
 
 def _finite_mean(values: list[float]) -> float:

@@ -157,3 +157,19 @@ def test_tiny_controls_refit_the_oracle_and_pair_with_random(tmp_path, monkeypat
     with pytest.raises(SystemExit, match="fine-tuned again"):
         pick_answers.main(["--config", "chat_labels", "--size", "tiny", "--controls",
                            "--quality", str(path), "--out", str(tmp_path / "d.json")])
+
+
+def test_word_effect_separates_a_word_score_from_a_mapping_score():
+    def rec(method, target, other):
+        return {"method": method, "score_by_label": {"target": target, "other": other}}
+
+    words = {"a": 1.0, "b": 0.0, "c": 0.5}
+    records = [rec("word", words, dict(words)),  # the answer word alone sets the score
+               rec("mapping", {"a": 1.0, "b": 1.0, "c": 1.0}, {"a": 0.0, "b": 0.2, "c": -0.2}),
+               {"method": "random"}]
+    got = pick_answers.word_effect(records)
+    assert set(got) == {"word", "mapping"}
+    assert got["word"]["word_spread"] == 1.0 and got["word"]["mapping_gap"] == 0.0
+    assert got["word"]["word_corr"] == pytest.approx(1.0)
+    assert got["mapping"]["word_spread"] == 0.0 and got["mapping"]["mapping_gap"] == 1.0
+    assert np.isnan(got["mapping"]["word_corr"])  # constant target means: no correlation
