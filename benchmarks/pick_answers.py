@@ -109,9 +109,13 @@ def score_by_label(scores: np.ndarray, answer: np.ndarray, is_target: np.ndarray
 
 def check_pick(name: str, seed: int, s: quality.Setup, pick: dict[str, Any],
                stored: dict[str, Any]) -> None:
-    """Stops unless the recomputed pick has the stored source shares and raw-score AUC."""
+    """Stops unless the recomputed pick has the stored source shares (or, where none are
+    stored, target share) and raw-score AUC."""
     shares = quality.source_shares(s, pick["idx"]) or {}
     want = stored.get("source_shares") or {}
+    if not want:  # a result from before source shares were stored: the target share
+        shares = {"target": float(s.is_target[pick["idx"]].mean())}
+        want = {"target": stored["target_share"]}
     if any(abs(shares.get(k, 0.0) - want.get(k, 0.0)) > 1e-9 for k in {*shares, *want}):
         raise SystemExit(f"seed {seed} {name}: the recomputed pick's sources {shares} differ "
                          f"from the stored {want}: rerun with the quality run's --threads")

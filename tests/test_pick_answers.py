@@ -89,6 +89,15 @@ def test_tiny_run_recomputes_and_checks_the_stored_picks(tmp_path):
     path.write_text(json.dumps(record))
     with pytest.raises(SystemExit, match="differ from the stored"):
         pick_answers.main(args)
+    # an older result without source shares is checked on its target share
+    for r in record["details"]["per_seed"]:
+        r["source_shares"] = None
+    path.write_text(json.dumps(record))
+    pick_answers.main(args)
+    record["details"]["per_seed"][0]["target_share"] += 0.5
+    path.write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match="differ from the stored"):
+        pick_answers.main(args)
 
 
 def test_word_quotas_follow_shares_within_what_the_pool_holds():
