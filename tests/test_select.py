@@ -424,3 +424,172 @@ def test_selection_overlap_matches_sets():
 def test_selection_overlap_bad_input(selections, match):
     with pytest.raises(ValueError, match=match):
         selection_overlap(selections)
+
+
+# ---------------------------------------------------------------- strata
+
+
+def ref_stratum_quotas(total, weights, sizes):
+    """Exact fractions: largest remainder over the open strata; a stratum whose share
+    reaches its size is taken whole and the split is redone over the others."""
+    quotas, open_ = [0] * len(weights), [w > 0 for w in weights]
+    while total:
+        w_open = sum(w for w, o in zip(weights, open_, strict=True) if o)
+        exact = [Fraction(total * w, w_open) if o else Fraction(0)
+                 for w, o in zip(weights, open_, strict=True)]
+        share = [math.floor(x) for x in exact]
+        order = sorted(range(len(weights)), key=lambda k: (-(exact[k] - share[k]), k))
+        for k in order[: total - sum(share)]:
+            share[k] += 1
+        full = [k for k in range(len(weights)) if open_[k] and share[k] >= sizes[k]]
+        if not full:
+            return [q + s for q, s in zip(quotas, share, strict=True)]
+        for k in full:
+            quotas[k], open_[k] = sizes[k], False
+            total -= sizes[k]
+    return quotas
+
+
+def reference_strata(scores, lengths, n, num_bins, random_fraction, pool, seed, strata,
+                     weights):
+    """Per stratum, the length-binned top of its own rows; then the random part as in
+    `reference`. None where the strata or the random pool hold too few rows."""
+    n_random = n_random_of(n, random_fraction)
+    size = len(weights) if weights is not None else max(strata, default=-1) + 1
+    members = [[i for i in range(len(strata)) if strata[i] == k] for k in range(size)]
+    sizes = [sum(1 for i in rows if lengths[i] > 0) for rows in members]
+    weights = sizes if weights is None else weights
+    if sum(s for s, w in zip(sizes, weights, strict=True) if w > 0) < n - n_random:
+        return None
+    chosen = set()
+    for rows, quota in zip(members, ref_stratum_quotas(n - n_random, weights, sizes),
+                           strict=True):
+        if quota:
+            sub = reference(scores[rows], [lengths[i] for i in rows], quota, num_bins, 0.0,
+                            None, seed)
+            chosen.update(rows[j] for j in sub)
+    if n_random:
+        pool = range(len(scores)) if pool is None else pool
+        candidates = sorted(i for i in set(pool) if lengths[i] > 0 and i not in chosen)
+        if len(candidates) < n_random:
+            return None
+        picked = np.random.default_rng(seed).choice(np.array(candidates, dtype=np.int64),
+                                                    size=n_random, replace=False)
+        chosen.update(picked.tolist())
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+@st.composite
+def stratified_problems(draw):
+    p = draw(problems())
+    size = p["scores"].size
+    k = draw(st.integers(1, 4))
+    p["strata"] = np.array(draw(st.lists(st.integers(-1, k - 1), min_size=size,
+                                         max_size=size)), dtype=np.int64)
+    p["stratum_weights"] = draw(st.none() | st.lists(st.integers(0, 5), min_size=k,
+                                                      max_size=k).map(np.array))
+    return p
+
+
+@SETTINGS
+@given(stratified_problems())
+def test_strata_match_reference(p):
+    weights = p["stratum_weights"]
+    pool = None if p["random_pool"] is None else p["random_pool"].tolist()
+    expected = reference_strata(p["scores"], p["lengths"].tolist(), p["n"], p["num_bins"],
+                                p["random_fraction"], pool, p["seed"], p["strata"].tolist(),
+                                None if weights is None else weights.tolist())
+
+    def go():
+        return select_indices(p["scores"], p["lengths"], p["n"], num_bins=p["num_bins"],
+                              random_fraction=p["random_fraction"],
+                              random_pool=p["random_pool"], seed=p["seed"],
+                              strata=p["strata"], stratum_weights=weights)
+
+    if expected is None:
+        with pytest.raises(ValueError, match="scored part needs|random part needs"):
+            go()
+    else:
+        np.testing.assert_array_equal(go(), expected)
+
+
+@SETTINGS
+@given(problems())
+def test_one_stratum_is_the_plain_selection(p):
+    assume(run_ref(p) is not None)
+    strata = np.zeros(p["scores"].size, np.int64)
+    np.testing.assert_array_equal(
+        select_indices(p["scores"], p["lengths"], p["n"], num_bins=p["num_bins"],
+                       random_fraction=p["random_fraction"], random_pool=p["random_pool"],
+                       seed=p["seed"], strata=strata), run(p))
+
+
+def test_stratum_quotas_cap_and_resplit():
+    from tov_datasets.select import stratum_quotas
+
+    # shares 6/2/2 of 10; stratum 0 holds 3 rows, so it is taken whole and 7 split 1:1
+    np.testing.assert_array_equal(
+        stratum_quotas(10, np.array([3, 1, 1]), np.array([3, 50, 50])), [3, 4, 3])
+    np.testing.assert_array_equal(
+        stratum_quotas(5, np.array([0, 2, 2]), np.array([9, 9, 9])), [0, 3, 2])
+    with pytest.raises(ValueError, match="scored part needs 5 rows but the strata of weight"):
+        stratum_quotas(5, np.array([1, 0]), np.array([4, 9]))
+
+
+def test_select_by_score_stratified_like_validation():
+    rng = np.random.default_rng(7)
+    ds = make_dataset(600, seed=3)
+    labels = rng.choice(["a", "b", "c", "d"], size=600)
+    ds = ds.add_column("label", labels.tolist())
+    val = datasets.Dataset.from_dict({"label": ["a"] * 6 + ["b"] * 3 + ["c"] * 1})
+    out = select_by_score(ds, 80, stratify_by_column="label", stratify_like=val,
+                          random_fraction=0.5, seed=2, mark_from_score=True)
+    scored = np.asarray(out["label"])[np.asarray(out["tov_from_score"])]
+    assert sorted(scored.tolist()) == ["a"] * 24 + ["b"] * 12 + ["c"] * 4  # 40 as 6:3:1
+    ids = col(out, "id")
+    eligible = col(ds, "tov_num_tokens") > 0
+    for label in "abc":  # within a label: its top scores over its own length bins
+        rows = np.flatnonzero(labels == label)
+        sub = select_indices(col(ds, "tov_score")[rows], col(ds, "tov_num_tokens")[rows],
+                             int((scored == label).sum()), random_fraction=0.0)
+        assert set(rows[sub]) <= set(ids)
+    assert eligible[ids].all()
+    # without stratify_like the labels keep their shares of the dataset itself
+    plain = select_by_score(ds, 80, stratify_by_column="label", random_fraction=0.0)
+    codes = np.unique(labels, return_inverse=True)[1]
+    expected = ref_stratum_quotas(80, np.bincount(codes).tolist(),
+                                  np.bincount(codes[eligible]).tolist())
+    got = np.unique(np.asarray(plain["label"]), return_inverse=True)[1]
+    assert np.bincount(got, minlength=4).tolist() == expected
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(stratify_by_column="nope"), "stratify_by_column='nope': dataset has no such"),
+    (dict(stratify_like=datasets.Dataset.from_dict({"x": [1]})),
+     "stratify_like needs stratify_by_column"),
+    (dict(stratify_by_column="label", stratify_like=datasets.Dataset.from_dict({"x": [1]})),
+     "stratify_like has no such column"),
+    (dict(stratify_by_column="input_ids"), "holds ndarray values|holds list values"),
+    (dict(stratify_by_column="label",
+          stratify_like=datasets.Dataset.from_dict({"label": ["zzz"]})),
+     "scored part needs 5 rows but the strata of weight > 0 hold only 0"),
+])
+def test_select_by_score_strata_bad_input(kwargs, match):
+    ds = make_dataset(40).add_column("label", ["a", "b"] * 20)
+    with pytest.raises(ValueError, match=match):
+        select_by_score(ds, 10, **kwargs)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(strata=np.zeros(5, np.int64)), "one integer stratum id per row"),
+    (dict(strata=np.zeros(6)), "one integer stratum id per row"),
+    (dict(strata=np.array([0, 1, -2, 0, 1, 0])), "strata must be >= -1"),
+    (dict(strata=np.array([0, 1, 2, 0, 1, 0]), stratum_weights=np.array([1, 1])),
+     "strata has id 2 but stratum_weights only 2"),
+    (dict(strata=np.zeros(6, np.int64), stratum_weights=np.array([-1])), "must be >= 0"),
+    (dict(strata=np.zeros(6, np.int64), stratum_weights=np.array([0.5])), "integer counts"),
+    (dict(stratum_weights=np.array([1])), "stratum_weights needs strata"),
+])
+def test_strata_bad_input(change, match):
+    with pytest.raises(ValueError, match=match):
+        select_indices(**{**GOOD, "n": 2, "random_fraction": 0.0, **change})

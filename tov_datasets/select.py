@@ -19,6 +19,12 @@ diversity:
    in ascending order (so the order of ``random_pool`` does not matter). Too few candidates is
    a ValueError, never a silent fill.
 
+Strata (optional, e.g. the answer label of a classification task, whose marginal a score
+may skew): the scored part ``n_s`` is split over the strata in proportion to given weights
+(e.g. each label's count in the validation set) by largest remainder, a stratum never past
+its eligible rows (`stratum_quotas`), and steps 2-4 run inside each stratum on its own rows.
+The random part is unchanged.
+
 `selection_overlap` counts the rows that named selections share (several targets' picks).
 
 Nothing is fully sorted (a numpy sort of 10M values alone takes ~1 s): rows are binned by a
@@ -43,7 +49,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = ["SelectionOverlap", "length_bins", "random_count", "select_by_score",
-           "select_indices", "selection_overlap"]
+           "select_indices", "selection_overlap", "stratum_quotas"]
 
 SELECTED_COLUMN = "tov_selected"
 FROM_SCORE_COLUMN = "tov_from_score"  # True: chosen by score; False: by the random part
@@ -193,6 +199,79 @@ def _pool_mask(random_pool: object, num_rows: int) -> np.ndarray:
     return counts.astype(bool)
 
 
+def _mark_scored(scores: np.ndarray, lengths: np.ndarray, n_scored: int, num_bins: int,
+                 mask: np.ndarray) -> None:
+    """Set mask (N,) bool at the scored part: the top scores of each length bin (steps 2-4)."""
+    grouped_scores, grouped_rows, bin_start = _grouped_by_bin(scores, lengths, num_bins)
+    quotas = _largest_remainder(n_scored, np.diff(bin_start))
+    thresholds, ties = _thresholds(grouped_scores, bin_start, quotas)
+    _mark_top(grouped_scores, grouped_rows, bin_start, quotas, thresholds, ties, mask)
+
+
+def _checked_strata(strata: object, stratum_weights: object, lengths: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """strata as int64 (N,) in [-1, S) and the weights as int64 (S,) (default: each
+    stratum's eligible rows). Raises ValueError naming what is wrong."""
+    strata = np.asarray(strata)
+    if strata.shape != lengths.shape or (strata.size and not np.issubdtype(strata.dtype,
+                                                                           np.integer)):
+        raise ValueError(f"strata must be one integer stratum id per row, shape "
+                         f"{lengths.shape}; got dtype {strata.dtype} and shape {strata.shape}")
+    strata = strata.astype(np.int64, copy=False)
+    if strata.size and strata.min() < -1:
+        raise ValueError(f"strata must be >= -1 (-1: no stratum), got {strata.min()}")
+    if stratum_weights is None:
+        size = int(strata.max()) + 1 if strata.size else 0
+        return strata, np.bincount(strata[(lengths > 0) & (strata >= 0)], minlength=size)
+    weights = np.asarray(stratum_weights)
+    if weights.ndim != 1 or (weights.size and not np.issubdtype(weights.dtype, np.integer)):
+        raise ValueError(f"stratum_weights must be a 1-D array of integer counts, got dtype "
+                         f"{weights.dtype} and shape {weights.shape}")
+    if weights.size and weights.min() < 0:
+        raise ValueError(f"stratum_weights must be >= 0, got {weights.min()}")
+    if strata.size and strata.max() >= weights.size:
+        raise ValueError(f"strata has id {strata.max()} but stratum_weights only "
+                         f"{weights.size} entries; give one weight per stratum id")
+    return strata, weights.astype(np.int64, copy=False)
+
+
+def stratum_quotas(total: int, weights: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Split `total` rows over strata in proportion to `weights` (int64 (S,) >= 0) by largest
+    remainder, none above its `sizes` (int64 (S,)): a stratum whose share reaches its size is
+    taken whole and the rest is split again over the others. Raises ValueError when the
+    strata of weight > 0 hold fewer than `total` rows."""
+    quotas = np.zeros(weights.size, np.int64)
+    open_ = weights > 0
+    capacity = int(sizes[open_].sum())
+    if capacity < total:
+        raise ValueError(
+            f"the scored part needs {total} rows but the strata of weight > 0 hold only "
+            f"{capacity} eligible rows (length > 0); pass a smaller n, a larger "
+            "random_fraction, or weights for more strata"
+        )
+    left = total
+    while left:
+        share = _largest_remainder(left, np.where(open_, weights, 0))
+        full = open_ & (share >= sizes)
+        if not full.any():
+            return quotas + share
+        quotas[full] = sizes[full]
+        left -= int(sizes[full].sum())
+        open_ &= ~full
+    return quotas
+
+
+def _stratum_parts(strata: np.ndarray, weights: np.ndarray, eligible: np.ndarray,
+                   n_scored: int) -> list[tuple[np.ndarray, int]]:
+    """(rows of the stratum, ascending int64; its quota) for every stratum with a quota > 0."""
+    sizes = np.bincount(strata[eligible & (strata >= 0)], minlength=weights.size)
+    quotas = stratum_quotas(n_scored, weights, sizes)
+    order = np.argsort(strata, kind="stable")  # rows grouped by stratum, ascending in each
+    start = np.searchsorted(strata[order], np.arange(weights.size + 1))
+    return [(order[start[k]:start[k + 1]], int(quotas[k]))
+            for k in np.flatnonzero(quotas)]
+
+
 def random_count(n: int, random_fraction: float) -> int:
     """Rows of the random part of a selection of ``n``: floor(random_fraction * n + 0.5)."""
     return int(np.floor(float(random_fraction) * n + 0.5))
@@ -258,12 +337,20 @@ def select_indices(
     random_fraction: float = 0.5,
     random_pool: np.ndarray | None = None,
     seed: int = 0,
+    strata: np.ndarray | None = None,
+    stratum_weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """Choose `n` rows: length-binned top scores plus a uniform random part (module doc).
 
     scores: (N,) real, finite where length > 0 (higher is better).
     lengths: (N,) integer token counts >= 0; rows with length 0 are never chosen.
     random_pool: (P,) distinct row indices in [0, N) the random part is drawn from.
+    strata: (N,) integer stratum id per row in [0, S), -1 for none (e.g. the answer label):
+    the scored part is split over the strata (`stratum_quotas`) and each stratum's share is
+    chosen as above within its own rows (its own length bins); rows of stratum -1 or of
+    weight 0 are never chosen by score (the random part may draw them).
+    stratum_weights: (S,) integer weights >= 0 of the split (e.g. each label's count in the
+    validation set); default: each stratum's eligible rows.
     Returns (n,) int64 row indices, sorted ascending. Same inputs and seed, same result;
     ``num_bins=1, random_fraction=0`` is the plain top-n (ties: lower index first).
     """
@@ -275,11 +362,17 @@ def select_indices(
     n_random = random_count(n, random_fraction)
     n_scored = n - n_random
     mask = np.zeros(num_rows, dtype=bool)
-    if n_scored:
-        grouped_scores, grouped_rows, bin_start = _grouped_by_bin(scores, lengths, num_bins)
-        quotas = _largest_remainder(n_scored, np.diff(bin_start))
-        thresholds, ties = _thresholds(grouped_scores, bin_start, quotas)
-        _mark_top(grouped_scores, grouped_rows, bin_start, quotas, thresholds, ties, mask)
+    if strata is None:
+        if stratum_weights is not None:
+            raise ValueError("stratum_weights needs strata: pass strata= too")
+        if n_scored:
+            _mark_scored(scores, lengths, n_scored, num_bins, mask)
+    else:
+        strata, weights = _checked_strata(strata, stratum_weights, lengths)
+        for rows, quota in _stratum_parts(strata, weights, eligible, n_scored):
+            part = np.zeros(rows.size, dtype=bool)
+            _mark_scored(scores[rows], lengths[rows], quota, num_bins, part)
+            mask[rows[part]] = True
     if n_random:
         free = eligible & ~mask if pool is None else eligible & ~mask & pool
         candidates = np.flatnonzero(free)
@@ -312,6 +405,29 @@ def _column(dataset: datasets.Dataset, name: str, row_map: np.ndarray | None) ->
     return values if row_map is None else values[row_map]
 
 
+def _strata(dataset: datasets.Dataset, row_map: np.ndarray | None, column: str | None,
+            like: datasets.Dataset | None) -> dict[str, np.ndarray]:
+    """`select_indices`' strata keywords from a label column of `dataset` (weights: the
+    labels' counts in `like`, default in `dataset`); {} without a column."""
+    if column is None:
+        if like is not None:
+            raise ValueError("stratify_like needs stratify_by_column: name the label column")
+        return {}
+    for data, arg in ((dataset, "dataset"), (like, "stratify_like")):
+        if data is not None and column not in data.column_names:
+            raise ValueError(f"stratify_by_column={column!r}: {arg} has no such column; "
+                             f"its columns: {data.column_names}")
+    values = _column(dataset, column, row_map)
+    like_values = values if like is None else _column(like, column, tables.row_map(like))
+    if values.dtype == object and values.size and not np.isscalar(values[0]):
+        raise ValueError(f"stratify_by_column={column!r} holds {type(values[0]).__name__} "
+                         "values; give a column of scalar labels (str or int)")
+    labels, inverse = np.unique(np.concatenate([values, like_values]), return_inverse=True)
+    strata = inverse[: values.size].astype(np.int64)
+    return {"strata": strata, "stratum_weights": np.bincount(
+        inverse[values.size:], minlength=labels.size).astype(np.int64)}
+
+
 def select_by_score(
     dataset: datasets.Dataset,
     n: int,
@@ -324,8 +440,15 @@ def select_by_score(
     seed: int = 0,
     keep_all: bool = False,
     mark_from_score: bool = False,
+    stratify_by_column: str | None = None,
+    stratify_like: datasets.Dataset | None = None,
 ) -> datasets.Dataset:
     """Select `n` rows of `dataset` with :func:`select_indices` on two of its columns.
+
+    ``stratify_by_column``: a column of scalar labels (e.g. a classification answer); the
+    scored part keeps each label's share of ``stratify_like`` (a dataset with that column,
+    e.g. the validation set; labels it lacks get no scored rows) or, without it, of
+    ``dataset`` itself, picking the top scores within each label.
 
     Returns a new flat in-memory dataset (no indices mapping, all columns, rows in ascending
     order); with ``keep_all=True`` all rows plus a bool column ``tov_selected`` (replaced if
@@ -346,8 +469,9 @@ def select_by_score(
     row_map = tables.row_map(dataset)
     scores = _column(dataset, score_column, row_map)
     lengths = _column(dataset, length_column, row_map)
+    strata = _strata(dataset, row_map, stratify_by_column, stratify_like)
     idx = select_indices(scores, lengths, n, num_bins=num_bins, random_fraction=random_fraction,
-                         random_pool=random_pool, seed=seed)
+                         random_pool=random_pool, seed=seed, **strata)
     table = dataset.data.table
     info = dataset.info.copy()
     if keep_all:
@@ -362,7 +486,8 @@ def select_by_score(
         if mark_from_score:
             n_scored = n - random_count(n, random_fraction)
             by_score = (  # the scored part alone: the same bins, quotas and thresholds
-                select_indices(scores, lengths, n_scored, num_bins=num_bins, random_fraction=0)
+                select_indices(scores, lengths, n_scored, num_bins=num_bins, random_fraction=0,
+                               **strata)
                 if n_scored else np.empty(0, np.int64)
             )
             table = _put_column(table, FROM_SCORE_COLUMN, np.isin(idx, by_score))
