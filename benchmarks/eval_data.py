@@ -421,10 +421,10 @@ if __name__ == "__main__":
 
 
 # ---------------------------------------------------------------- tiny (tests) ------------
-def tiny_setup(config: str, seed: int = 0) -> dict[str, Any]:
+def tiny_setup(config: str, seed: int = 0, labelled: bool = False) -> dict[str, Any]:
     """Tiny random models (tests/tiny.py) and synthetic data of the same shapes, for the
     smoke tests: the pool mixes "target-like" rows (words of the val/test vocabulary) with
-    others."""
+    others. ``labelled`` ("it" only): every answer is one of three label words."""
     from datasets import Dataset
     from peft import LoraConfig
 
@@ -438,9 +438,12 @@ def tiny_setup(config: str, seed: int = 0) -> dict[str, Any]:
         return [str(w) for w in rng.choice(vocab, rng.integers(3, 10))]
 
     if config == "it":
+        def answer(vocab):
+            return str(rng.choice(tiny.WORDS[:3])) if labelled else " ".join(words(vocab))
+
         def rows(k, vocab, src):
             return [{"messages": [{"role": "user", "content": " ".join(words(vocab))},
-                                  {"role": "assistant", "content": " ".join(words(vocab))}],
+                                  {"role": "assistant", "content": answer(vocab)}],
                      "source": src} for _ in range(k)]
         model = tiny.causal_lm(tok)
         lora = LoraConfig(task_type="CAUSAL_LM", r=2, lora_alpha=8, lora_dropout=0.0,

@@ -76,6 +76,10 @@ GATE_MIN_GAIN_PCT, GATE_MIN_T = 3.0, 4.0
 LEARNED_ENTROPY_RATIO, LEARNED_LM_GAIN = 0.6, 0.03
 # ToV's selection variants computed from the scores of the "tov" run (no second trajectory)
 DERIVED = {"tov_score_only": {"random_fraction": 0.0}, "tov_nobins": {"num_bins": 1}}
+# with Config.strata: "tov" also derives STRATA_PICK (its score, the scored half split over
+# the labels in the validation set's proportions); STRATA_RANDOM fills the same label quotas
+# with a uniform random score (same U and random half): the gain of the label column alone
+STRATA_PICK, STRATA_RANDOM = "tov_strata", "strata_random"
 # "<baseline>_score_random": that baseline's score picked in ToV's shape (the library's
 # selection defaults: top scores per length bin for half of n, the other half at random from
 # the base set U that ToV draws at the same seed), so it differs from ToV in the score alone
@@ -129,7 +133,7 @@ def setup(config: Config, size: str, seed: int, models: dict[str, Any] | None = 
 
     if size == "tiny":
         s = eval_data.tiny_setup("ner" if config.task == "token_classification" else "it",
-                                 seed=seed)
+                                 seed=seed, labelled=config.strata == "answer")
         data = {k: s[k].add_column("is_target", [x == "target" for x in s[k]["source"]])
                 for k in ("pool", "val", "test")}
         model, tok, sizes, meta = s["model"], s["tokenizer"], TINY_SIZES, s["meta"]
@@ -240,6 +244,14 @@ def run_selector(name: str, s: Setup) -> dict[str, dict[str, Any]]:
         base = draw_base_set(len(s.pool), sz.base_size, s.seed)
         return {name: {"idx": score_random_pick(s, r["scores"], counts, base), "scores":
                        r["scores"], "extra": {**r["extra"], "derived_from": baseline}}}
+    if name == STRATA_RANDOM:
+        from tov_datasets.trajectory import draw_base_set
+
+        counts = length.scored_lengths(s.model, s.tokenizer, s.pool, sz.max_length)
+        base = draw_base_set(len(s.pool), sz.base_size, s.seed)
+        noise = np.random.default_rng([s.seed, 1]).random(len(s.pool))
+        return {name: {"idx": score_random_pick(s, noise, counts, base, **label_strata(s)),
+                       "scores": None, "extra": {}}}
     if name == "random":
         return {name: {"idx": random_select.select(None, None, s.pool, s.val, n, s.seed),
                        "scores": None, "extra": {}}}
@@ -294,10 +306,37 @@ def _run_tov(name: str, s: Setup) -> dict[str, dict[str, Any]]:
              "epoch_scores": epochs, "history": r.history}
     out = {name: {"idx": tov.selected_rows(r), "scores": scores, "extra": extra}}
     if name == "tov":
-        for derived, options in DERIVED.items():
+        for derived, options in derived_options(s).items():
             idx = score_random_pick(s, scores, counts, r.base_indices, **options)
             out[derived] = {"idx": idx, "scores": scores, "extra": {"derived_from": "tov"}}
     return out
+
+
+def derived_names(config: Config) -> list[str]:
+    """The selection variants derived from the "tov" run's scores: DERIVED, and STRATA_PICK
+    where the configuration has strata."""
+    return [*DERIVED, *([STRATA_PICK] if config.strata else [])]
+
+
+def derived_options(s: Setup) -> dict[str, dict[str, Any]]:
+    """`select_indices` options of each of `derived_names`."""
+    return {name: DERIVED.get(name) or label_strata(s) for name in derived_names(s.config)}
+
+
+def answers(rows: Any) -> np.ndarray:
+    """(len(rows),) str: each chat row's answer (the content of its last message)."""
+    return np.asarray([m[-1]["content"] for m in rows["messages"]], dtype=str)
+
+
+def label_strata(s: Setup) -> dict[str, np.ndarray]:
+    """`select_indices`' strata keywords: the pool rows' answers as labels, weighted by
+    their counts among the validation set's answers (Config.strata "answer")."""
+    from tov_datasets.select import label_strata as strata_of
+
+    if s.config.strata != "answer":
+        raise ValueError(f"configuration {s.config.name} has no strata (Config.strata)")
+    strata, weights = strata_of(answers(s.pool), answers(s.val))
+    return {"strata": strata, "stratum_weights": weights}
 
 
 def score_random_pick(s: Setup, scores: np.ndarray, counts: np.ndarray, base: np.ndarray,
@@ -353,6 +392,14 @@ def source_shares(s: Setup, idx: np.ndarray) -> dict[str, float] | None:
         return None
     picked = sources[np.asarray(idx, dtype=np.int64)]
     return {str(src): float((picked == src).mean()) for src in np.unique(sources)}
+
+
+def answer_shares(s: Setup, idx: np.ndarray) -> dict[str, float] | None:
+    """{answer: share of the pick's rows} where the configuration has answer strata."""
+    if s.config.strata != "answer":
+        return None
+    words, counts = np.unique(answers(s.pool.select(idx)), return_counts=True)
+    return {str(w): float(c) / len(idx) for w, c in zip(words, counts, strict=True)}
 
 
 def entity_share(s: Setup, idx: np.ndarray) -> float | None:
@@ -601,7 +648,7 @@ class Runner:
     def evaluate(self, seed: int, method: str) -> None:
         """Select with ``method`` (and its derived variants), fine-tune, test; saved per
         pick, so a run stopped between a method's picks fine-tunes only the missing ones."""
-        names = [method, *(DERIVED if method == "tov" else ())]
+        names = [method, *(derived_names(self.config) if method == "tov" else ())]
         if all(self.progress.get(f"{seed}/{name}") is not None for name in names):
             return
         s = self.setup(seed)
@@ -617,7 +664,8 @@ class Runner:
                 "seed": seed, "method": name, "test_loss": loss, "test_curve": curve,
                 "target_share": float(s.is_target[pick["idx"]].mean()),
                 "source_shares": source_shares(s, pick["idx"]),
-                "entity_share": entity_share(s, pick["idx"]), "ranking": ranking,
+                "entity_share": entity_share(s, pick["idx"]),
+                "answer_shares": answer_shares(s, pick["idx"]), "ranking": ranking,
                 "select_s": t_select, "n": int(len(pick["idx"])),
                 "timings": pick["extra"].get("timings"), "history": pick["extra"].get("history")})
             print(f"seed {seed} {name:16s} loss {loss:.4f} target "
@@ -756,7 +804,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--methods", default=None,
                     help="comma list (default per task: "
                     f"{DEFAULT_METHODS}); random and oracle always run; 'tov' adds "
-                    f"{sorted(DERIVED)}; variants: {sorted(tov.VARIANTS)} and tov_rank<r>; "
+                    f"{sorted(DERIVED)} (and {STRATA_PICK} where the configuration has "
+                    f"strata, which also offers {STRATA_RANDOM}); variants: {sorted(tov.VARIANTS)} "
+                    "and tov_rank<r>; "
                     f"<baseline>{SCORE_RANDOM}: a baseline's score picked in ToV's shape")
     ap.add_argument("--force", action="store_true", help="run the methods on a failed gate")
     ap.add_argument("--summarise-only", action="store_true",

@@ -206,6 +206,32 @@ target rows, so the oracle control (n of them at random) differs between seeds.
   numbers. H12 decides nothing in the library. On the CPU ~1.5 h of two 1-thread processes
   (~13 min a selection).
 
+- ``chat_labels_v3``: ``chat_labels`` on five fresh seeds, 30-34 (small 30-31, gpu 40-44),
+  committed before any selector ran on it, after the diagnosis of ``chat_labels_v2``
+  (``pick_answers.py``: ToV's raw score ranks rows by their answer word, its pick's answer
+  words drift from the test's, and a pick skewed to two words gains 26.7 +- 6.5 points less
+  than a balanced one). The remedy the controls suggest, as a selection option of the
+  library (``select_by_score(stratify_by_column=, stratify_like=)``): ``tov_strata`` = ToV's
+  default score (F identity) with the scored half split over the answer labels in the
+  validation set's proportions (labels the validation set lacks get none: here the
+  Wikipedia topics), the top scores within each label's own length bins, the random half
+  from U as before. Its control ``strata_random`` = the same label quotas filled at random
+  (a uniform random score, same U and random half): the gain a user gets from the label
+  column alone. Within a label the pool holds target rows and conflicting rows answered with
+  that word; only a score that reads the mapping can tell them apart (ToV's target-minus-
+  same-answer gap on ``chat_labels_v2`` was +0.04 nats, small against its 0.42 spread over
+  words; the half-conflicting control was still +20.8% vs random). Methods, in this order:
+  the controls of every seed (the gate), then on every seed ``tov`` (with its derived
+  score_only, nobins and strata), ``strata_random`` and embedding. Stated before the run:
+  H17 (primary), ``tov_strata`` beats random by > 2 s.e.; H18, the mean paired
+  ``tov_strata`` - ``tov`` is > 0; H19, the mean paired ``tov_strata`` - ``strata_random``
+  is > 0 (the score adds to the label quotas); H20, the mean paired ``tov_strata`` -
+  embedding is >= 0. Decision (no default changes: strata need a label column the user
+  names): if the gate passes and H17 and H19 hold, the README recommends
+  ``stratify_by_column`` for few-label targets with these numbers; if H17 holds and H19
+  fails, it says the label quotas alone give the gain, without ToV; if H17 fails, it reports
+  the miss and the few-label limitation stays. On the CPU ~1.5 h of two 1-thread processes.
+
 Changing anything here makes a new configuration: commit it first, then rerun every method
 (quality.py records the commit that last changed this file as ``config_commit``).
 """
@@ -291,6 +317,9 @@ class Config:
     # the oracle's plateau; "linear", a fixed recipe (ft_max_epochs epochs, the one lr of
     # ft_lrs decaying to 0), nothing calibrated
     ft_schedule: str = "constant"
+    # "answer": a chat row's answer (its last message) is its label; ToV's run then also
+    # derives ``tov_strata`` and the ``strata_random`` control (quality.py); None: neither
+    strata: str | None = None
 
 
 # ------------------------------------------------------------------ ner_coarse -------------
@@ -774,3 +803,10 @@ CONFIGS["chat_labels"] = Config(
 # chat_labels on five fresh seeds: does the default F = abs prefer the conflicting rows?
 CONFIGS["chat_labels_v2"] = replica(CONFIGS["chat_labels"], "chat_labels_v2",
                                     {"small": (10, 2), "full": (10, 5), "gpu": (20, 5)})
+
+# chat_labels on five fresh seeds: ToV's identity score with the scored half split over the
+# answer labels in the validation set's proportions (tov_strata), against the same label
+# quotas filled at random (strata_random)
+CONFIGS["chat_labels_v3"] = replica(CONFIGS["chat_labels"], "chat_labels_v3",
+                                    {"small": (30, 2), "full": (30, 5), "gpu": (40, 5)},
+                                    strata="answer")

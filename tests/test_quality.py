@@ -1,6 +1,7 @@
 """benchmarks/quality.py: the budget rule, the premise gate, and a tiny end-to-end run of
 every method and metric (tiny random models: seconds, not a quality claim)."""
 
+import dataclasses
 import json
 import math
 
@@ -509,3 +510,50 @@ def test_merge_progress_adds_another_processs_entries_and_refuses_a_mismatch(tmp
     with pytest.raises(SystemExit, match="no such file"):
         mine.merge(tmp_path / "missing.json")
     assert "3/random" not in quality.Progress(mine.path, key).done
+
+
+def _chats(answers):
+    from datasets import Dataset
+
+    return Dataset.from_list([{"messages": [{"role": "user", "content": "q"},
+                                            {"role": "assistant", "content": a}]}
+                              for a in answers])
+
+
+def test_label_strata_are_the_answers_weighted_by_the_validation_set():
+    s = quality.Setup(CONFIGS["chat_labels_v3"], quality.TINY_SIZES, 0,
+                      _chats(["b", "a", "c", "a", "b"]), _chats(["a", "a", "b", "d"]), None, {},
+                      None, None, None, None)
+    got = quality.label_strata(s)
+    # labels in sorted order a, b, c, d: the pool has no "d", the validation set no "c"
+    assert got["strata"].tolist() == [1, 0, 2, 0, 1]
+    assert got["stratum_weights"].tolist() == [2, 1, 0, 1]
+    assert quality.answer_shares(s, np.array([0, 1, 3])) == {"a": 2 / 3, "b": 1 / 3}
+    with pytest.raises(ValueError, match="has no strata"):
+        quality.label_strata(dataclasses.replace(s, config=CONFIGS["chat_labels"]))
+
+
+def test_strata_picks_give_each_validation_label_its_quota(tmp_path):
+    """tov_strata and strata_random (tiny run of chat_labels_v3): the scored half holds each
+    validation answer's share of n / 2 (largest remainder), so every such answer has at
+    least that many rows in the pick."""
+    from fractions import Fraction
+
+    path = quality.main(["--config", "chat_labels_v3", "--tiny", "--threads", "1", "--force",
+                         "--methods", "tov,strata_random", "--out-dir", str(tmp_path)])
+    per_seed = json.loads(path.read_text())["details"]["per_seed"]
+    n = quality.TINY_SIZES.n
+    for seed in (0, 1):
+        s = quality.setup(CONFIGS["chat_labels_v3"], "tiny", seed)
+        val = quality.answers(s.val).tolist()
+        labels = sorted(set(val))
+        exact = [Fraction(n // 2 * val.count(w), len(val)) for w in labels]
+        quota = [int(x) for x in exact]
+        for k in sorted(range(len(labels)), key=lambda k: (-(exact[k] - quota[k]), k))[
+                : n // 2 - sum(quota)]:
+            quota[k] += 1
+        for method in ("tov_strata", "strata_random"):
+            r = next(r for r in per_seed if r["seed"] == seed and r["method"] == method)
+            assert sum(r["answer_shares"].values()) == pytest.approx(1.0)
+            for w, q in zip(labels, quota, strict=True):
+                assert r["answer_shares"].get(w, 0.0) * n >= q - 1e-9, (seed, method, w)
