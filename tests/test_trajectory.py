@@ -17,7 +17,7 @@ from tests.reference import TRANSFORMS
 from tov_datasets import models, storage, training, trajectory
 from tov_datasets.formats import collate
 from tov_datasets.scorer import ToVScorer
-from tov_datasets.select import select_indices
+from tov_datasets.select import select_by_score, select_indices
 
 N_POOL = 30
 
@@ -435,6 +435,8 @@ def test_changed_arguments_with_the_same_output_dir(tiny_tokenizer, pool, val, l
         ({"val_optimizer": "adam"}, r"val_optimizer='adam' is not supported; pass one of "
                                     r"\('fresh', 'continue', 'sgd'\)"),
         ({"n": 30, "base_size": 10}, "random part"),
+        ({"stratify_by_column": "label"},
+         r"stratify_by_column='label': dataset has no such column; its columns: \['text'"),
     ],
 )
 def test_bad_inputs(tiny_tokenizer, pool, val, change, message):
@@ -445,6 +447,26 @@ def test_bad_inputs(tiny_tokenizer, pool, val, change, message):
     with pytest.raises(ValueError, match=message):
         trajectory.tov_select(model, tiny_tokenizer, pool, val, **kw)
     assert not hasattr(model, "peft_config")
+
+
+def test_label_strata_split_the_scored_part_like_the_validation_set(tiny_tokenizer, pool,
+                                                                    val, lora):
+    """stratify_by_column: the 5 rows chosen by score are 3 "x" and 2 "y" (the validation
+    set's 2:1, largest remainder), none "z"; the same as `select_by_score` on the scores."""
+    labelled = pool.add_column("label", ["x", "y", "z"] * (N_POOL // 3))
+    val = val.add_column("label", ["x", "x", "y"])
+    r = _run(tiny_tokenizer, labelled, val, lora=lora, epochs=1, stratify_by_column="label")
+    sel = r.selected
+    by_score = np.asarray(sel["label"])[np.asarray(sel[trajectory.FROM_SCORE_COLUMN])]
+    assert sorted(by_score.tolist()) == ["x", "x", "x", "y", "y"]
+    again = select_by_score(
+        labelled.add_column("tov_score", r.scores["tov_score"]).add_column(
+            "tov_num_tokens", r.scores["tov_num_tokens"]), 10, random_pool=r.base_indices,
+        stratify_by_column="label", stratify_like=val)
+    assert sorted(again["id"]) == sorted(sel["id"])
+    with pytest.raises(ValueError, match="scored part needs 5 rows but the strata of weight"):
+        _run(tiny_tokenizer, labelled, val.map(lambda _: {"label": "w"}), lora=lora,
+             stratify_by_column="label")
 
 
 def test_plain_model_is_left_as_it_was(tiny_tokenizer, pool, val, lora):

@@ -49,7 +49,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = ["SelectionOverlap", "length_bins", "random_count", "select_by_score",
-           "select_indices", "selection_overlap", "stratum_quotas"]
+           "select_indices", "selection_overlap", "column_strata", "label_strata",
+           "stratum_quotas"]
 
 SELECTED_COLUMN = "tov_selected"
 FROM_SCORE_COLUMN = "tov_from_score"  # True: chosen by score; False: by the random part
@@ -405,10 +406,17 @@ def _column(dataset: datasets.Dataset, name: str, row_map: np.ndarray | None) ->
     return values if row_map is None else values[row_map]
 
 
+def column_strata(dataset: datasets.Dataset, column: str | None,
+                  like: datasets.Dataset | None = None) -> dict[str, np.ndarray]:
+    """`select_indices`' strata keywords (``strata``, ``stratum_weights``) from the label
+    column `column` of `dataset` (rows as the user sees them), weighted by the labels' counts
+    in `like` (default: in `dataset`); {} without a column. Raises ValueError naming the
+    argument (``stratify_by_column``, ``stratify_like``) that is wrong."""
+    return _strata(dataset, tables.row_map(dataset), column, like)
+
+
 def _strata(dataset: datasets.Dataset, row_map: np.ndarray | None, column: str | None,
             like: datasets.Dataset | None) -> dict[str, np.ndarray]:
-    """`select_indices`' strata keywords from a label column of `dataset` (weights: the
-    labels' counts in `like`, default in `dataset`); {} without a column."""
     if column is None:
         if like is not None:
             raise ValueError("stratify_like needs stratify_by_column: name the label column")
@@ -422,10 +430,18 @@ def _strata(dataset: datasets.Dataset, row_map: np.ndarray | None, column: str |
     if values.dtype == object and values.size and not np.isscalar(values[0]):
         raise ValueError(f"stratify_by_column={column!r} holds {type(values[0]).__name__} "
                          "values; give a column of scalar labels (str or int)")
-    labels, inverse = np.unique(np.concatenate([values, like_values]), return_inverse=True)
-    strata = inverse[: values.size].astype(np.int64)
-    return {"strata": strata, "stratum_weights": np.bincount(
-        inverse[values.size:], minlength=labels.size).astype(np.int64)}
+    strata, weights = label_strata(values, like_values)
+    return {"strata": strata, "stratum_weights": weights}
+
+
+def label_strata(labels: np.ndarray, like: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`select_indices`' strata from scalar ``labels`` (N,): the stratum id int64 (N,) of each
+    row's label, and the weights int64 (S,): each label's count in ``like`` (M,) (e.g. the
+    validation set's labels; 0 for labels it lacks)."""
+    values, inverse = np.unique(np.concatenate([labels, like]), return_inverse=True)
+    n = len(labels)
+    return (inverse[:n].astype(np.int64),
+            np.bincount(inverse[n:], minlength=values.size).astype(np.int64))
 
 
 def select_by_score(

@@ -76,9 +76,11 @@ from tov_datasets.scorer import (
 from tov_datasets.select import (
     FROM_SCORE_COLUMN,
     SelectionOverlap,
+    column_strata,
     random_count,
     select_by_score,
     selection_overlap,
+    stratum_quotas,
 )
 
 __all__ = ["TARGETS", "ToVConfig", "ToVResult", "draw_base_set", "epoch_column", "epoch_lrs",
@@ -101,8 +103,9 @@ MAX_DEFAULT_EPOCHS = 8
 
 
 # The settings a manifest records (with shard_rows): those that change the trained adapters
-# or the scores. lora is recorded through the adapter config (`_run_identity`); num_bins and
-# random_fraction act on the final selection only, so a rerun may change them.
+# or the scores. lora is recorded through the adapter config (`_run_identity`); num_bins,
+# random_fraction and stratify_by_column act on the final selection only, so a rerun may
+# change them.
 _RECORDED = ("base_size", "epochs", "lr", "val_lr_ratio", "variant", "val_mode",
              "val_optimizer", "transform", "batch_size", "seed", "max_length", "column_map")
 _TIMED_STAGES = ("setup", "train_base", "train_val", "score", "io", "select")
@@ -183,7 +186,10 @@ class ToVConfig:
     lora: a peft LoraConfig for a plain model (None: ``default_lora_config(task,
     model=model)``). transform: F of the per-token deltas ("identity", "abs", "relu").
     num_bins, random_fraction: the final selection's length bins and random share
-    (`select_by_score`). seed: draws U, the LoRA start, micro-batch order and dropout.
+    (`select_by_score`). stratify_by_column: a column of scalar labels (e.g. a classification
+    answer) in the pool and every validation set: the scored part keeps each label's share
+    of the target's validation set (`select_by_score`); None: no strata.
+    seed: draws U, the LoRA start, micro-batch order and dropout.
     column_map: {user_column: canonical_column} (`tov_datasets.formats`; kept as a dict,
     None when empty).
     """
@@ -199,6 +205,7 @@ class ToVConfig:
     transform: str = DEFAULT_TRANSFORM
     num_bins: int = 10
     random_fraction: float = 0.5
+    stratify_by_column: str | None = None
     batch_size: int = 8
     max_length: int | None = None
     seed: int = 0
@@ -367,6 +374,13 @@ def _check_data(config: ToVConfig, pool: Any, targets: list[_Target],
                 f"the random part ({n_random} of {label}={n}) is drawn from the base set of "
                 f"base_size={config.base_size}; raise base_size or lower n or random_fraction"
             )
+    if config.stratify_by_column is not None:  # before any training: the labels must fit
+        for target in targets:
+            n = counts[target.name]
+            strata = column_strata(pool, config.stratify_by_column, target.val)
+            weights = strata["stratum_weights"]
+            stratum_quotas(n - random_count(n, config.random_fraction), weights,
+                           np.bincount(strata["strata"], minlength=weights.size))
 
 
 def _with_overrides(config: ToVConfig | None, overrides: Mapping[str, Any]) -> ToVConfig:
@@ -713,12 +727,15 @@ def _with_columns(pool: Any, columns: pa.Table) -> Any:
 
 
 def _select(pool: Any, scores: pa.Table, n: int, config: ToVConfig,
-            base_indices: np.ndarray) -> Any:
-    """The Score+Random selection of n pool rows by the one-target ``scores`` table."""
+            base_indices: np.ndarray, val: Any) -> Any:
+    """The Score+Random selection of n pool rows by the one-target ``scores`` table (label
+    strata weighted by ``val``, the target's validation set, where configured)."""
+    column = config.stratify_by_column
     return select_by_score(
         _with_columns(pool, scores), n, num_bins=config.num_bins,
         random_fraction=config.random_fraction, random_pool=base_indices, seed=config.seed,
-        mark_from_score=True,
+        mark_from_score=True, stratify_by_column=column,
+        stratify_like=None if column is None else val,
     )
 
 
@@ -774,8 +791,8 @@ def _selections(
     scores float32 (K, N) and token counts (N,)."""
     single = {t.name: _scores_dataset([e[i] for e in per_epoch], counts)
               for i, t in enumerate(targets)}
-    per_target = {name: _select(pool, single[name], counts_by_target[name], config,
-                                base_indices) for name in single}
+    per_target = {t.name: _select(pool, single[t.name], counts_by_target[t.name], config,
+                                  base_indices, t.val) for t in targets}
     if None in single:  # one validation set
         return single[None], per_target[None], None, None
     scores = _named_scores(single, len(per_epoch))
