@@ -478,3 +478,49 @@ def test_version_and_help_list_the_outputs(capsys):
     for name in (cli.SELECTED_FILE, cli.SCORES_FILE, cli.RUN_FILE, report.REPORT_NAME,
                  "tov_from_score", "clamped to [1, 8]", "clamped to [8, 256]"):
         assert name in " ".join(text.split()), name
+
+
+def _by_score_column(path: Path, column: str) -> list:
+    table = pq.read_table(path)
+    keep = table.column("tov_from_score").to_pylist()
+    return [v for v, k in zip(table.column(column).to_pylist(), keep, strict=True) if k]
+
+
+def test_stratify_column_keeps_the_validation_sets_label_shares(files, selected_run,
+                                                                  tmp_path, capsys):
+    """The validation set is all "math": every row chosen by score is "math" (select and
+    select-only --val); select-only without --val keeps the pool's even shares."""
+    out = tmp_path / "strata"
+    assert _select(files, out, "--stratify-column", "topic") == 0
+    assert _by_score_column(out / cli.SELECTED_FILE, "topic") == ["math"] * 6
+    scores = str(selected_run[0] / cli.SCORES_FILE)
+    args = ["select-only", "--scores", scores, "--n", "12", "--bins", "4", "--quiet",
+            "--pool", str(files["pool"]), "--stratify-column", "topic"]
+    assert cli.main([*args, "--val", str(files["val"]), "--out", str(tmp_path / "a.parquet")]) == 0
+    assert _by_score_column(tmp_path / "a.parquet", "topic") == ["math"] * 6
+    assert cli.main([*args, "--out", str(tmp_path / "b.parquet")]) == 0
+    shares = sorted(_by_score_column(tmp_path / "b.parquet", "topic"))
+    assert shares == ["law", "law", "math", "math", "music", "music"]
+    assert "tov_stratum" not in pq.read_table(tmp_path / "b.parquet").column_names
+    other = _write_jsonl(tmp_path / "other.jsonl", _rows(4, 2, topics=("chess",)))
+    plain = ["select-only", "--scores", scores, "--n", "12", "--quiet", "--out",
+             str(tmp_path / "c.parquet")]
+    for argv, message in [
+        ([*plain, "--pool", str(files["pool"]), "--val", str(files["val"])],
+         "--val weighs the labels of --stratify-column"),
+        ([*plain, "--stratify-column", "topic"], "--stratify-column needs --pool"),
+        ([*plain, "--pool", str(files["pool"]), "--stratify-column", "nope"],
+         "--stratify-column nope: --pool"),
+        ([*plain, "--pool", str(files["pool"]), "--stratify-column", "topic", "--val",
+          str(other)], "--stratify-column topic: the scored part needs 6 rows but the strata "
+         "of weight > 0 hold only 0 eligible rows (length > 0); pass a smaller --n"),
+    ]:
+        code, err = _run(argv, capsys)
+        assert code == 2 and message in err and "\n" not in err, err
+    assert not (tmp_path / "c.parquet").exists()
+    code, err = _run(["select", "--model", str(files["model"]), "--pool", str(files["pool"]),
+                      "--val", str(other), "--out", str(tmp_path / "d"), "--quiet", *SELECT,
+                      "--stratify-column", "topic"], capsys)
+    assert code == 2 and err.count("\n") == 0 and (
+        "--stratify-column topic: the labels of the validation set hold 0 pool rows, fewer "
+        "than the 6 chosen by score; lower --n or raise --random-fraction") in err, err

@@ -436,7 +436,7 @@ def test_changed_arguments_with_the_same_output_dir(tiny_tokenizer, pool, val, l
                                     r"\('fresh', 'continue', 'sgd'\)"),
         ({"n": 30, "base_size": 10}, "random part"),
         ({"stratify_by_column": "label"},
-         r"stratify_by_column='label': dataset has no such column; its columns: \['text'"),
+         r"stratify_by_column='label': pool has no such column; its columns: \['text'"),
     ],
 )
 def test_bad_inputs(tiny_tokenizer, pool, val, change, message):
@@ -464,7 +464,8 @@ def test_label_strata_split_the_scored_part_like_the_validation_set(tiny_tokeniz
             "tov_num_tokens", r.scores["tov_num_tokens"]), 10, random_pool=r.base_indices,
         stratify_by_column="label", stratify_like=val)
     assert sorted(again["id"]) == sorted(sel["id"])
-    with pytest.raises(ValueError, match="scored part needs 5 rows but the strata of weight"):
+    with pytest.raises(ValueError, match="stratify_by_column='label': the labels of the "
+                       "validation set hold 0 pool rows, fewer than the 5 chosen by score"):
         _run(tiny_tokenizer, labelled, val.map(lambda _: {"label": "w"}), lora=lora,
              stratify_by_column="label")
 

@@ -577,10 +577,22 @@ def _trajectory(args: argparse.Namespace, flag: str, shown: Path, state_dir: Pat
             f"({describe_changes(e.changes, OPTION_NAMES)}); rerun with the same options to "
             f"resume, or pass another {flag}"
         ) from e
-    except ValueError as e:  # tov_select's checks of the target names (argument val)
-        if not str(e).startswith("val: "):
-            raise
-        raise CliError(f"--{_one_line(e)}") from e
+    except ValueError as e:  # tov_select's checks of the target names and label strata
+        raise _strata_error(e, args.stratify_column) if str(e).startswith(STRATA_ARG) else (
+            CliError(f"--{_one_line(e)}") if str(e).startswith("val: ") else e) from e
+
+
+STRATA_ARG = "stratify_by_column="
+
+
+def _strata_error(e: ValueError, column: str) -> CliError:
+    """A library message about the label strata of ``column`` in CLI terms."""
+    text = _one_line(e).removeprefix(f"{STRATA_ARG}{column!r}: ")
+    for arg, flag in (("random_fraction", "--random-fraction"), ("lower n", "lower --n"),
+                      ("a smaller n", "a smaller --n"), ("stratify_like", "--val"),
+                      ("weights for more strata", "a --val with more of the pool's labels")):
+        text = text.replace(arg, flag)
+    return CliError(f"--stratify-column {column}: {text}")
 
 
 def _preview_text(row: Mapping[str, Any], data_format: str) -> str:
@@ -702,7 +714,8 @@ def _select(args: argparse.Namespace, out: Path, pool: Any, pool_format: str, va
 
     resumed = _has_finished_steps(out / TRAJECTORY_DIR)
     result = _trajectory(args, "--out", out, out / TRAJECTORY_DIR, model, tokenizer, pool, val,
-                         n=args.n, num_bins=args.bins, random_fraction=args.random_fraction)
+                         n=args.n, num_bins=args.bins, random_fraction=args.random_fraction,
+                         stratify_by_column=args.stratify_column)
     stages.add(result.timings, TRAJECTORY_STAGES)
     (out / RUN_FILE).unlink(missing_ok=True)  # from here on the directory is unfinished
     named = isinstance(val, Mapping)
@@ -924,6 +937,17 @@ def _score_column(args: argparse.Namespace, columns: Sequence[str]) -> str:
     return score_column(args.target)
 
 
+STRATA_COLUMN = "tov_stratum"  # select-only: the --stratify-column labels beside the scores
+
+
+def _renamed(data: Any, column: str, name: str) -> Any:
+    """``data`` with ``column`` renamed ``name``; a missing column is a CliError (--val)."""
+    if column not in data.column_names:
+        raise CliError(f"--stratify-column {column}: --val has no such column; its columns: "
+                       f"{data.column_names}")
+    return data.select_columns([column]).rename_column(column, name)
+
+
 def cmd_select_only(args: argparse.Namespace) -> None:
     """Re-select from a scores file: the score rows, or with --pool the pool rows."""
     import datasets
@@ -933,7 +957,12 @@ def cmd_select_only(args: argparse.Namespace) -> None:
     from tov_datasets.trajectory import ROW
 
     out = _parquet_out(args.out)
-    _check_outputs_apart(args, ["--out"], ["--scores", "--pool"])
+    _check_outputs_apart(args, ["--out"], ["--scores", "--pool", "--val"])
+    if args.stratify_column and not args.pool:
+        raise CliError("--stratify-column needs --pool: the pool that was scored holds the "
+                       "labels")
+    if args.val and not args.stratify_column:
+        raise CliError("--val weighs the labels of --stratify-column; pass both, or neither")
     path = Path(args.scores).expanduser()
     if not path.is_file():
         raise CliError(f"scores {args.scores}: no such file")
@@ -950,13 +979,29 @@ def cmd_select_only(args: argparse.Namespace) -> None:
     random_pool = None
     if IN_BASE in scores.column_names and not args.random_from_all:
         random_pool = np.flatnonzero(scores.column(IN_BASE).to_numpy())
+    strata: dict[str, Any] = {}
+    if args.stratify_column:
+        if args.stratify_column not in pool.column_names:
+            raise CliError(f"--stratify-column {args.stratify_column}: --pool {args.pool} has "
+                           f"no such column; its columns: {pool.column_names}")
+        labels = pool.select_columns([args.stratify_column]).select(
+            scores.column(ROW).to_numpy())
+        scores = scores.append_column(STRATA_COLUMN, _table(labels).column(0))
+        strata = {"stratify_by_column": STRATA_COLUMN, "stratify_like": None if not args.val
+                  else _renamed(load_data(args.val, "val"), args.stratify_column,
+                                STRATA_COLUMN)}
     try:
         chosen = _table(select_by_score(
             datasets.Dataset(scores), args.n, score_column=score, num_bins=args.bins,
             random_fraction=args.random_fraction, random_pool=random_pool, seed=args.seed,
-            mark_from_score=True,
+            mark_from_score=True, **strata,
         ))
+        if strata:
+            chosen = chosen.drop_columns([STRATA_COLUMN])
     except ValueError as e:
+        if str(e).startswith(STRATA_ARG) or "scored part needs" in str(e):
+            raise _strata_error(ValueError(str(e).replace(STRATA_COLUMN, args.stratify_column)),
+                                args.stratify_column) from e
         if random_pool is None or "random_pool" not in str(e):
             raise
         raise CliError(
@@ -1036,6 +1081,11 @@ def _add_selection_options(p: argparse.ArgumentParser, targets: bool = False) ->
         f"equal-count length bins (default: {DEFAULT_BINS}, or the pool's rows if fewer)"))
     p.add_argument("--random-fraction", type=float, default=0.5,
                    help="share of n drawn uniformly at random")
+    p.add_argument("--stratify-column", metavar="COLUMN", help=(
+        "a column of scalar labels (e.g. a classification task's answer) in the pool and "
+        "the validation set: the rows chosen by score keep each label's share of the "
+        "validation set, top scores within each label (select-only: of --val, else of the "
+        "pool)"))
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -1142,6 +1192,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"draw the random part from all rows, not only those with {IN_BASE}")
     p.add_argument("--target", help="scores of several targets: select for this one (its "
                                     "column tov_score_TARGET)")
+    p.add_argument("--val", help="with --stratify-column: the validation set whose label "
+                                 f"shares the rows chosen by score keep ({data_help})")
     _add_selection_options(p)
     p.set_defaults(func=cmd_select_only)
 

@@ -407,30 +407,41 @@ def _column(dataset: datasets.Dataset, name: str, row_map: np.ndarray | None) ->
 
 
 def column_strata(dataset: datasets.Dataset, column: str | None,
-                  like: datasets.Dataset | None = None) -> dict[str, np.ndarray]:
+                  like: datasets.Dataset | None = None,
+                  names: tuple[str, str] = ("dataset", "stratify_like")) -> dict[str, np.ndarray]:
     """`select_indices`' strata keywords (``strata``, ``stratum_weights``) from the label
     column `column` of `dataset` (rows as the user sees them), weighted by the labels' counts
-    in `like` (default: in `dataset`); {} without a column. Raises ValueError naming the
-    argument (``stratify_by_column``, ``stratify_like``) that is wrong."""
-    return _strata(dataset, tables.row_map(dataset), column, like)
+    in `like` (default: in `dataset`); {} without a column. Raises ValueError starting
+    ``stratify_by_column=<column>:`` where a dataset (called by its ``names``) lacks it."""
+    return _strata(dataset, tables.row_map(dataset), column, like, names)
 
 
 def _strata(dataset: datasets.Dataset, row_map: np.ndarray | None, column: str | None,
-            like: datasets.Dataset | None) -> dict[str, np.ndarray]:
+            like: datasets.Dataset | None,
+            names: tuple[str, str] = ("dataset", "stratify_like")) -> dict[str, np.ndarray]:
     if column is None:
         if like is not None:
             raise ValueError("stratify_like needs stratify_by_column: name the label column")
         return {}
-    for data, arg in ((dataset, "dataset"), (like, "stratify_like")):
+    for data, arg in zip((dataset, like), names, strict=True):
         if data is not None and column not in data.column_names:
             raise ValueError(f"stratify_by_column={column!r}: {arg} has no such column; "
                              f"its columns: {data.column_names}")
-    values = _column(dataset, column, row_map)
-    like_values = values if like is None else _column(like, column, tables.row_map(like))
-    if values.dtype == object and values.size and not np.isscalar(values[0]):
-        raise ValueError(f"stratify_by_column={column!r} holds {type(values[0]).__name__} "
-                         "values; give a column of scalar labels (str or int)")
-    strata, weights = label_strata(values, like_values)
+    prefix = f"stratify_by_column={column!r}: "
+    try:
+        values = _column(dataset, column, row_map)
+        like_values = values if like is None else _column(like, column, tables.row_map(like))
+    except ValueError as e:  # nulls
+        raise ValueError(prefix + str(e)) from e
+    for v in (values, like_values):
+        if v.dtype == object and v.size and not np.isscalar(v[0]):
+            raise ValueError(f"{prefix}it holds {type(v[0]).__name__} values; give a column "
+                             "of scalar labels (str or int)")
+    try:
+        strata, weights = label_strata(values, like_values)
+    except TypeError as e:  # labels of several types
+        raise ValueError(f"{prefix}its labels are of several types ({e}); give labels of one "
+                         "type (str or int) in every dataset") from e
     return {"strata": strata, "stratum_weights": weights}
 
 

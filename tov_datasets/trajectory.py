@@ -80,7 +80,6 @@ from tov_datasets.select import (
     random_count,
     select_by_score,
     selection_overlap,
-    stratum_quotas,
 )
 
 __all__ = ["TARGETS", "ToVConfig", "ToVResult", "draw_base_set", "epoch_column", "epoch_lrs",
@@ -374,13 +373,18 @@ def _check_data(config: ToVConfig, pool: Any, targets: list[_Target],
                 f"the random part ({n_random} of {label}={n}) is drawn from the base set of "
                 f"base_size={config.base_size}; raise base_size or lower n or random_fraction"
             )
-    if config.stratify_by_column is not None:  # before any training: the labels must fit
-        for target in targets:
-            n = counts[target.name]
-            strata = column_strata(pool, config.stratify_by_column, target.val)
-            weights = strata["stratum_weights"]
-            stratum_quotas(n - random_count(n, config.random_fraction), weights,
-                           np.bincount(strata["strata"], minlength=weights.size))
+    column = config.stratify_by_column
+    for target in targets if column is not None else ():  # before any training
+        strata = column_strata(pool, column, target.val, names=("pool", target.argument))
+        weights, n = strata["stratum_weights"], counts[target.name]
+        in_pool = np.bincount(strata["strata"], minlength=weights.size)
+        n_scored = n - random_count(n, config.random_fraction)
+        if in_pool[weights > 0].sum() < n_scored:
+            raise ValueError(
+                f"stratify_by_column={column!r}: the labels of {target.described} hold "
+                f"{in_pool[weights > 0].sum()} pool rows, fewer than the {n_scored} chosen "
+                "by score; lower n or raise random_fraction"
+            )
 
 
 def _with_overrides(config: ToVConfig | None, overrides: Mapping[str, Any]) -> ToVConfig:
