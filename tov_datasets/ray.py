@@ -101,5 +101,6 @@ def read_scores(path: str | os.PathLike[str]) -> pa.Table:
 def select_from_scores(path: str | os.PathLike[str], n: int, **select_kwargs: Any,
                        ) -> datasets.Dataset:
     """`select_by_score` over gathered Parquet scores: a flat Dataset of the chosen rows.
-    One target of a multi-target scoring: ``score_column="tov_score_<name>"``."""
+    One target of a multi-target scoring: ``score_column="tov_score_<name>"``; the scores
+    hold every pool column, so ``stratify_by_column=`` (with ``stratify_like=val``) works."""
     return select_by_score(datasets.Dataset(read_scores(path)), n, **select_kwargs)
