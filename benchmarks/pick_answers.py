@@ -72,12 +72,6 @@ SKEW_WORDS, SKEW_SHARE = 2, 0.4  # the skewed control: two words take 40% of n e
 REFIT_ATOL = 1e-4
 
 
-def answers(rows: Any) -> np.ndarray:
-    """(len(rows),) str: each chat row's last assistant message, stripped."""
-    return np.asarray([[m["content"] for m in chat if m["role"] == "assistant"][-1].strip()
-                       for chat in rows["messages"]], dtype=str)
-
-
 def pick_measures(answer: np.ndarray, is_target: np.ndarray, idx: np.ndarray,
                   test_answer: np.ndarray) -> dict[str, Any]:
     """The module doc's measures of the pick ``idx`` (int rows of the pool) given every pool
@@ -132,7 +126,7 @@ def seed_records(config_name: str, size: str, seed: int, methods: list[str],
     """Every pick of ``seed`` (controls and ``methods`` with their derived variants) that
     the quality result holds, recomputed, checked and measured."""
     s = quality.setup(CONFIGS[config_name], size, seed)
-    answer, test_answer = answers(s.pool), answers(s.test)
+    answer, test_answer = quality.answers(s.pool), quality.answers(s.test)
     out = []
     for method in [*quality.CONTROLS, *methods]:
         for name, pick in quality.run_selector(method, s).items():
@@ -254,7 +248,7 @@ def control_records(config_name: str, size: str, seed: int, budget: dict[str, An
     """Seed ``seed``'s control picks, measured and fine-tuned with ``budget``, after the
     stored oracle pick's loss is reproduced."""
     s = quality.setup(CONFIGS[config_name], size, seed)
-    answer, test_answer = answers(s.pool), answers(s.test)
+    answer, test_answer = quality.answers(s.pool), quality.answers(s.test)
     oracle = quality.run_selector("oracle", s)["oracle"]["idx"]
     refit, _ = quality.pick_test_loss(s, oracle, budget)
     if abs(refit - stored[(seed, "oracle")]["test_loss"]) > REFIT_ATOL:

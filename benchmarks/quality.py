@@ -324,8 +324,9 @@ def derived_options(s: Setup) -> dict[str, dict[str, Any]]:
 
 
 def answers(rows: Any) -> np.ndarray:
-    """(len(rows),) str: each chat row's answer (the content of its last message)."""
-    return np.asarray([m[-1]["content"] for m in rows["messages"]], dtype=str)
+    """(len(rows),) str: each chat row's answer (its last assistant message, stripped)."""
+    return np.asarray([[m["content"] for m in chat if m["role"] == "assistant"][-1].strip()
+                       for chat in rows["messages"]], dtype=str)
 
 
 def label_strata(s: Setup) -> dict[str, np.ndarray]:

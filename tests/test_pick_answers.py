@@ -18,7 +18,7 @@ def test_answers_are_the_last_assistant_message_stripped():
     rows = {"messages": [_chat("sport")["messages"],
                          [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"},
                           {"role": "assistant", "content": " tech "}]]}
-    assert pick_answers.answers(rows).tolist() == ["sport", "tech"]
+    assert quality.answers(rows).tolist() == ["sport", "tech"]
 
 
 def test_pick_measures_against_hand_counts():
@@ -141,7 +141,7 @@ def test_tiny_controls_refit_the_oracle_and_pair_with_random(tmp_path, monkeypat
     def labels(rows):  # tiny chats' answers are random words: give every row a label word
         return np.array(["a", "b", "c"] * len(rows))[: len(rows)]
 
-    monkeypatch.setattr(pick_answers, "answers", labels)
+    monkeypatch.setattr(quality, "answers", labels)
     out = pick_answers.main(["--config", "chat_labels", "--size", "tiny", "--controls",
                              "--quality", str(path), "--out", str(tmp_path / "c.json")])
     record = json.loads(out.read_text())
