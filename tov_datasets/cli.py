@@ -578,8 +578,11 @@ def _trajectory(args: argparse.Namespace, flag: str, shown: Path, state_dir: Pat
             f"resume, or pass another {flag}"
         ) from e
     except ValueError as e:  # tov_select's checks of the target names and label strata
-        raise _strata_error(e, args.stratify_column) if str(e).startswith(STRATA_ARG) else (
-            CliError(f"--{_one_line(e)}") if str(e).startswith("val: ") else e) from e
+        if str(e).startswith(STRATA_ARG):
+            raise _strata_error(e, args.stratify_column) from e
+        if not str(e).startswith("val: "):
+            raise
+        raise CliError(f"--{_one_line(e)}") from e
 
 
 STRATA_ARG = "stratify_by_column="

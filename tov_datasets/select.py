@@ -417,8 +417,7 @@ def column_strata(dataset: datasets.Dataset, column: str | None,
 
 
 def _strata(dataset: datasets.Dataset, row_map: np.ndarray | None, column: str | None,
-            like: datasets.Dataset | None,
-            names: tuple[str, str] = ("dataset", "stratify_like")) -> dict[str, np.ndarray]:
+            like: datasets.Dataset | None, names: tuple[str, str]) -> dict[str, np.ndarray]:
     if column is None:
         if like is not None:
             raise ValueError("stratify_like needs stratify_by_column: name the label column")
@@ -496,7 +495,8 @@ def select_by_score(
     row_map = tables.row_map(dataset)
     scores = _column(dataset, score_column, row_map)
     lengths = _column(dataset, length_column, row_map)
-    strata = _strata(dataset, row_map, stratify_by_column, stratify_like)
+    strata = _strata(dataset, row_map, stratify_by_column, stratify_like,
+                     ("dataset", "stratify_like"))
     idx = select_indices(scores, lengths, n, num_bins=num_bins, random_fraction=random_fraction,
                          random_pool=random_pool, seed=seed, **strata)
     table = dataset.data.table
