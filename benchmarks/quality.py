@@ -78,8 +78,10 @@ LEARNED_ENTROPY_RATIO, LEARNED_LM_GAIN = 0.6, 0.03
 DERIVED = {"tov_score_only": {"random_fraction": 0.0}, "tov_nobins": {"num_bins": 1}}
 # with Config.strata: "tov" also derives STRATA_PICK (its score, the scored half split over
 # the labels in the validation set's proportions); STRATA_RANDOM fills the same label quotas
-# with a uniform random score (same U and random half): the gain of the label column alone
+# with a uniform random score (same U and random half): the gain of the label column alone.
+# The _ALL picks also split the random half over the same labels (`strata_all_pick`).
 STRATA_PICK, STRATA_RANDOM = "tov_strata", "strata_random"
+STRATA_ALL_PICK, STRATA_ALL_RANDOM = "tov_strata_all", "strata_random_all"
 # "<baseline>_score_random": that baseline's score picked in ToV's shape (the library's
 # selection defaults: top scores per length bin for half of n, the other half at random from
 # the base set U that ToV draws at the same seed), so it differs from ToV in the score alone
@@ -244,14 +246,15 @@ def run_selector(name: str, s: Setup) -> dict[str, dict[str, Any]]:
         base = draw_base_set(len(s.pool), sz.base_size, s.seed)
         return {name: {"idx": score_random_pick(s, r["scores"], counts, base), "scores":
                        r["scores"], "extra": {**r["extra"], "derived_from": baseline}}}
-    if name == STRATA_RANDOM:
+    if name in (STRATA_RANDOM, STRATA_ALL_RANDOM):
         from tov_datasets.trajectory import draw_base_set
 
         counts = length.scored_lengths(s.model, s.tokenizer, s.pool, sz.max_length)
         base = draw_base_set(len(s.pool), sz.base_size, s.seed)
         noise = np.random.default_rng([s.seed, 1]).random(len(s.pool))
-        return {name: {"idx": score_random_pick(s, noise, counts, base, **label_strata(s)),
-                       "scores": None, "extra": {}}}
+        pick = (score_random_pick(s, noise, counts, base, **label_strata(s))
+                if name == STRATA_RANDOM else strata_all_pick(s, noise, counts, base))
+        return {name: {"idx": pick, "scores": None, "extra": {}}}
     if name == "random":
         return {name: {"idx": random_select.select(None, None, s.pool, s.val, n, s.seed),
                        "scores": None, "extra": {}}}
@@ -306,21 +309,28 @@ def _run_tov(name: str, s: Setup) -> dict[str, dict[str, Any]]:
              "epoch_scores": epochs, "history": r.history}
     out = {name: {"idx": tov.selected_rows(r), "scores": scores, "extra": extra}}
     if name == "tov":
-        for derived, options in derived_options(s).items():
-            idx = score_random_pick(s, scores, counts, r.base_indices, **options)
-            out[derived] = {"idx": idx, "scores": scores, "extra": {"derived_from": "tov"}}
+        for derived in (p for p in tov_picks(s.config) if p != "tov"):
+            idx = (strata_all_pick(s, scores, counts, r.base_indices)
+                   if derived == STRATA_ALL_PICK else
+                   score_random_pick(s, scores, counts, r.base_indices,
+                                     **(DERIVED.get(derived) or label_strata(s))))
+            out[derived] = {"idx": idx, "scores": scores,
+                            "extra": {**extra, "derived_from": "tov"}}
     return out
 
 
-def derived_names(config: Config) -> list[str]:
-    """The selection variants derived from the "tov" run's scores: DERIVED, and STRATA_PICK
-    where the configuration has strata."""
-    return [*DERIVED, *([STRATA_PICK] if config.strata else [])]
-
-
-def derived_options(s: Setup) -> dict[str, dict[str, Any]]:
-    """`select_indices` options of each of `derived_names`."""
-    return {name: DERIVED.get(name) or label_strata(s) for name in derived_names(s.config)}
+def tov_picks(config: Config) -> list[str]:
+    """The picks of the "tov" run that are fine-tuned: Config.tov_picks, or by default
+    "tov", DERIVED and, where the configuration has strata, STRATA_PICK (the others are
+    derived from the run's scores; STRATA_ALL_PICK where it has strata)."""
+    derived = [*DERIVED, *([STRATA_PICK, STRATA_ALL_PICK] if config.strata else [])]
+    if config.tov_picks is None:
+        return ["tov", *DERIVED, *([STRATA_PICK] if config.strata else [])]
+    unknown = sorted(set(config.tov_picks) - {"tov", *derived})
+    if unknown:
+        raise ValueError(f"configuration {config.name}: tov_picks {unknown} are not picks of "
+                         f"the tov run; choose from {['tov', *derived]}")
+    return list(config.tov_picks)
 
 
 def answers(rows: Any) -> np.ndarray:
@@ -338,6 +348,28 @@ def label_strata(s: Setup) -> dict[str, np.ndarray]:
         raise ValueError(f"configuration {s.config.name} has no strata (Config.strata)")
     strata, weights = strata_of(answers(s.pool), answers(s.val))
     return {"strata": strata, "stratum_weights": weights}
+
+
+def strata_all_pick(s: Setup, scores: np.ndarray, counts: np.ndarray, base: np.ndarray
+                    ) -> np.ndarray:
+    """(n,) int64 ascending rows: STRATA_PICK's scored half (the top ``scores`` of each
+    label's length bins, in the validation set's label quotas) plus a random half split
+    over the same labels by the same weights (largest remainder, a label never past its free
+    rows), drawn uniformly from the base set ``base``'s rows outside the scored half."""
+    from tov_datasets.select import random_count, select_indices
+
+    strata = label_strata(s)
+    n_random = random_count(s.sizes.n, 0.5)
+    scored = select_indices(scores.astype(np.float32), counts, s.sizes.n - n_random,
+                            random_fraction=0.0, **strata)
+    free = np.zeros(len(counts), dtype=bool)
+    free[base] = True
+    free[scored] = False
+    uniform = np.random.default_rng([s.seed, 2]).random(len(counts))
+    drawn = select_indices(uniform, counts, n_random, num_bins=1, random_fraction=0.0,
+                           strata=np.where(free, strata["strata"], -1),
+                           stratum_weights=strata["stratum_weights"])
+    return np.sort(np.concatenate([scored, drawn]))
 
 
 def score_random_pick(s: Setup, scores: np.ndarray, counts: np.ndarray, base: np.ndarray,
@@ -649,14 +681,15 @@ class Runner:
     def evaluate(self, seed: int, method: str) -> None:
         """Select with ``method`` (and its derived variants), fine-tune, test; saved per
         pick, so a run stopped between a method's picks fine-tunes only the missing ones."""
-        names = [method, *(derived_names(self.config) if method == "tov" else ())]
+        names = tov_picks(self.config) if method == "tov" else [method]
         if all(self.progress.get(f"{seed}/{name}") is not None for name in names):
             return
         s = self.setup(seed)
         t0 = time.perf_counter()
         picks = run_selector(method, s)
         t_select = time.perf_counter() - t0
-        for name, pick in picks.items():
+        for name in names:
+            pick = picks[name]
             if self.progress.get(f"{seed}/{name}") is not None:
                 continue
             loss, curve = pick_test_loss(s, pick["idx"], self.budget)
@@ -806,7 +839,9 @@ def main(argv: list[str] | None = None) -> Path:
                     help="comma list (default per task: "
                     f"{DEFAULT_METHODS}); random and oracle always run; 'tov' adds "
                     f"{sorted(DERIVED)} (and {STRATA_PICK} where the configuration has "
-                    f"strata, which also offers {STRATA_RANDOM}); variants: {sorted(tov.VARIANTS)} "
+                    f"strata, which also offers {STRATA_RANDOM} and {STRATA_ALL_RANDOM}; "
+                    "Config.tov_picks may choose others); variants: "
+                    f"{sorted(tov.VARIANTS)} "
                     "and tov_rank<r>; "
                     f"<baseline>{SCORE_RANDOM}: a baseline's score picked in ToV's shape")
     ap.add_argument("--force", action="store_true", help="run the methods on a failed gate")

@@ -231,6 +231,30 @@ target rows, so the oracle control (n of them at random) differs between seeds.
   ``stratify_by_column`` for few-label targets with these numbers; if H17 holds and H19
   fails, it says the label quotas alone give the gain, without ToV; if H17 fails, it reports
   the miss and the few-label limitation stays. On the CPU ~1.5 h of two 1-thread processes.
+- ``chat_labels_v4``: ``chat_labels`` on five fresh seeds, 50-54 (small 50-51, gpu 60-64),
+  committed before any selector ran on it, after ``chat_labels_v3`` (``tov_strata`` +37.1 +-
+  8.1 vs random, embedding +42.5 +- 8.4). The diagnosis there (``pick_answers``, untested):
+  ``tov_strata``'s random half, drawn from U as the pool is mixed, brings Wikipedia rows
+  (the pool is 70% Wikipedia, the validation set has none; 36% of its pick) whose answers
+  are not the target's labels; embedding's pick holds none. Tested here: the whole pick in
+  the validation set's label quotas. ``tov_strata_all`` = ``tov_strata``'s scored half (the
+  same rows) plus a random half split over the same labels in the same proportions (largest
+  remainder, a label never past its free rows), drawn uniformly from U's rows with those
+  labels outside the scored half. Its control ``strata_random_all`` = the same shape with a
+  uniform random score (``strata_random``'s score): a stratified random sample, what a user
+  with a label column can pick with no selector. Only the strata picks of ToV's run are
+  fine-tuned (``tov_picks``: ``tov_strata``, ``tov_strata_all``). Methods, in this order: the
+  controls of every seed (the gate), then on every seed ``tov``, ``strata_random_all`` and
+  embedding. Stated before the run: H21 (primary), ``tov_strata_all`` beats random by > 2
+  s.e.; H22, the mean paired ``tov_strata_all`` - ``strata_random_all`` is > 0 (the score
+  adds to a stratified random pick); H23, the mean paired ``tov_strata_all`` -
+  ``tov_strata`` is > 0 (the random half in the quotas helps); H24, the mean paired
+  ``tov_strata_all`` - embedding is >= 0. Decision: if the gate passes and H21 and H23
+  hold, the library's ``stratify_by_column`` applies the label quotas to the random part
+  too (select_by_score, tov_select, the CLI), with these numbers in the README; if H23
+  fails it stays on the scored part. If H22 fails, the README says that on few-label
+  targets a stratified random pick gives the gain without ToV. H24 decides nothing in the
+  library. On the CPU ~2.5 h of two 1-thread processes.
 
 Changing anything here makes a new configuration: commit it first, then rerun every method
 (quality.py records the commit that last changed this file as ``config_commit``).
@@ -318,8 +342,11 @@ class Config:
     # ft_lrs decaying to 0), nothing calibrated
     ft_schedule: str = "constant"
     # "answer": a chat row's answer (its last message) is its label; ToV's run then also
-    # derives ``tov_strata`` and the ``strata_random`` control (quality.py); None: neither
+    # derives ``tov_strata`` (and ``tov_strata_all``), with the ``strata_random`` (and
+    # ``strata_random_all``) controls (quality.py); None: none of them
     strata: str | None = None
+    # the picks of ToV's run that are fine-tuned; None: "tov" and every derived variant
+    tov_picks: tuple[str, ...] | None = None
 
 
 # ------------------------------------------------------------------ ner_coarse -------------
@@ -810,3 +837,9 @@ CONFIGS["chat_labels_v2"] = replica(CONFIGS["chat_labels"], "chat_labels_v2",
 CONFIGS["chat_labels_v3"] = replica(CONFIGS["chat_labels"], "chat_labels_v3",
                                     {"small": (30, 2), "full": (30, 5), "gpu": (40, 5)},
                                     strata="answer")
+
+# chat_labels on five fresh seeds: the whole pick in the validation set's label quotas
+# (tov_strata_all), against a stratified random pick (strata_random_all) and tov_strata
+CONFIGS["chat_labels_v4"] = replica(CONFIGS["chat_labels"], "chat_labels_v4",
+                                    {"small": (50, 2), "full": (50, 5), "gpu": (60, 5)},
+                                    strata="answer", tov_picks=("tov_strata", "tov_strata_all"))

@@ -533,27 +533,73 @@ def test_label_strata_are_the_answers_weighted_by_the_validation_set():
         quality.label_strata(dataclasses.replace(s, config=CONFIGS["chat_labels"]))
 
 
-def test_strata_picks_give_each_validation_label_its_quota(tmp_path):
-    """tov_strata and strata_random (tiny run of chat_labels_v3): the scored half holds each
-    validation answer's share of n / 2 (largest remainder), so every such answer has at
-    least that many rows in the pick."""
+def _largest_remainder_quotas(total, labels, like):
+    """Independent reference: ``total`` split over ``labels`` by their counts in the list
+    ``like`` (largest remainder, ties to the first label)."""
     from fractions import Fraction
 
-    path = quality.main(["--config", "chat_labels_v3", "--tiny", "--threads", "1", "--force",
-                         "--methods", "tov,strata_random", "--out-dir", str(tmp_path)])
+    exact = [Fraction(total * like.count(w), len(like)) for w in labels]
+    quota = [int(x) for x in exact]
+    for k in sorted(range(len(labels)), key=lambda k: (-(exact[k] - quota[k]), k))[
+            : total - sum(quota)]:
+        quota[k] += 1
+    return dict(zip(labels, quota, strict=True))
+
+
+def test_strata_picks_give_each_validation_label_its_quota(tmp_path):
+    """The strata picks (tiny run of chat_labels_v4, whose ToV run fine-tunes tov_strata and
+    tov_strata_all only): the scored half holds each validation answer's share of n / 2
+    (largest remainder), so every such answer has at least that many rows in the pick; the
+    _all picks hold only validation answers."""
+    path = quality.main(["--config", "chat_labels_v4", "--tiny", "--threads", "1", "--force",
+                         "--methods", "tov,strata_random,strata_random_all",
+                         "--out-dir", str(tmp_path)])
     per_seed = json.loads(path.read_text())["details"]["per_seed"]
+    assert {r["method"] for r in per_seed} == {"random", "oracle", "tov_strata",
+                                                "tov_strata_all", "strata_random",
+                                                "strata_random_all"}
     n = quality.TINY_SIZES.n
     for seed in (0, 1):
-        s = quality.setup(CONFIGS["chat_labels_v3"], "tiny", seed)
+        s = quality.setup(CONFIGS["chat_labels_v4"], "tiny", seed)
         val = quality.answers(s.val).tolist()
-        labels = sorted(set(val))
-        exact = [Fraction(n // 2 * val.count(w), len(val)) for w in labels]
-        quota = [int(x) for x in exact]
-        for k in sorted(range(len(labels)), key=lambda k: (-(exact[k] - quota[k]), k))[
-                : n // 2 - sum(quota)]:
-            quota[k] += 1
-        for method in ("tov_strata", "strata_random"):
+        quota = _largest_remainder_quotas(n // 2, sorted(set(val)), val)
+        for method in ("tov_strata", "strata_random", "tov_strata_all", "strata_random_all"):
             r = next(r for r in per_seed if r["seed"] == seed and r["method"] == method)
             assert sum(r["answer_shares"].values()) == pytest.approx(1.0)
-            for w, q in zip(labels, quota, strict=True):
+            for w, q in quota.items():
                 assert r["answer_shares"].get(w, 0.0) * n >= q - 1e-9, (seed, method, w)
+            if method.endswith("_all"):
+                assert set(r["answer_shares"]) <= set(val), (seed, method)
+
+
+def test_strata_all_pick_splits_both_halves_over_the_validation_labels():
+    """tov_strata_all's shape: tov_strata's scored half, plus a random half in the same
+    label quotas drawn from U's rows outside the scored half (labels the validation set
+    lacks: none)."""
+    from tov_datasets.select import select_indices
+
+    pool = list("abzcabzcabzcabzcab")
+    val = ["a", "a", "b", "c"]
+    sizes = dataclasses.replace(quality.TINY_SIZES, n=7)
+    s = quality.Setup(CONFIGS["chat_labels_v4"], sizes, 3, _chats(pool), _chats(val), None,
+                      {}, None, None, None, None)
+    rng = np.random.default_rng(0)
+    scores, counts = rng.normal(size=len(pool)), rng.integers(1, 9, len(pool))
+    base = np.array([0, 1, 2, 3, 4, 5, 7, 9, 10, 11, 13, 16])
+    got = quality.strata_all_pick(s, scores, counts, base)
+    assert got.tolist() == quality.strata_all_pick(s, scores, counts, base).tolist()
+    assert np.all(np.diff(got) > 0) and got.size == 7
+    tov_strata = quality.score_random_pick(s, scores, counts, base, **quality.label_strata(s))
+    scored = select_indices(scores.astype(np.float32), counts, 3, random_fraction=0.0,
+                            **quality.label_strata(s))
+    assert set(scored) <= set(got) and set(scored) <= set(tov_strata)
+    drawn = sorted(set(got) - set(scored))
+    assert set(drawn) <= set(base)
+    drawn_answers = [pool[i] for i in drawn]
+    want = _largest_remainder_quotas(4, ["a", "b", "c"], val)
+    assert {w: drawn_answers.count(w) for w in want} == want
+    with pytest.raises(ValueError, match="tov_picks .'tov_nobody'. are not picks"):
+        quality.tov_picks(dataclasses.replace(CONFIGS["chat_labels_v4"],
+                                              tov_picks=("tov_nobody",)))
+    assert quality.tov_picks(CONFIGS["chat_labels_v3"]) == [
+        "tov", "tov_score_only", "tov_nobins", "tov_strata"]
