@@ -134,7 +134,7 @@ QUALITY_CONFIGS = ("ner_coarse", "ner_coarse_v2", "ner_coarse_v3", "ner_coarse_v
                    "ner_coarse_v9",
                    "lm_tweets", "lm_tweets_v2", "lm_news", "chat_long", "chat_long_v2",
                    "chat_long_v3", "lm_tweets_v3", "chat_labels", "chat_labels_v2",
-                   "chat_labels_v3")
+                   "chat_labels_v3", "chat_labels_v4")
 
 
 def _num(x: object, fmt: str) -> str:
@@ -147,11 +147,12 @@ def _schedule_note(summary: dict) -> str:
 
 
 # (method in the JSON, column head) of the scoreboard: ToV's two F, its pick without the
-# random half, its pick in the validation set's label quotas, and the baselines a user would
-# reach for instead
+# random half, its pick in the validation set's label quotas (the scored half, or the whole
+# pick), and the baselines a user would reach for instead
 SCOREBOARD = (("tov", "ToV, F identity"), ("tov_abs", "ToV, F abs"),
               ("tov_score_only", "ToV identity, no random half"),
               ("tov_strata", "ToV identity, label strata"),
+              ("tov_strata_all", "ToV identity, whole pick in label strata"),
               ("embedding", "embedding similarity"), ("less", "LESS"))
 
 
