@@ -79,7 +79,7 @@ DERIVED = {"tov_score_only": {"random_fraction": 0.0}, "tov_nobins": {"num_bins"
 # with Config.strata: "tov" also derives STRATA_PICK (its score, the scored half split over
 # the labels in the validation set's proportions); STRATA_RANDOM fills the same label quotas
 # with a uniform random score (same U and random half): the gain of the label column alone.
-# The _ALL picks also split the random half over the same labels (`strata_all_pick`).
+# The _ALL picks also split the random half over the same labels (`strata_pick`).
 STRATA_PICK, STRATA_RANDOM = "tov_strata", "strata_random"
 STRATA_ALL_PICK, STRATA_ALL_RANDOM = "tov_strata_all", "strata_random_all"
 # "<baseline>_score_random": that baseline's score picked in ToV's shape (the library's
@@ -252,8 +252,7 @@ def run_selector(name: str, s: Setup) -> dict[str, dict[str, Any]]:
         counts = length.scored_lengths(s.model, s.tokenizer, s.pool, sz.max_length)
         base = draw_base_set(len(s.pool), sz.base_size, s.seed)
         noise = np.random.default_rng([s.seed, 1]).random(len(s.pool))
-        pick = (score_random_pick(s, noise, counts, base, **label_strata(s))
-                if name == STRATA_RANDOM else strata_all_pick(s, noise, counts, base))
+        pick = strata_pick(s, noise, counts, base, whole=name == STRATA_ALL_RANDOM)
         return {name: {"idx": pick, "scores": None, "extra": {}}}
     if name == "random":
         return {name: {"idx": random_select.select(None, None, s.pool, s.val, n, s.seed),
@@ -310,10 +309,10 @@ def _run_tov(name: str, s: Setup) -> dict[str, dict[str, Any]]:
     out = {name: {"idx": tov.selected_rows(r), "scores": scores, "extra": extra}}
     if name == "tov":
         for derived in (p for p in tov_picks(s.config) if p != "tov"):
-            idx = (strata_all_pick(s, scores, counts, r.base_indices)
-                   if derived == STRATA_ALL_PICK else
-                   score_random_pick(s, scores, counts, r.base_indices,
-                                     **(DERIVED.get(derived) or label_strata(s))))
+            idx = (score_random_pick(s, scores, counts, r.base_indices, **DERIVED[derived])
+                   if derived in DERIVED else
+                   strata_pick(s, scores, counts, r.base_indices,
+                               whole=derived == STRATA_ALL_PICK))
             out[derived] = {"idx": idx, "scores": scores,
                             "extra": {**extra, "derived_from": "tov"}}
     return out
@@ -350,36 +349,37 @@ def label_strata(s: Setup) -> dict[str, np.ndarray]:
     return {"strata": strata, "stratum_weights": weights}
 
 
-def strata_all_pick(s: Setup, scores: np.ndarray, counts: np.ndarray, base: np.ndarray
-                    ) -> np.ndarray:
-    """(n,) int64 ascending rows: STRATA_PICK's scored half (the top ``scores`` of each
-    label's length bins, in the validation set's label quotas) plus a random half split
-    over the same labels by the same weights (largest remainder, a label never past its free
-    rows), drawn uniformly from the base set ``base``'s rows outside the scored half."""
+def strata_pick(s: Setup, scores: np.ndarray, counts: np.ndarray, base: np.ndarray, *,
+                whole: bool) -> np.ndarray:
+    """(n,) int64 ascending rows: the top ``scores`` (len(pool),) of each label's length bins
+    for half of n, in the validation set's label quotas (`label_strata`), plus a random half
+    from the base set ``base`` outside it. whole=True (STRATA_ALL_PICK): the random half in
+    the same quotas, `select_indices` with strata as the library does since chat_labels_v4's
+    decision, seeded [seed, 2] as chat_labels_v4 was committed; whole=False (STRATA_PICK):
+    the random half uniform over all labels at the run seed, as chat_labels_v2-v4 were."""
     from tov_datasets.select import random_count, select_indices
 
-    strata = label_strata(s)
-    n_random = random_count(s.sizes.n, 0.5)
-    scored = select_indices(scores.astype(np.float32), counts, s.sizes.n - n_random,
+    strata, n = label_strata(s), s.sizes.n
+    if whole:
+        return select_indices(scores.astype(np.float32), counts, n, random_pool=base,
+                              seed=[s.seed, 2], **strata)
+    n_random = random_count(n, 0.5)
+    scored = select_indices(scores.astype(np.float32), counts, n - n_random,
                             random_fraction=0.0, **strata)
-    free = np.zeros(len(counts), dtype=bool)
-    free[base] = True
-    free[scored] = False
-    uniform = np.random.default_rng([s.seed, 2]).random(len(counts))
-    drawn = select_indices(uniform, counts, n_random, num_bins=1, random_fraction=0.0,
-                           strata=np.where(free, strata["strata"], -1),
-                           stratum_weights=strata["stratum_weights"])
+    drawn = score_random_pick(s, scores, counts, np.setdiff1d(base, scored), n=n_random,
+                              random_fraction=1.0)
     return np.sort(np.concatenate([scored, drawn]))
 
 
 def score_random_pick(s: Setup, scores: np.ndarray, counts: np.ndarray, base: np.ndarray,
-                      **options: Any) -> np.ndarray:
-    """(n,) int64 ascending rows: `select_indices` at the library's defaults (``options``
-    override them) on raw ``scores`` (len(pool),) and scored-token ``counts``, its random
-    part drawn from the base set ``base`` with the run seed."""
+                      n: int | None = None, **options: Any) -> np.ndarray:
+    """(n,) int64 ascending rows (default n: the configuration's): `select_indices` at the
+    library's defaults (``options`` override them) on raw ``scores`` (len(pool),) and
+    scored-token ``counts``, its random part drawn from the base set ``base`` with the run
+    seed."""
     from tov_datasets.select import select_indices
 
-    return np.sort(select_indices(scores.astype(np.float32), counts, s.sizes.n,
+    return np.sort(select_indices(scores.astype(np.float32), counts, n or s.sizes.n,
                                   random_pool=base, seed=s.seed, **options))
 
 

@@ -388,6 +388,22 @@ def test_output_dir_holding_another_run(inputs, lora, odd_run, tmp_path, capsys)
     assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
 
 
+def test_locked_removes_only_the_directory_it_created_when_nothing_was_written(tmp_path):
+    """A run refused inside `storage.locked` leaves no new output directory behind; one
+    that wrote files, or a directory that was there before, stays."""
+    new = tmp_path / "new" / "out"
+    with pytest.raises(ValueError, match="refused"), storage.locked(new):
+        raise ValueError("refused")
+    assert not new.exists() and (tmp_path / "new").is_dir()
+    with storage.locked(new):
+        (new / "scores.parquet").write_bytes(b"x")
+    assert (new / "scores.parquet").read_bytes() == b"x"
+    (new / "scores.parquet").unlink()
+    with storage.locked(new):
+        pass
+    assert new.is_dir()  # there before the call: kept, with its lock file
+
+
 # ------------------------------------------------------------------ hardening (issue 14)
 def _refused(capsys, argv: list[str], message: str) -> str:
     """`tov argv` exits 2 with one line holding ``message`` and every existing path in argv

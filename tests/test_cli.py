@@ -1,6 +1,7 @@
 """The `tov` command end to end on a tiny random Llama saved to disk and tiny JSONL files."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -488,19 +489,24 @@ def _by_score_column(path: Path, column: str) -> list:
 
 def test_stratify_column_keeps_the_validation_sets_label_shares(files, selected_run,
                                                                   tmp_path, capsys):
-    """The validation set is all "math": every row chosen by score is "math" (select and
-    select-only --val); select-only without --val keeps the pool's even shares."""
+    """The validation set is all "math": every row chosen by score and every row drawn at
+    random is "math" (select and select-only --val); select-only without --val keeps the
+    pool's even shares in both parts."""
     out = tmp_path / "strata"
     assert _select(files, out, "--stratify-column", "topic") == 0
     assert _by_score_column(out / cli.SELECTED_FILE, "topic") == ["math"] * 6
+    assert pq.read_table(out / cli.SELECTED_FILE).column("topic").to_pylist() == ["math"] * 12
     scores = str(selected_run[0] / cli.SCORES_FILE)
     args = ["select-only", "--scores", scores, "--n", "12", "--bins", "4", "--quiet",
             "--pool", str(files["pool"]), "--stratify-column", "topic"]
     assert cli.main([*args, "--val", str(files["val"]), "--out", str(tmp_path / "a.parquet")]) == 0
     assert _by_score_column(tmp_path / "a.parquet", "topic") == ["math"] * 6
+    assert pq.read_table(tmp_path / "a.parquet").column("topic").to_pylist() == ["math"] * 12
     assert cli.main([*args, "--out", str(tmp_path / "b.parquet")]) == 0
     shares = sorted(_by_score_column(tmp_path / "b.parquet", "topic"))
     assert shares == ["law", "law", "math", "math", "music", "music"]
+    whole = sorted(pq.read_table(tmp_path / "b.parquet").column("topic").to_pylist())
+    assert whole == ["law"] * 4 + ["math"] * 4 + ["music"] * 4
     assert "tov_stratum" not in pq.read_table(tmp_path / "b.parquet").column_names
     other = _write_jsonl(tmp_path / "other.jsonl", _rows(4, 2, topics=("chess",)))
     plain = ["select-only", "--scores", scores, "--n", "12", "--quiet", "--out",
@@ -514,6 +520,12 @@ def test_stratify_column_keeps_the_validation_sets_label_shares(files, selected_
         ([*plain, "--pool", str(files["pool"]), "--stratify-column", "topic", "--val",
           str(other)], "--stratify-column topic: the scored part needs 6 rows but the strata "
          "of weight > 0 hold only 0 eligible rows (length > 0); pass a smaller --n"),
+        ([*args, "--val", str(files["val"]), "--n", "20", "--out", str(tmp_path / "c.parquet")],
+         "--stratify-column topic: the random part needs 10 rows but the strata of weight > 0 "
+         "hold only "),
+        ([*args, "--val", str(files["val"]), "--n", "20", "--out", str(tmp_path / "c.parquet")],
+         "of the base set (tov_in_base) not already chosen by score; pass --random-from-all, "
+         "a smaller --n, a smaller --random-fraction, or a --val with more of the pool's labels"),
     ]:
         code, err = _run(argv, capsys)
         assert code == 2 and message in err and "\n" not in err, err
@@ -524,3 +536,14 @@ def test_stratify_column_keeps_the_validation_sets_label_shares(files, selected_
     assert code == 2 and err.count("\n") == 0 and (
         "--stratify-column topic: the labels of the validation set hold 0 pool rows, fewer "
         "than the 6 chosen by score; lower --n or raise --random-fraction") in err, err
+    code, err = _run(["select", "--model", str(files["model"]), "--pool", str(files["pool"]),
+                      "--val", str(files["val"]), "--out", str(tmp_path / "d"), "--quiet",
+                      *SELECT, "--stratify-column", "topic", "--base-size", "8"], capsys)
+    assert code == 2 and err.count("\n") == 0 and re.search(
+        r"--stratify-column topic: the labels of the validation set hold \d rows of the base "
+        r"set \(--base-size=8\), fewer than the 6 drawn at random from it; raise "
+        "--base-size, or lower --n or --random-fraction", err), err
+    assert not (tmp_path / "d").exists()
+    args_all = [*args, "--val", str(files["val"]), "--n", "20", "--random-from-all"]
+    assert cli.main([*args_all, "--out", str(tmp_path / "e.parquet")]) == 0
+    assert pq.read_table(tmp_path / "e.parquet").column("topic").to_pylist() == ["math"] * 20

@@ -452,30 +452,39 @@ def ref_stratum_quotas(total, weights, sizes):
 
 def reference_strata(scores, lengths, n, num_bins, random_fraction, pool, seed, strata,
                      weights):
-    """Per stratum, the length-binned top of its own rows; then the random part as in
-    `reference`. None where the strata or the random pool hold too few rows."""
+    """Per stratum, the length-binned top of its own rows; then the random part split over
+    the strata the same way, each stratum's share its free rows of highest uniform key
+    (``default_rng(seed).random(N)``). None where the strata hold too few rows."""
     n_random = n_random_of(n, random_fraction)
     size = len(weights) if weights is not None else max(strata, default=-1) + 1
     members = [[i for i in range(len(strata)) if strata[i] == k] for k in range(size)]
     sizes = [sum(1 for i in rows if lengths[i] > 0) for rows in members]
     weights = sizes if weights is None else weights
-    if sum(s for s, w in zip(sizes, weights, strict=True) if w > 0) < n - n_random:
+
+    def quotas(total, sizes):
+        if sum(s for s, w in zip(sizes, weights, strict=True) if w > 0) < total:
+            return None
+        return ref_stratum_quotas(total, weights, sizes)
+
+    scored = quotas(n - n_random, sizes)
+    if scored is None:
         return None
     chosen = set()
-    for rows, quota in zip(members, ref_stratum_quotas(n - n_random, weights, sizes),
-                           strict=True):
+    for rows, quota in zip(members, scored, strict=True):
         if quota:
             sub = reference(scores[rows], [lengths[i] for i in rows], quota, num_bins, 0.0,
                             None, seed)
             chosen.update(rows[j] for j in sub)
     if n_random:
-        pool = range(len(scores)) if pool is None else pool
-        candidates = sorted(i for i in set(pool) if lengths[i] > 0 and i not in chosen)
-        if len(candidates) < n_random:
+        pool = set(range(len(scores)) if pool is None else pool)
+        free = [[i for i in rows if i in pool and lengths[i] > 0 and i not in chosen]
+                for rows in members]
+        drawn = quotas(n_random, [len(rows) for rows in free])
+        if drawn is None:
             return None
-        picked = np.random.default_rng(seed).choice(np.array(candidates, dtype=np.int64),
-                                                    size=n_random, replace=False)
-        chosen.update(picked.tolist())
+        keys = np.random.default_rng(seed).random(len(scores)).tolist()
+        for rows, quota in zip(free, drawn, strict=True):
+            chosen.update(sorted(rows, key=lambda i: (-keys[i], i))[:quota])
     return np.array(sorted(chosen), dtype=np.int64)
 
 
@@ -515,13 +524,42 @@ def test_strata_match_reference(p):
 
 @SETTINGS
 @given(problems())
-def test_one_stratum_is_the_plain_selection(p):
+def test_one_stratum_keeps_the_plain_scored_part(p):
+    """All rows in one stratum: the scored part is the plain selection's; the random part
+    draws the same number of rows from the same candidates (by its own keyed draw)."""
     assume(run_ref(p) is not None)
     strata = np.zeros(p["scores"].size, np.int64)
-    np.testing.assert_array_equal(
-        select_indices(p["scores"], p["lengths"], p["n"], num_bins=p["num_bins"],
-                       random_fraction=p["random_fraction"], random_pool=p["random_pool"],
-                       seed=p["seed"], strata=strata), run(p))
+    got = select_indices(p["scores"], p["lengths"], p["n"], num_bins=p["num_bins"],
+                         random_fraction=p["random_fraction"], random_pool=p["random_pool"],
+                         seed=p["seed"], strata=strata)
+    n_random = n_random_of(p["n"], p["random_fraction"])
+    scored = (set(run({**p, "n": p["n"] - n_random, "random_fraction": 0.0}).tolist())
+              if p["n"] > n_random else set())
+    assert scored <= set(got.tolist()) and got.size == p["n"]
+    pool = set(range(strata.size) if p["random_pool"] is None else p["random_pool"].tolist())
+    assert set(got.tolist()) - scored <= pool
+
+
+def test_stratified_random_part_is_uniform_within_each_stratum():
+    """Over many seeds every free row of a stratum is drawn equally often: stratum 0 (4
+    free rows of 5 after the scored part) gets 1 random row, stratum 1 (4 free rows in the
+    random pool) gets 2."""
+    lengths = np.full(12, 3)
+    scores = np.arange(12, dtype=np.float64)
+    strata = np.array([0] * 5 + [1] * 7)
+    pool = np.array([0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11])
+    counts = np.zeros(12)
+    trials = 3000
+    for seed in range(trials):
+        idx = select_indices(scores, lengths, 6, num_bins=1, random_pool=pool, seed=seed,
+                             strata=strata, stratum_weights=np.array([1, 2]))
+        counts[idx] += 1
+    # scored: 3 rows as 1:2 -> row 4 (stratum 0's top), rows 10, 11 (stratum 1's top two)
+    np.testing.assert_array_equal(counts[[4, 10, 11]], trials)
+    assert counts[5] == 0  # stratum 1 row outside the random pool
+    # random: 3 rows as 1:2 -> 1 of rows 0-3 (each 1/4), 2 of rows 6-9 (each 1/2)
+    np.testing.assert_allclose(counts[:4] / trials, 0.25, atol=0.04)
+    np.testing.assert_allclose(counts[6:10] / trials, 0.5, atol=0.04)
 
 
 def test_stratum_quotas_cap_and_resplit():
@@ -534,6 +572,9 @@ def test_stratum_quotas_cap_and_resplit():
         stratum_quotas(5, np.array([0, 2, 2]), np.array([9, 9, 9])), [0, 3, 2])
     with pytest.raises(ValueError, match="scored part needs 5 rows but the strata of weight"):
         stratum_quotas(5, np.array([1, 0]), np.array([4, 9]))
+    with pytest.raises(ValueError, match="random part needs 5 rows .* of random_pool not "
+                                         "already chosen by score; pass a larger random_pool"):
+        stratum_quotas(5, np.array([1, 0]), np.array([4, 9]), "random part")
 
 
 def test_select_by_score_stratified_like_validation():
@@ -546,6 +587,8 @@ def test_select_by_score_stratified_like_validation():
                           random_fraction=0.5, seed=2, mark_from_score=True)
     scored = np.asarray(out["label"])[np.asarray(out["tov_from_score"])]
     assert sorted(scored.tolist()) == ["a"] * 24 + ["b"] * 12 + ["c"] * 4  # 40 as 6:3:1
+    # the random part in the same quotas: the whole pick keeps the validation shares
+    assert sorted(out["label"]) == ["a"] * 48 + ["b"] * 24 + ["c"] * 8
     ids = col(out, "id")
     eligible = col(ds, "tov_num_tokens") > 0
     for label in "abc":  # within a label: its top scores over its own length bins

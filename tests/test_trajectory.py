@@ -449,16 +449,21 @@ def test_bad_inputs(tiny_tokenizer, pool, val, change, message):
     assert not hasattr(model, "peft_config")
 
 
-def test_label_strata_split_the_scored_part_like_the_validation_set(tiny_tokenizer, pool,
-                                                                    val, lora):
+def test_label_strata_split_the_whole_selection_like_the_validation_set(tiny_tokenizer, pool,
+                                                                         val, lora):
     """stratify_by_column: the 5 rows chosen by score are 3 "x" and 2 "y" (the validation
-    set's 2:1, largest remainder), none "z"; the same as `select_by_score` on the scores."""
+    set's 2:1, largest remainder), and so are the 5 drawn at random from U, none "z"; the
+    same as `select_by_score` on the scores. Too few labelled rows in the pool or in U is
+    refused before any training."""
     labelled = pool.add_column("label", ["x", "y", "z"] * (N_POOL // 3))
     val = val.add_column("label", ["x", "x", "y"])
     r = _run(tiny_tokenizer, labelled, val, lora=lora, epochs=1, stratify_by_column="label")
     sel = r.selected
-    by_score = np.asarray(sel["label"])[np.asarray(sel[trajectory.FROM_SCORE_COLUMN])]
+    from_score = np.asarray(sel[trajectory.FROM_SCORE_COLUMN])
+    by_score = np.asarray(sel["label"])[from_score]
     assert sorted(by_score.tolist()) == ["x", "x", "x", "y", "y"]
+    assert sorted(np.asarray(sel["label"])[~from_score].tolist()) == ["x", "x", "x", "y", "y"]
+    assert set(np.asarray(sel["id"])[~from_score].tolist()) <= set(r.base_indices.tolist())
     again = select_by_score(
         labelled.add_column("tov_score", r.scores["tov_score"]).add_column(
             "tov_num_tokens", r.scores["tov_num_tokens"]), 10, random_pool=r.base_indices,
@@ -468,6 +473,17 @@ def test_label_strata_split_the_scored_part_like_the_validation_set(tiny_tokeniz
                        "validation set hold 0 pool rows, fewer than the 5 chosen by score"):
         _run(tiny_tokenizer, labelled, val.map(lambda _: {"label": "w"}), lora=lora,
              stratify_by_column="label")
+    base = trajectory.draw_base_set(N_POOL, 20, 0)  # _run's U: base_size 20, seed 0
+    in_base = np.isin(np.arange(N_POOL), base)
+    rare = ["z" if not b or i in base[:2] else "x" for i, b in enumerate(in_base)]
+    model = tiny.causal_lm(tiny_tokenizer)
+    with pytest.raises(ValueError, match=r"stratify_by_column='label': the labels of the "
+                       r"validation set hold 2 rows of the base set \(base_size=20\), fewer "
+                       "than the 5 drawn at random from it; raise base_size"):
+        trajectory.tov_select(model, tiny_tokenizer, pool.add_column("label", rare),
+                              val.map(lambda _: {"label": "z"}), n=10, base_size=20, seed=0,
+                              lora=lora, stratify_by_column="label")
+    assert not hasattr(model, "peft_config")  # refused before any training
 
 
 def test_plain_model_is_left_as_it_was(tiny_tokenizer, pool, val, lora):

@@ -588,10 +588,18 @@ def _trajectory(args: argparse.Namespace, flag: str, shown: Path, state_dir: Pat
 STRATA_ARG = "stratify_by_column="
 
 
-def _strata_error(e: ValueError, column: str) -> CliError:
-    """A library message about the label strata of ``column`` in CLI terms."""
+# How select's and select-only's random part is drawn, for a library message about it.
+RANDOM_FROM_BASE = (("of random_pool", "of the base set"),
+                    ("a larger random_pool", "a larger --base-size"))
+
+
+def _strata_error(e: ValueError, column: str,
+                  random_pool: tuple[tuple[str, str], ...] = RANDOM_FROM_BASE) -> CliError:
+    """A library message about the label strata of ``column`` in CLI terms (``random_pool``:
+    the library's words about the random part's pool and the CLI's for them)."""
     text = _one_line(e).removeprefix(f"{STRATA_ARG}{column!r}: ")
-    for arg, flag in (("random_fraction", "--random-fraction"), ("lower n", "lower --n"),
+    for arg, flag in (*random_pool, ("random_fraction", "--random-fraction"),
+                      ("base_size", "--base-size"), ("lower n", "lower --n"),
                       ("a smaller n", "a smaller --n"), ("stratify_like", "--val"),
                       ("weights for more strata", "a --val with more of the pool's labels")):
         text = text.replace(arg, flag)
@@ -1002,9 +1010,13 @@ def cmd_select_only(args: argparse.Namespace) -> None:
         if strata:
             chosen = chosen.drop_columns([STRATA_COLUMN])
     except ValueError as e:
-        if str(e).startswith(STRATA_ARG) or "scored part needs" in str(e):
+        if strata and (str(e).startswith(STRATA_ARG) or "part needs" in str(e)):
+            drawn_from = ((("of random_pool", f"of the base set ({IN_BASE})"),
+                           ("a larger random_pool", "--random-from-all"))
+                          if random_pool is not None else
+                          (("of random_pool ", ""), ("a larger random_pool, ", "")))
             raise _strata_error(ValueError(str(e).replace(STRATA_COLUMN, args.stratify_column)),
-                                args.stratify_column) from e
+                                args.stratify_column, drawn_from) from e
         if random_pool is None or "random_pool" not in str(e):
             raise
         raise CliError(
@@ -1086,9 +1098,9 @@ def _add_selection_options(p: argparse.ArgumentParser, targets: bool = False) ->
                    help="share of n drawn uniformly at random")
     p.add_argument("--stratify-column", metavar="COLUMN", help=(
         "a column of scalar labels (e.g. a classification task's answer) in the pool and "
-        "the validation set: the rows chosen by score keep each label's share of the "
-        "validation set, top scores within each label (select-only: of --val, else of the "
-        "pool)"))
+        "the validation set: the rows chosen by score and those drawn at random each keep "
+        "each label's share of the validation set, top scores and a uniform draw within "
+        "each label (select-only: of --val, else of the pool)"))
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -23,7 +23,11 @@ Strata (optional, e.g. the answer label of a classification task, whose marginal
 may skew): the scored part ``n_s`` is split over the strata in proportion to given weights
 (e.g. each label's count in the validation set) by largest remainder, a stratum never past
 its eligible rows (`stratum_quotas`), and steps 2-4 run inside each stratum on its own rows.
-The random part is unchanged.
+The random part ``n_r`` is split the same way over the strata's candidates (step 5's rows),
+and each stratum's share is drawn uniformly without replacement: every row gets a key from
+``np.random.default_rng(seed).random(N)`` and a stratum keeps its candidates of highest key
+(a uniform sample). Rows of stratum -1 or of weight 0 are never chosen, by score or at
+random: the whole selection keeps the weights' label shares (benchmark ``chat_labels_v4``).
 
 `selection_overlap` counts the rows that named selections share (several targets' picks).
 
@@ -236,20 +240,30 @@ def _checked_strata(strata: object, stratum_weights: object, lengths: np.ndarray
     return strata, weights.astype(np.int64, copy=False)
 
 
-def stratum_quotas(total: int, weights: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+# What each part of a selection splits over the strata counts, and how to get more of it.
+_STRATUM_ROWS = {
+    "scored part": ("eligible rows (length > 0)",
+                    "pass a smaller n, a larger random_fraction, or weights for more strata"),
+    "random part": ("eligible rows (length > 0) of random_pool not already chosen by score",
+                    "pass a larger random_pool, a smaller n, a smaller random_fraction, or "
+                    "weights for more strata"),
+}
+
+
+def stratum_quotas(total: int, weights: np.ndarray, sizes: np.ndarray,
+                   part: str = "scored part") -> np.ndarray:
     """Split `total` rows over strata in proportion to `weights` (int64 (S,) >= 0) by largest
     remainder, none above its `sizes` (int64 (S,)): a stratum whose share reaches its size is
     taken whole and the rest is split again over the others. Raises ValueError when the
-    strata of weight > 0 hold fewer than `total` rows."""
+    strata of weight > 0 hold fewer than `total` rows, naming `part` of the selection
+    ("scored part" or "random part")."""
     quotas = np.zeros(weights.size, np.int64)
     open_ = weights > 0
     capacity = int(sizes[open_].sum())
     if capacity < total:
-        raise ValueError(
-            f"the scored part needs {total} rows but the strata of weight > 0 hold only "
-            f"{capacity} eligible rows (length > 0); pass a smaller n, a larger "
-            "random_fraction, or weights for more strata"
-        )
+        rows, fix = _STRATUM_ROWS[part]
+        raise ValueError(f"the {part} needs {total} rows but the strata of weight > 0 hold "
+                         f"only {capacity} {rows}; {fix}")
     left = total
     while left:
         share = _largest_remainder(left, np.where(open_, weights, 0))
@@ -262,15 +276,22 @@ def stratum_quotas(total: int, weights: np.ndarray, sizes: np.ndarray) -> np.nda
     return quotas
 
 
-def _stratum_parts(strata: np.ndarray, weights: np.ndarray, eligible: np.ndarray,
-                   n_scored: int) -> list[tuple[np.ndarray, int]]:
-    """(rows of the stratum, ascending int64; its quota) for every stratum with a quota > 0."""
-    sizes = np.bincount(strata[eligible & (strata >= 0)], minlength=weights.size)
-    quotas = stratum_quotas(n_scored, weights, sizes)
+def _mark_strata(keys: np.ndarray, lengths: np.ndarray, total: int, num_bins: int,
+                 strata: np.ndarray, weights: np.ndarray, allowed: np.ndarray, part: str,
+                 mask: np.ndarray) -> None:
+    """Mark in ``mask`` the rows of `part` ("scored part" or "random part"): ``total`` rows
+    split over the strata (`stratum_quotas`), each stratum's quota being its ``allowed``
+    rows (bool (N,)) of highest ``keys`` (N,) in ``num_bins`` length bins (`_mark_scored`)."""
+    strata = np.where(allowed, strata, -1)
+    sizes = np.bincount(strata[strata >= 0], minlength=weights.size)
+    quotas = stratum_quotas(total, weights, sizes, part)
     order = np.argsort(strata, kind="stable")  # rows grouped by stratum, ascending in each
     start = np.searchsorted(strata[order], np.arange(weights.size + 1))
-    return [(order[start[k]:start[k + 1]], int(quotas[k]))
-            for k in np.flatnonzero(quotas)]
+    for k in np.flatnonzero(quotas):
+        rows = order[start[k]:start[k + 1]]
+        chosen = np.zeros(rows.size, dtype=bool)
+        _mark_scored(keys[rows], lengths[rows], int(quotas[k]), num_bins, chosen)
+        mask[rows[chosen]] = True
 
 
 def random_count(n: int, random_fraction: float) -> int:
@@ -347,11 +368,13 @@ def select_indices(
     lengths: (N,) integer token counts >= 0; rows with length 0 are never chosen.
     random_pool: (P,) distinct row indices in [0, N) the random part is drawn from.
     strata: (N,) integer stratum id per row in [0, S), -1 for none (e.g. the answer label):
-    the scored part is split over the strata (`stratum_quotas`) and each stratum's share is
-    chosen as above within its own rows (its own length bins); rows of stratum -1 or of
-    weight 0 are never chosen by score (the random part may draw them).
+    both parts are split over the strata (`stratum_quotas`); each stratum's scored share is
+    chosen as above within its own rows (its own length bins), its random share uniformly
+    from its rows in random_pool not chosen by score. Rows of stratum -1 or of weight 0 are
+    never chosen.
     stratum_weights: (S,) integer weights >= 0 of the split (e.g. each label's count in the
     validation set); default: each stratum's eligible rows.
+    seed: the random part's seed (an int, or anything ``np.random.default_rng`` takes).
     Returns (n,) int64 row indices, sorted ascending. Same inputs and seed, same result;
     ``num_bins=1, random_fraction=0`` is the plain top-n (ties: lower index first).
     """
@@ -370,22 +393,30 @@ def select_indices(
             _mark_scored(scores, lengths, n_scored, num_bins, mask)
     else:
         strata, weights = _checked_strata(strata, stratum_weights, lengths)
-        for rows, quota in _stratum_parts(strata, weights, eligible, n_scored):
-            part = np.zeros(rows.size, dtype=bool)
-            _mark_scored(scores[rows], lengths[rows], quota, num_bins, part)
-            mask[rows[part]] = True
+        _mark_strata(scores, lengths, n_scored, num_bins, strata, weights, eligible,
+                     "scored part", mask)
     if n_random:
         free = eligible & ~mask if pool is None else eligible & ~mask & pool
-        candidates = np.flatnonzero(free)
-        if candidates.size < n_random:
-            raise ValueError(
-                f"random part needs {n_random} rows but random_pool has only "
-                f"{candidates.size} eligible rows (length > 0) not already chosen by score; "
-                "pass a larger random_pool, a smaller n or a smaller random_fraction"
-            )
-        rng = np.random.default_rng(seed)
-        mask[rng.choice(candidates, size=n_random, replace=False)] = True
+        if strata is None:
+            _mark_random(free, n_random, seed, mask)
+        else:
+            keys = np.random.default_rng(seed).random(num_rows)
+            _mark_strata(keys, lengths, n_random, 1, strata, weights, free, "random part", mask)
     return np.flatnonzero(mask).astype(np.int64, copy=False)
+
+
+def _mark_random(free: np.ndarray, n_random: int, seed: object, mask: np.ndarray) -> None:
+    """Mark in ``mask`` ``n_random`` of the ``free`` rows (bool (N,)) uniformly without
+    replacement (module doc, step 5)."""
+    candidates = np.flatnonzero(free)
+    if candidates.size < n_random:
+        raise ValueError(
+            f"random part needs {n_random} rows but random_pool has only "
+            f"{candidates.size} eligible rows (length > 0) not already chosen by score; "
+            "pass a larger random_pool, a smaller n or a smaller random_fraction"
+        )
+    rng = np.random.default_rng(seed)
+    mask[rng.choice(candidates, size=n_random, replace=False)] = True
 
 
 def _put_column(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
@@ -472,9 +503,10 @@ def select_by_score(
     """Select `n` rows of `dataset` with :func:`select_indices` on two of its columns.
 
     ``stratify_by_column``: a column of scalar labels (e.g. a classification answer); the
-    scored part keeps each label's share of ``stratify_like`` (a dataset with that column,
-    e.g. the validation set; labels it lacks get no scored rows) or, without it, of
-    ``dataset`` itself, picking the top scores within each label.
+    scored part and the random part each keep each label's share of ``stratify_like`` (a
+    dataset with that column, e.g. the validation set; labels it lacks get no rows) or,
+    without it, of ``dataset`` itself: the top scores within each label, and a uniform draw
+    within each label.
 
     Returns a new flat in-memory dataset (no indices mapping, all columns, rows in ascending
     order); with ``keep_all=True`` all rows plus a bool column ``tov_selected`` (replaced if

@@ -275,10 +275,12 @@ def exclusive_lock(path: str | os.PathLike[str], *, wait: bool = True) -> Any:
 def locked(directory: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive lock on ``directory`` (created if missing) for the block, through
     the file ``.lock`` in it (`exclusive_lock`). Raises `OutputInUseError` at once if
-    another process holds it."""
+    another process holds it. A directory this call created is removed again when the block
+    wrote nothing into it (e.g. a run refused on bad input)."""
     from filelock import Timeout
 
     directory = Path(directory)
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     lock = exclusive_lock(directory / LOCK_NAME, wait=False)
     try:
@@ -292,6 +294,10 @@ def locked(directory: str | os.PathLike[str]) -> Iterator[None]:
         yield
     finally:
         lock.release()
+        if created and [p.name for p in directory.iterdir()] == [LOCK_NAME]:
+            with contextlib.suppress(OSError):  # another run may have taken it meanwhile
+                (directory / LOCK_NAME).unlink()
+                directory.rmdir()
 
 
 _ABSENT = "<absent>"

@@ -186,8 +186,9 @@ class ToVConfig:
     model=model)``). transform: F of the per-token deltas ("identity", "abs", "relu").
     num_bins, random_fraction: the final selection's length bins and random share
     (`select_by_score`). stratify_by_column: a column of scalar labels (e.g. a classification
-    answer) in the pool and every validation set: the scored part keeps each label's share
-    of the target's validation set (`select_by_score`); None: no strata.
+    answer) in the pool and every validation set: the scored part and the random part each
+    keep each label's share of the target's validation set (`select_by_score`); None: no
+    strata.
     seed: draws U, the LoRA start, micro-batch order and dropout.
     column_map: {user_column: canonical_column} (`tov_datasets.formats`; kept as a dict,
     None when empty).
@@ -341,7 +342,8 @@ def _counts(n: int | Mapping[str, int], targets: list[_Target]) -> dict[str | No
 def _check_data(config: ToVConfig, pool: Any, targets: list[_Target],
                 counts: Mapping[str | None, int]) -> None:
     """The settings that must fit the data: pool and validation sets non-empty datasets,
-    each n and base_size within the pool, each random part within the base set."""
+    each n and base_size within the pool, each random part within the base set (with label
+    strata: within its rows of the validation set's labels)."""
     import datasets
 
     for name, ds in (("pool", pool), *((t.argument, t.val) for t in targets)):
@@ -374,16 +376,25 @@ def _check_data(config: ToVConfig, pool: Any, targets: list[_Target],
                 f"base_size={config.base_size}; raise base_size or lower n or random_fraction"
             )
     column = config.stratify_by_column
+    if column is not None:
+        base = draw_base_set(len(pool), config.base_size, config.seed)
     for target in targets if column is not None else ():  # before any training
         strata = column_strata(pool, column, target.val, names=("pool", target.argument))
-        weights, n = strata["stratum_weights"], counts[target.name]
-        in_pool = np.bincount(strata["strata"], minlength=weights.size)
-        n_scored = n - random_count(n, config.random_fraction)
-        if in_pool[weights > 0].sum() < n_scored:
+        labelled = strata["stratum_weights"][strata["strata"]] > 0  # (len(pool),)
+        n = counts[target.name]
+        n_random = random_count(n, config.random_fraction)
+        if labelled.sum() < n - n_random:
             raise ValueError(
                 f"stratify_by_column={column!r}: the labels of {target.described} hold "
-                f"{in_pool[weights > 0].sum()} pool rows, fewer than the {n_scored} chosen "
-                "by score; lower n or raise random_fraction"
+                f"{labelled.sum()} pool rows, fewer than the {n - n_random} chosen by score; "
+                "lower n or raise random_fraction"
+            )
+        if labelled[base].sum() < n_random:
+            raise ValueError(
+                f"stratify_by_column={column!r}: the labels of {target.described} hold "
+                f"{labelled[base].sum()} rows of the base set (base_size={config.base_size}), "
+                f"fewer than the {n_random} drawn at random from it; raise base_size, or "
+                "lower n or random_fraction"
             )
 
 
