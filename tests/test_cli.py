@@ -496,6 +496,9 @@ def test_stratify_column_keeps_the_validation_sets_label_shares(files, selected_
     assert _select(files, out, "--stratify-column", "topic") == 0
     assert _by_score_column(out / cli.SELECTED_FILE, "topic") == ["math"] * 6
     assert pq.read_table(out / cli.SELECTED_FILE).column("topic").to_pylist() == ["math"] * 12
+    counts = json.loads((out / cli.RUN_FILE).read_text())["counts"]
+    assert counts["label strata"] == "topic: both parts in the validation set's label shares"
+    assert "| label strata | topic: both parts" in (out / report.REPORT_NAME).read_text()
     scores = str(selected_run[0] / cli.SCORES_FILE)
     args = ["select-only", "--scores", scores, "--n", "12", "--bins", "4", "--quiet",
             "--pool", str(files["pool"]), "--stratify-column", "topic"]

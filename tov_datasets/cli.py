@@ -712,8 +712,11 @@ def _select_counts(args: argparse.Namespace, pool: Any, val: Any, model: Any, re
                        f"selected{target} at random": int((~from_score).sum())})
     if named:
         counts["selected by any target (union)"] = len(result.selected)
-    counts.update({"random fraction": args.random_fraction, "length bins": args.bins,
-                   "resumed": "yes" if resumed else "no"})
+    counts.update({"random fraction": args.random_fraction, "length bins": args.bins})
+    if args.stratify_column:
+        counts["label strata"] = (f"{args.stratify_column}: both parts in the validation "
+                                  "set's label shares")
+    counts["resumed"] = "yes" if resumed else "no"
     return counts
 
 
