@@ -521,8 +521,9 @@ def test_stratify_column_keeps_the_validation_sets_label_shares(files, selected_
         ([*plain, "--pool", str(files["pool"]), "--stratify-column", "nope"],
          "--stratify-column nope: --pool"),
         ([*plain, "--pool", str(files["pool"]), "--stratify-column", "topic", "--val",
-          str(other)], "--stratify-column topic: the scored part needs 6 rows but the strata "
-         "of weight > 0 hold only 0 eligible rows (length > 0); pass a smaller --n"),
+          str(other)], "--stratify-column topic: the selection needs n=12 rows but the "
+         "strata of weight > 0 hold only 0 eligible rows (length > 0), and every row chosen, "
+         "by score or at random, lies in one; pass a smaller --n, or a --val with more"),
         ([*args, "--val", str(files["val"]), "--n", "20", "--out", str(tmp_path / "c.parquet")],
          "--stratify-column topic: the random part needs 10 rows but the strata of weight > 0 "
          "hold only "),
@@ -538,7 +539,8 @@ def test_stratify_column_keeps_the_validation_sets_label_shares(files, selected_
                       "--stratify-column", "topic"], capsys)
     assert code == 2 and err.count("\n") == 0 and (
         "--stratify-column topic: the labels of the validation set hold 0 pool rows, fewer "
-        "than the 6 chosen by score; lower --n or raise --random-fraction") in err, err
+        "than the 12 selected (every row chosen, by score or at random, has one of them); "
+        "lower --n") in err, err
     code, err = _run(["select", "--model", str(files["model"]), "--pool", str(files["pool"]),
                       "--val", str(files["val"]), "--out", str(tmp_path / "d"), "--quiet",
                       *SELECT, "--stratify-column", "topic", "--base-size", "8"], capsys)
@@ -550,3 +552,37 @@ def test_stratify_column_keeps_the_validation_sets_label_shares(files, selected_
     args_all = [*args, "--val", str(files["val"]), "--n", "20", "--random-from-all"]
     assert cli.main([*args_all, "--out", str(tmp_path / "e.parquet")]) == 0
     assert pq.read_table(tmp_path / "e.parquet").column("topic").to_pylist() == ["math"] * 20
+
+
+def test_a_selection_short_of_labelled_base_rows_keeps_the_trajectory(files, tmp_path, capsys):
+    """12 labelled rows, 7 of them in U (base set of 24, seed 0): the checks before training
+    pass (12 >= n, 7 >= the 6 random rows), but the rows chosen by score take labelled rows of
+    U, so the random part finds too few: one line naming the flags and the kept trajectory;
+    the rerun with --random-fraction 0 selects from it without retraining."""
+    from tov_datasets.trajectory import draw_base_set
+
+    base = draw_base_set(60, 24, 0)
+    labelled = set(base[:7].tolist()) | set(np.setdiff1d(np.arange(60), base)[:5].tolist())
+    pool = _write_jsonl(tmp_path / "pool.jsonl", [
+        {**row, "lab": "yes" if i in labelled else "no"} for i, row in enumerate(_rows(60, 0))])
+    val = _write_jsonl(tmp_path / "val.jsonl", [{**row, "lab": "yes"} for row in _rows(8, 1)])
+    out = tmp_path / "out"
+    argv = ["select", "--model", str(files["model"]), "--pool", str(pool), "--val", str(val),
+            "--out", str(out), "--quiet", *SELECT, "--stratify-column", "lab"]
+    code, err = _run(argv, capsys)
+    assert code == 2 and err.count("\n") == 0, err
+    assert ("--stratify-column lab: the random part needs 6 rows but the strata of weight > 0 "
+            "hold only") in err, err
+    assert ("of the base set not already chosen by score; pass a larger --base-size, a "
+            "smaller --n, a smaller --random-fraction, or a --val with more of the pool's "
+            f"labels; the trajectory is kept in --out {out}: rerun with a smaller --n or "
+            "--random-fraction to select again without retraining") in err, err
+    adapters = {p: p.stat().st_mtime_ns for p in (out / cli.TRAJECTORY_DIR).rglob("*")
+                if p.suffix == ".safetensors"}
+    assert adapters and not (out / cli.RUN_FILE).exists()
+    assert cli.main([*argv, "--random-fraction", "0"]) == 0
+    assert json.loads((out / cli.RUN_FILE).read_text())["counts"]["resumed"] == "yes"
+    for path, mtime in adapters.items():  # the trained adapters were read, not rewritten
+        assert path.stat().st_mtime_ns == mtime, path
+    selected = pq.read_table(out / cli.SELECTED_FILE)
+    assert sorted(selected.column("id").to_pylist()) == sorted(labelled)

@@ -453,8 +453,8 @@ def test_label_strata_split_the_whole_selection_like_the_validation_set(tiny_tok
                                                                          val, lora):
     """stratify_by_column: the 5 rows chosen by score are 3 "x" and 2 "y" (the validation
     set's 2:1, largest remainder), and so are the 5 drawn at random from U, none "z"; the
-    same as `select_by_score` on the scores. Too few labelled rows in the pool or in U is
-    refused before any training."""
+    same as `select_by_score` on the scores. Fewer labelled pool rows than n, or labelled
+    rows of U than the random part, is refused before any training."""
     labelled = pool.add_column("label", ["x", "y", "z"] * (N_POOL // 3))
     val = val.add_column("label", ["x", "x", "y"])
     r = _run(tiny_tokenizer, labelled, val, lora=lora, epochs=1, stratify_by_column="label")
@@ -469,8 +469,9 @@ def test_label_strata_split_the_whole_selection_like_the_validation_set(tiny_tok
             "tov_num_tokens", r.scores["tov_num_tokens"]), 10, random_pool=r.base_indices,
         stratify_by_column="label", stratify_like=val)
     assert sorted(again["id"]) == sorted(sel["id"])
-    with pytest.raises(ValueError, match="stratify_by_column='label': the labels of the "
-                       "validation set hold 0 pool rows, fewer than the 5 chosen by score"):
+    with pytest.raises(ValueError, match=r"stratify_by_column='label': the labels of the "
+                       r"validation set hold 0 pool rows, fewer than the 10 selected \(every "
+                       r"row chosen, by score or at random, has one of them\); lower n"):
         _run(tiny_tokenizer, labelled, val.map(lambda _: {"label": "w"}), lora=lora,
              stratify_by_column="label")
     base = trajectory.draw_base_set(N_POOL, 20, 0)  # _run's U: base_size 20, seed 0

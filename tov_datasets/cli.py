@@ -580,6 +580,12 @@ def _trajectory(args: argparse.Namespace, flag: str, shown: Path, state_dir: Pat
     except ValueError as e:  # tov_select's checks of the target names and label strata
         if str(e).startswith(STRATA_ARG):
             raise _strata_error(e, args.stratify_column) from e
+        if _too_few_rows(e):  # the final selection, after the trajectory
+            column = getattr(args, "stratify_column", None)
+            text = str(_strata_error(e, column)) if column else _in_flags(e)
+            raise CliError(f"{text}; the trajectory is kept in {flag} {shown}: rerun with a "
+                           "smaller --n or --random-fraction to select again without "
+                           "retraining") from e
         if not str(e).startswith("val: "):
             raise
         raise CliError(f"--{_one_line(e)}") from e
@@ -590,19 +596,32 @@ STRATA_ARG = "stratify_by_column="
 
 # How select's and select-only's random part is drawn, for a library message about it.
 RANDOM_FROM_BASE = (("of random_pool", "of the base set"),
+                    ("random_pool has only", "the base set has only"),
                     ("a larger random_pool", "a larger --base-size"))
 
 
-def _strata_error(e: ValueError, column: str,
-                  random_pool: tuple[tuple[str, str], ...] = RANDOM_FROM_BASE) -> CliError:
-    """A library message about the label strata of ``column`` in CLI terms (``random_pool``:
-    the library's words about the random part's pool and the CLI's for them)."""
-    text = _one_line(e).removeprefix(f"{STRATA_ARG}{column!r}: ")
+def _too_few_rows(e: ValueError) -> bool:
+    """Whether a `select_indices` message says a part of the selection found too few rows."""
+    return any(words in str(e) for words in ("part needs", "selection needs"))
+
+
+def _in_flags(e: ValueError, random_pool: tuple[tuple[str, str], ...] = RANDOM_FROM_BASE
+              ) -> str:
+    """A library message in CLI terms (``random_pool``: the library's words about the random
+    part's pool and the CLI's for them)."""
+    text = _one_line(e)
     for arg, flag in (*random_pool, ("random_fraction", "--random-fraction"),
                       ("base_size", "--base-size"), ("lower n", "lower --n"),
                       ("a smaller n", "a smaller --n"), ("stratify_like", "--val"),
                       ("weights for more strata", "a --val with more of the pool's labels")):
         text = text.replace(arg, flag)
+    return text
+
+
+def _strata_error(e: ValueError, column: str,
+                  random_pool: tuple[tuple[str, str], ...] = RANDOM_FROM_BASE) -> CliError:
+    """A library message about the label strata of ``column`` in CLI terms."""
+    text = _in_flags(e, random_pool).removeprefix(f"{STRATA_ARG}{column!r}: ")
     return CliError(f"--stratify-column {column}: {text}")
 
 
@@ -1013,7 +1032,7 @@ def cmd_select_only(args: argparse.Namespace) -> None:
         if strata:
             chosen = chosen.drop_columns([STRATA_COLUMN])
     except ValueError as e:
-        if strata and (str(e).startswith(STRATA_ARG) or "part needs" in str(e)):
+        if strata and (str(e).startswith(STRATA_ARG) or _too_few_rows(e)):
             drawn_from = ((("of random_pool", f"of the base set ({IN_BASE})"),
                            ("a larger random_pool", "--random-from-all"))
                           if random_pool is not None else

@@ -27,7 +27,9 @@ The random part ``n_r`` is split the same way over the strata's candidates (step
 and each stratum's share is drawn uniformly without replacement: every row gets a key from
 ``np.random.default_rng(seed).random(N)`` and a stratum keeps its candidates of highest key
 (a uniform sample). Rows of stratum -1 or of weight 0 are never chosen, by score or at
-random: the whole selection keeps the weights' label shares (benchmark ``chat_labels_v4``).
+random: the whole selection keeps the weights' label shares (benchmark ``chat_labels_v4``),
+so those strata must hold ``n`` eligible rows, and the random pool ``n_r`` of them besides
+the scored part's (a ValueError names which).
 
 `selection_overlap` counts the rows that named selections share (several targets' picks).
 
@@ -276,6 +278,20 @@ def stratum_quotas(total: int, weights: np.ndarray, sizes: np.ndarray,
     return quotas
 
 
+def _check_strata_hold(n: int, strata: np.ndarray, weights: np.ndarray,
+                       eligible: np.ndarray) -> None:
+    """Raise ValueError unless the strata of weight > 0 hold ``n`` eligible rows: with
+    strata every chosen row, by score or at random, lies in one."""
+    in_stratum = eligible & (strata >= 0)
+    held = int(np.count_nonzero(weights[strata[in_stratum]] > 0))
+    if held < n:
+        raise ValueError(
+            f"the selection needs n={n} rows but the strata of weight > 0 hold only {held} "
+            "eligible rows (length > 0), and every row chosen, by score or at random, lies "
+            "in one; pass a smaller n, or weights for more strata"
+        )
+
+
 def _mark_strata(keys: np.ndarray, lengths: np.ndarray, total: int, num_bins: int,
                  strata: np.ndarray, weights: np.ndarray, allowed: np.ndarray, part: str,
                  mask: np.ndarray) -> None:
@@ -393,6 +409,7 @@ def select_indices(
             _mark_scored(scores, lengths, n_scored, num_bins, mask)
     else:
         strata, weights = _checked_strata(strata, stratum_weights, lengths)
+        _check_strata_hold(n, strata, weights, eligible)
         _mark_strata(scores, lengths, n_scored, num_bins, strata, weights, eligible,
                      "scored part", mask)
     if n_random:

@@ -343,7 +343,9 @@ def _check_data(config: ToVConfig, pool: Any, targets: list[_Target],
                 counts: Mapping[str | None, int]) -> None:
     """The settings that must fit the data: pool and validation sets non-empty datasets,
     each n and base_size within the pool, each random part within the base set (with label
-    strata: within its rows of the validation set's labels)."""
+    strata: n within the pool's rows of the validation set's labels, the random part within
+    the base set's; the scored part may still take too many of the latter, which only the
+    final selection can tell)."""
     import datasets
 
     for name, ds in (("pool", pool), *((t.argument, t.val) for t in targets)):
@@ -383,11 +385,11 @@ def _check_data(config: ToVConfig, pool: Any, targets: list[_Target],
         labelled = strata["stratum_weights"][strata["strata"]] > 0  # (len(pool),)
         n = counts[target.name]
         n_random = random_count(n, config.random_fraction)
-        if labelled.sum() < n - n_random:
+        if labelled.sum() < n:
             raise ValueError(
                 f"stratify_by_column={column!r}: the labels of {target.described} hold "
-                f"{labelled.sum()} pool rows, fewer than the {n - n_random} chosen by score; "
-                "lower n or raise random_fraction"
+                f"{labelled.sum()} pool rows, fewer than the {n} selected (every row chosen, "
+                "by score or at random, has one of them); lower n"
             )
         if labelled[base].sum() < n_random:
             raise ValueError(
