@@ -586,3 +586,20 @@ def test_a_selection_short_of_labelled_base_rows_keeps_the_trajectory(files, tmp
         assert path.stat().st_mtime_ns == mtime, path
     selected = pq.read_table(out / cli.SELECTED_FILE)
     assert sorted(selected.column("id").to_pylist()) == sorted(labelled)
+
+
+def test_a_random_part_short_of_base_rows_after_training_names_the_flags(files, tmp_path,
+                                                                         capsys):
+    """No strata: the checks before training pass (10 random rows <= a base set of 10), but
+    the rows chosen by score take rows of U, so the random part finds too few: one line in
+    flags naming the kept trajectory, not the library's words."""
+    out = tmp_path / "out"
+    code, err = _run(["select", "--model", str(files["model"]), "--pool", str(files["pool"]),
+                      "--val", str(files["val"]), "--out", str(out), "--quiet", *SELECT,
+                      "--n", "20", "--base-size", "10"], capsys)
+    assert code == 2 and err.count("\n") == 0, err
+    assert "random part needs 10 rows but the base set has only" in err, err
+    assert ("not already chosen by score; pass a larger --base-size, a smaller --n or a "
+            f"smaller --random-fraction; the trajectory is kept in --out {out}: rerun with a "
+            "smaller --n or --random-fraction to select again without retraining") in err, err
+    assert "random_pool" not in err

@@ -378,9 +378,10 @@ def _check_data(config: ToVConfig, pool: Any, targets: list[_Target],
                 f"base_size={config.base_size}; raise base_size or lower n or random_fraction"
             )
     column = config.stratify_by_column
-    if column is not None:
-        base = draw_base_set(len(pool), config.base_size, config.seed)
-    for target in targets if column is not None else ():  # before any training
+    if column is None:
+        return
+    base = draw_base_set(len(pool), config.base_size, config.seed)
+    for target in targets:  # before any training
         strata = column_strata(pool, column, target.val, names=("pool", target.argument))
         labelled = strata["stratum_weights"][strata["strata"]] > 0  # (len(pool),)
         n = counts[target.name]
