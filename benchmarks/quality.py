@@ -92,6 +92,10 @@ DEFAULT_METHODS = {
     "causal_lm": ["tov", "maxunc", "embedding", "length"],
 }
 CONTROLS = ("random", "oracle")
+# LESS as published projects its gradients to 8192 dims; "less_unprojected" matches the full
+# gradients' cosines, which the projection estimates (causal LM: SmolLM2's 9.8M-dim LoRA
+# gradients make the projection ~80 min a seed on one CPU thread)
+LESS_MODES = {"less": "optimised", "less_unprojected": "unprojected"}
 
 
 # ------------------------------------------------------------------ set-up -----------------
@@ -266,11 +270,11 @@ def run_selector(name: str, s: Setup) -> dict[str, dict[str, Any]]:
     extra: dict[str, Any] = {}
     if name == "maxunc":
         scores = max_uncertainty.scores(s.model, s.tokenizer, s.pool, s.val, **common, **warm)
-    elif name == "less":
+    elif name in LESS_MODES:
         r = less.less_scores(copy.deepcopy(s.model), s.tokenizer, s.pool, s.val, n=n,
                              seed=s.seed, lora=s.selector_lora, lr=sz.lr,
                              train_batch_size=sz.batch_size, max_length=sz.max_length,
-                             mode="optimised", cache_bytes=4 << 30)
+                             mode=LESS_MODES[name], cache_bytes=4 << 30)
         scores, extra = np.asarray(r.scores, dtype=np.float64), {"timings": r.timings}
     elif name == "embedding":
         scores = embedding.scores(s.model, s.tokenizer, s.pool, s.val)
@@ -629,6 +633,29 @@ class Progress:
         self._save()
         return len(new)
 
+    def add_result(self, path: Path, config: str, size: str, sizes: dict[str, Any],
+                   seeds: list[int]) -> str:
+        """Seeds this progress with a stored result's calibration and per-seed records (a
+        method added to a finished run reuses its budget, controls and other methods);
+        returns the result's configuration commit. Refused unless the result is of this
+        configuration, size, sizes and seeds."""
+        if not path.is_file():
+            raise SystemExit(f"--add-to: no such file: {path}")
+        stored = json.loads(path.read_text())
+        cfg = stored.get("config", {})
+        got = (cfg.get("config"), cfg.get("size"), cfg.get("sizes"),
+               sorted({r["seed"] for r in stored["details"]["per_seed"]}))
+        want = (config, size, json.loads(json.dumps(sizes)), sorted(seeds))
+        if got != want:
+            raise SystemExit(f"--add-to: {path} is not a result of --config {config} --size "
+                             f"{size} as committed now (configuration, size, sizes, seeds): "
+                             f"{got} != {want}")
+        for r in stored["details"]["per_seed"]:
+            self.done.setdefault(f"{r['seed']}/{r['method']}", r)
+        self.done.setdefault("calibration", stored["details"]["calibration"])
+        self._save()
+        return stored["summary"]["config_commit"]
+
     def put(self, name: str, value: Any) -> None:
         self.done[name] = value
         self._save()
@@ -762,9 +789,13 @@ def budget_text(cal: dict[str, Any]) -> str:
 
 
 def write_outputs(stem: str, config: Config, size: str, seeds: list[int], result: dict,
-                  out_dir: Path | None, threads: int, run_config: dict[str, Any]) -> Path:
+                  out_dir: Path | None, threads: int, run_config: dict[str, Any],
+                  commit: str | None = None) -> Path:
+    """The result's JSON and markdown; ``commit``: the configuration commit to record
+    (default: the one that last changed quality_configs.py)."""
     gate, stats = result["gate"], result["stats"]
-    summary = {"task": config.task, "config_commit": config_commit(), "seeds": len(seeds),
+    summary = {"task": config.task, "config_commit": commit or config_commit(),
+               "seeds": len(seeds),
                **{k: gate[k] for k in ("gate_passed", "oracle_improvement_pct", "oracle_t",
                                        "random_learned")},
                "finetune_epochs": result["calibration"]["epochs"],
@@ -856,6 +887,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--merge-progress", type=Path, nargs="+", default=[], metavar="FILE",
                     help="first add the entries of these progress files (the copies of other "
                     "--method-seeds processes) to this run's progress file")
+    ap.add_argument("--add-to", type=Path, default=None, metavar="RESULT",
+                    help="add --methods to this stored result of the same --config and --size "
+                    "(its budget, controls and methods are reused, not rerun; the new result "
+                    "keeps its configuration commit)")
     ap.add_argument("--tag", default="", help="file name suffix: quality_<config>_<tag>.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-dir", type=Path, default=None, help="default benchmarks/results")
@@ -883,6 +918,8 @@ def main(argv: list[str] | None = None) -> Path:
     progress = Progress(out_dir / f".{stem}.progress.json",
                         {"config_commit": config_commit(), "size": size, "seeds": seeds,
                          "sizes": asdict(sizes)} | ({"bundle": True} if a.bundle else {}))
+    commit = (progress.add_result(a.add_to, config.name, size, asdict(sizes), seeds)
+              if a.add_to else None)
     for other in a.merge_progress:
         print(f"merged {progress.merge(other)} entries of {other}", flush=True)
     method_seeds = ([int(x) for x in a.method_seeds.split(",")] if a.method_seeds else None)
@@ -891,7 +928,7 @@ def main(argv: list[str] | None = None) -> Path:
     if not math.isfinite(result["gate"]["oracle_t"]) and len(seeds) > 1:
         print("note: the oracle's gain has zero spread over seeds", flush=True)
     return write_outputs(stem, config, size, seeds, result, a.out_dir, a.threads,
-                         {"device": a.device, "bundle": a.bundle and str(a.bundle)})
+                         {"device": a.device, "bundle": a.bundle and str(a.bundle)}, commit)
 
 
 if __name__ == "__main__":

@@ -256,6 +256,27 @@ target rows, so the oracle control (n of them at random) differs between seeds.
   targets a stratified random pick gives the gain without ToV. H24 decides nothing in the
   library. On the CPU ~2.5 h of two 1-thread processes.
 
+LESS on causal LM (a method added to finished configurations, not a new configuration: the
+data, budget and seeds are as committed and the stored budget, controls and other methods are
+reused with ``quality.py --add-to``; stated here and committed before LESS ran on either).
+``less_unprojected`` = the ``less`` baseline of ``ner_coarse_v3`` (warm-up on 5% of the pool,
+4 epochs, the configuration's lr; Adam-transformed per-sample LoRA gradients, cosine to each
+val gradient, mean over val, lr-weighted sum over the 4 checkpoints, top n) matched on the
+full gradients instead of their 8192-dim projection, which only estimates these cosines
+(tested: within the projection's error): SmolLM2's 9.8M-dim gradients made the projection the
+cost (~80 min a seed on one thread; it belongs on a GPU, where ``gpu_quality_lm.sh`` runs the
+projected one). Every other method's result on these configurations was read before LESS
+ran. Run on ``lm_tweets_v3`` (seeds 10-14) first, then ``chat_labels_v2`` (seeds 10-14) as
+time allows, every seed of a configuration before it is judged. Stated before the run: H25
+(primary, each configuration), the mean over seeds of the paired difference ``tov`` (the
+library's default score, F identity) - ``less_unprojected`` (gain vs random, points) is
+>= 0: ToV at least as good as LESS; H26, ``less_unprojected`` beats random by > 2 s.e.; H27,
+the mean paired ``embedding`` - ``less_unprojected`` is >= 0. No prediction of the sign is
+made. Decision (nothing in the library changes): the README reports each configuration's
+LESS row and the paired differences; where H25 fails by more than 2 s.e. of the paired
+difference it says LESS's pick was better there, and the claim "ToV >= LESS" stays limited
+to where it was measured. About 26 min of one thread a seed on ``lm_tweets_v3``.
+
 Changing anything here makes a new configuration: commit it first, then rerun every method
 (quality.py records the commit that last changed this file as ``config_commit``).
 """

@@ -77,6 +77,68 @@ def test_less_optimised_equals_published(tiny_tokenizer, task, tmp_path):
         assert torch_equal(v, before[k])
 
 
+@pytest.mark.parametrize("task", ["causal_lm", "token_classification"])
+def test_less_unprojected_is_the_cosine_of_full_gradients(tiny_tokenizer, task, tmp_path):
+    """Against a float64 batch-1 autograd loop over the kept checkpoints, and against the
+    published (projected) scores within the projection's Johnson-Lindenstrauss error."""
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    from benchmarks.baselines import less
+    from benchmarks.baselines._util import encode, lora_copy, pad_id_of
+    from benchmarks.fidelity import sample_gradient
+    from tov_datasets.models import adapter_parameters
+
+    if task == "causal_lm":
+        model, lora = tiny.causal_lm(tiny_tokenizer), LORA_LM
+        pool, val = _text_sets(seed=4)
+    else:
+        model, lora = tiny.token_classifier(tiny_tokenizer), LORA_NER
+        pool, val = _ner_sets(seed=4)
+    kw = dict(lora=lora, n=8, seed=5, warmup_fraction=0.25, lr=1e-2, train_batch_size=4,
+              grad_batch_size=3)
+    r = less.less_scores(model, tiny_tokenizer, pool, val, mode="unprojected",
+                         output_dir=tmp_path / "u", **kw)
+    assert r.details["mode"] == "unprojected" and np.isfinite(r.scores).all()
+    assert r.selected.tolist() == np.sort(np.argsort(-r.scores, kind="stable")[:8]).tolist()
+
+    peft = lora_copy(model, lora, less.ADAPTER, seed=5).double().eval()
+    params = adapter_parameters(peft, less.ADAPTER)
+    names = {id(p): nm for nm, p in peft.named_parameters()}
+    pool_s, val_s = encode(model, pool, tiny_tokenizer), encode(model, val, tiny_tokenizer)
+    pad = pad_id_of(tiny_tokenizer)
+
+    def flat(x):
+        return torch.cat([g.reshape(-1) for g in sample_gradient(peft, params, x, pad, task)])
+
+    reference = np.zeros(len(pool))
+    for k, weight in enumerate(r.checkpoint_weights):
+        state = load_file(str(tmp_path / "u" / f"ckpt{k}" / "adapter.safetensors"))
+        moments = load_file(str(tmp_path / "u" / f"ckpt{k}" / "optimizer.safetensors"))
+        with torch.no_grad():
+            for p in params:
+                p.copy_(state[names[id(p)]].double())
+        m, v = (torch.cat([moments[names[id(p)] + suffix].double().reshape(-1)
+                           for p in params]) for suffix in (".exp_avg", ".exp_avg_sq"))
+        pool_g = torch.stack([less.adam_transform(flat(x), m, v) for x in pool_s])
+        val_g = torch.stack([flat(x) for x in val_s])
+        cosine = F.normalize(pool_g, dim=1) @ F.normalize(val_g, dim=1).T
+        reference += weight * cosine.mean(1).numpy()
+    assert np.abs(reference).max() > 1e-4 and np.ptp(reference) > 1e-5
+    np.testing.assert_allclose(r.scores, reference, rtol=1e-4,
+                               atol=1e-5 * np.abs(reference).max())
+
+    # the projection estimates these cosines: a JL projection to d dims errs by
+    # sd <= sqrt(2 / d) per cosine; 5 sd of the weighted sum bounds the difference
+    d = 4096
+    pub = less.less_scores(model, tiny_tokenizer, pool, val, mode="published", proj_dim=d,
+                           output_dir=tmp_path / "p", **kw)
+    bound = 5 * sum(r.checkpoint_weights) * (2 / d) ** 0.5
+    assert np.abs(pub.scores - r.scores).max() < bound
+    assert not np.allclose(pub.scores, r.scores, rtol=0, atol=1e-7)  # a different estimate
+
+
 def torch_equal(a, b) -> bool:
     import torch
 

@@ -488,6 +488,42 @@ def test_summary_keeps_per_seed_gains_and_paired_differences_of_selectors():
     assert f"| a | b | 3 | {mean:+.2f} ± {se:.2f} | 2 | 1 |" in md
 
 
+def test_add_to_a_stored_result_runs_only_the_new_method(tmp_path, monkeypatch):
+    """--add-to reuses a stored result's budget, controls and methods (nothing of them is
+    recomputed), runs the new method (unprojected LESS here) on every seed and keeps the
+    stored configuration commit; a result of another configuration is refused."""
+    args = ["--config", "lm_tweets", "--tiny", "--threads", "1", "--force"]
+    first = quality.main([*args, "--methods", "length", "--out-dir", str(tmp_path / "a")])
+    stored = json.loads(first.read_text())
+    stored["summary"]["config_commit"] = "0123abc"
+    first.write_text(json.dumps(stored))
+    ran = []
+    real = quality.run_selector
+
+    def only_less(name, s):
+        assert name == "less_unprojected", name
+        ran.append(s.seed)
+        return real(name, s)
+
+    monkeypatch.setattr(quality, "run_selector", only_less)
+    monkeypatch.setattr(quality, "calibrate", _refuse)
+    path = quality.main([*args, "--methods", "less_unprojected", "--add-to", str(first),
+                         "--out-dir", str(tmp_path / "b")])
+    record = json.loads(path.read_text())
+    assert ran == [0, 1] and record["summary"]["config_commit"] == "0123abc"
+    stats, before = record["details"]["stats"], stored["details"]["stats"]
+    for m in ("random", "oracle", "length"):
+        assert stats[m]["test_loss"] == before[m]["test_loss"]
+        assert stats[m]["improvement_pct_by_seed"] == before[m]["improvement_pct_by_seed"]
+    assert stats["less_unprojected"]["seeds"] == [0, 1]
+    assert 0.0 <= stats["less_unprojected"]["auc"] <= 1.0
+    assert record["details"]["calibration"] == stored["details"]["calibration"]
+    with pytest.raises(SystemExit, match="not a result of --config chat_long"):
+        quality.main(["--config", "chat_long", "--tiny", "--threads", "1", "--force",
+                      "--methods", "length", "--add-to", str(first),
+                      "--out-dir", str(tmp_path / "c")])
+
+
 def test_merge_progress_adds_another_processs_entries_and_refuses_a_mismatch(tmp_path):
     key = {"config_commit": "abc", "seeds": [1, 2]}
     mine = quality.Progress(tmp_path / "mine.json", key)
