@@ -53,3 +53,13 @@ def test_scoreboard_cell_gives_gain_se_seeds_with_a_gain_and_bolds_above_two_se(
     assert cell({"improvement_pct": 2.0, "improvement_se_pct": 1.0}) == "+2.00 ± 1.00"  # = 2 se
     assert cell({"improvement_pct": 5.0, "improvement_se_pct": float("nan")}) == "+5.00 ± n/a"
     assert cell(None) == "not run"
+
+
+def test_scoreboard_column_shows_its_first_method_present_and_names_a_fallback():
+    cell = readme_results._scoreboard_cell
+    gain = {"improvement_pct": 1.5, "improvement_se_pct": 1.0}
+    methods = ("less", "less_unprojected")
+    assert cell({"less": gain, "less_unprojected": {**gain, "improvement_pct": 9.0}},
+                methods) == "+1.50 ± 1.00"
+    assert cell({"less_unprojected": gain}, methods) == "+1.50 ± 1.00 `less_unprojected`"
+    assert cell({"tov": gain}, methods) == "not run"
