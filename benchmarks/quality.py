@@ -27,6 +27,8 @@ on them (the result records that commit as ``config_commit``). One run of a conf
     python benchmarks/quality.py --config ner_coarse --tiny   # tiny random models (tests)
     python benchmarks/quality.py --config ner_coarse_v3 --size gpu --device cuda \
         --bundle .gpu/quality_ner_coarse_v3   # GPU machine: data + MiniLM from quality_bundle.py
+    python benchmarks/quality.py --config lm_tweets_v3 --methods less_unprojected \
+        --add-to benchmarks/results/quality_lm_tweets_v3.json   # a method added to a result
 
 Metrics are those of `tov_datasets.evaluation`: gains are paired by seed, oracle capture =
 (L_random - L_m) / (L_random - L_oracle) with a bootstrap interval over seeds.
