@@ -841,7 +841,9 @@ def seed_tables(stats: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown: each method's gain over random on every seed (and its pick's entity-tag
     share, where recorded), then every pair of selectors' paired difference of gains."""
     seeds = sorted({sd for st in stats.values() for sd in st["seeds"]})
-    out = ["", "Gain vs random by seed, % (entity-tag share of the pick's rows, %):", "",
+    recorded = any(st.get("entity_share_by_seed") for st in stats.values())
+    entity_note = " (entity-tag share of the pick's rows, %)" if recorded else ""
+    out = ["", f"Gain vs random by seed, %{entity_note}:", "",
            "| method | " + " | ".join(str(sd) for sd in seeds) + " |",
            "|---|" + "---|" * len(seeds)]
     for m, st in stats.items():

@@ -486,6 +486,10 @@ def test_summary_keeps_per_seed_gains_and_paired_differences_of_selectors():
     assert "| a | +50.0 (10.0) | +25.0 (20.0) | -10.0 (30.0) | +50.0 (40.0) |" in md
     assert "| b | +25.0 | +12.5 | +20.0 |  |" in md
     assert f"| a | b | 3 | {mean:+.2f} ± {se:.2f} | 2 | 1 |" in md
+    assert "Gain vs random by seed, % (entity-tag share of the pick's rows, %):" in md
+    del stats["a"]  # no method recorded entity shares: the heading does not promise them
+    md = "\n".join(quality.seed_tables(stats))
+    assert "Gain vs random by seed, %:" in md and "entity" not in md
 
 
 def test_add_to_a_stored_result_runs_only_the_new_method(tmp_path, monkeypatch):
