@@ -41,9 +41,19 @@ else the run stops. Stated before any control ran: H15, ``skewed`` gains less th
 ``balanced`` by more than 2 s.e. of the paired difference; H16, ``half_conflicting`` beats
 random by more than 2 s.e.
 
+LESS on ``chat_labels_v2`` (after its result: ``less_unprojected`` -95% +- 56 vs random with 67%
+target and 33% conflicting rows, where ``half_conflicting`` gained +21%), stated before any of
+LESS's picks was recomputed (seeds in order from 10, one 1-thread process at a time, as many as
+a session allows: each costs LESS's selection, 41-57 min): H28, LESS's picks have a larger mean
+``label_tv`` than embedding's picks of the same seeds; H29, LESS's raw score reads the answer
+word: its ``word_corr`` (mean over those seeds) > 0.8. H13 is recomputed with LESS's picks
+added (a replication on picks it has not seen). A post-hoc diagnosis: it decides nothing.
+
     python benchmarks/pick_answers.py --config chat_labels_v2 --threads 1
     python benchmarks/pick_answers.py --config chat_labels --methods embedding,tov,length,maxunc
     python benchmarks/pick_answers.py --config chat_labels_v2 --controls --threads 1
+    python benchmarks/pick_answers.py --config chat_labels_v2 --methods less_unprojected \
+        --seeds 10 --out benchmarks/results/in_progress/pick_answers_less_seed10.json
 """
 
 from __future__ import annotations
