@@ -6,7 +6,10 @@ is one of the target's label words teaches that word, whether it maps the passag
 target's way (a target row) or another way (a ``conflicting`` row). This recomputes the picks
 of a finished quality run (`quality.run_selector` at the run's settings: deterministic given
 the seed), checks each against the stored result (its source shares, and its raw score's AUC
-for a scoring method: a pick that differs stops the run), and measures per pick:
+for a scoring method: a pick that differs stops the run), and measures per pick. A result whose
+records hold each pick's rows (``idx``, stored by `quality.py` since 2026-12-04) is read
+without selecting again; its raw scores are not stored, so ``score_by_label`` is left out.
+The measures:
 
 - ``label_share``: share of its rows whose answer is one of the test set's answer words;
 - ``correct_share``: among those, the share of target rows (the rest teach a wrong mapping);
@@ -131,18 +134,32 @@ def check_pick(name: str, seed: int, s: quality.Setup, pick: dict[str, Any],
                              f"stored {auc:.4f}")
 
 
+def seed_picks(s: quality.Setup, method: str,
+               stored: dict[tuple[int, str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``method``'s picks of seed ``s.seed`` (with its derived variants) that the quality
+    result holds: read from the records where each holds its rows (``idx``, no raw scores),
+    else recomputed and checked against the records."""
+    names = quality.tov_picks(s.config) if method == "tov" else [method]
+    held = [stored[(s.seed, name)] for name in names if (s.seed, name) in stored]
+    if held and all("idx" in r for r in held):
+        return {r["method"]: {"idx": np.asarray(r["idx"], np.int64), "scores": None}
+                for r in held}
+    picks = {name: pick for name, pick in quality.run_selector(method, s).items()
+             if (s.seed, name) in stored}
+    for name, pick in picks.items():
+        check_pick(name, s.seed, s, pick, stored[(s.seed, name)])
+    return picks
+
+
 def seed_records(config_name: str, size: str, seed: int, methods: list[str],
                  stored: dict[tuple[int, str], dict[str, Any]]) -> list[dict[str, Any]]:
     """Every pick of ``seed`` (controls and ``methods`` with their derived variants) that
-    the quality result holds, recomputed, checked and measured."""
+    the quality result holds, measured (`seed_picks`)."""
     s = quality.setup(CONFIGS[config_name], size, seed)
     answer, test_answer = quality.answers(s.pool), quality.answers(s.test)
     out = []
     for method in [*quality.CONTROLS, *methods]:
-        for name, pick in quality.run_selector(method, s).items():
-            if (seed, name) not in stored:
-                continue
-            check_pick(name, seed, s, pick, stored[(seed, name)])
+        for name, pick in seed_picks(s, method, stored).items():
             rec = {"seed": seed, "method": name, "test_loss": stored[(seed, name)]["test_loss"],
                    **pick_measures(answer, s.is_target, pick["idx"], test_answer),
                    "idx": np.asarray(pick["idx"]).tolist()}
@@ -296,6 +313,18 @@ def control_summary(records: list[dict[str, Any]],
     return out
 
 
+def merge_picks(files: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The picks of several runs, one record per (seed, method) in first-seen order; a
+    pick two runs both hold must have the same rows."""
+    out: dict[tuple[int, str], dict[str, Any]] = {}
+    for r in (r for picks in files for r in picks):
+        key = (r["seed"], r["method"])
+        if key in out and out[key]["idx"] != r["idx"]:
+            raise SystemExit(f"--merge: seed {key[0]} {key[1]}: two files hold different rows")
+        out.setdefault(key, r)
+    return list(out.values())
+
+
 def stored_picks(path: Path) -> tuple[dict[tuple[int, str], dict[str, Any]], dict[str, Any]]:
     """A quality result's per-seed records by (seed, method), and its fine-tune budget."""
     record = json.loads(path.read_text())
@@ -330,7 +359,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"--quality: no such file: {source}")
     stored, budget = stored_picks(source)
     if a.merge:
-        records = [r for f in a.merge for r in json.loads(f.read_text())["details"]["picks"]]
+        records = merge_picks([json.loads(f.read_text())["details"]["picks"] for f in a.merge])
     else:
         seeds = ([int(x) for x in a.seeds.split(",")] if a.seeds
                  else sorted({sd for sd, _ in stored}))

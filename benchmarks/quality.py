@@ -730,6 +730,7 @@ class Runner:
                 "entity_share": entity_share(s, pick["idx"]),
                 "answer_shares": answer_shares(s, pick["idx"]), "ranking": ranking,
                 "select_s": t_select, "n": int(len(pick["idx"])),
+                "idx": np.asarray(pick["idx"], dtype=np.int64).tolist(),
                 "timings": pick["extra"].get("timings"), "history": pick["extra"].get("history")})
             print(f"seed {seed} {name:16s} loss {loss:.4f} target "
                   f"{100 * s.is_target[pick['idx']].mean():5.1f}% auc "

@@ -67,9 +67,16 @@ def test_associations_pair_gains_by_seed_and_skip_missing_measures():
     assert got["by_method"]["m"]["label_tv"] == pytest.approx(0.5)
 
 
-def test_tiny_run_recomputes_and_checks_the_stored_picks(tmp_path):
+def _refuse(*args, **kwargs):
+    raise AssertionError("picks stored with their rows must not be recomputed")
+
+
+def test_tiny_run_recomputes_and_checks_the_stored_picks(tmp_path, monkeypatch):
     path = quality.main(["--config", "chat_labels", "--tiny", "--threads", "1", "--force",
                          "--methods", "tov,embedding", "--out-dir", str(tmp_path)])
+    record = json.loads(path.read_text())
+    rows = {(r["seed"], r["method"]): r.pop("idx") for r in record["details"]["per_seed"]}
+    path.write_text(json.dumps(record))  # a result from before the picks' rows were stored
     out = tmp_path / "pick_answers.json"
     args = ["--config", "chat_labels", "--size", "tiny", "--quality", str(path), "--out",
             str(out)]
@@ -78,13 +85,39 @@ def test_tiny_run_recomputes_and_checks_the_stored_picks(tmp_path):
     stored, budget = pick_answers.stored_picks(path)
     assert set(budget) >= {"epochs", "lr"}
     assert {(r["seed"], r["method"]) for r in picks} == set(stored)
-    for r in picks:
+    for r in picks:  # the recomputed picks are the rows the quality run stored
+        assert sorted(r["idx"]) == sorted(rows[(r["seed"], r["method"])])
         assert len(r["idx"]) == stored[(r["seed"], r["method"])]["n"]
+    scored = {r["method"] for r in picks if "score_by_label" in r}
+    assert scored == {"tov", "tov_score_only", "tov_nobins", "embedding"}
     merged = tmp_path / "merged.json"
-    pick_answers.main([*args[:6], "--merge", str(out), "--out", str(merged)])
-    assert json.loads(merged.read_text())["details"]["picks"] == picks
+    pick_answers.main([*args[:6], "--merge", str(out), str(out), "--out", str(merged)])
+    assert json.loads(merged.read_text())["details"]["picks"] == picks  # one per pick
+    # the stored rows, where the result holds them, are read without selecting again
+    with_rows = tmp_path / "with_rows.json"
+    for r in record["details"]["per_seed"]:
+        r["idx"] = rows[(r["seed"], r["method"])]
+    with_rows.write_text(json.dumps(record))
+    for r in record["details"]["per_seed"]:
+        del r["idx"]
+    read = tmp_path / "read.json"
+    with monkeypatch.context() as m:
+        m.setattr(quality, "run_selector", _refuse)
+        pick_answers.main([*args[:4], "--quality", str(with_rows), "--out", str(read)])
+    got = {(r["seed"], r["method"]): r for r in json.loads(read.read_text())["details"]["picks"]}
+    for r in picks:
+        mine = got[(r["seed"], r["method"])]
+        assert "score_by_label" not in mine  # the raw scores are not stored
+        assert [mine[k] for k in pick_answers.MEASURES] == pytest.approx(
+            [r[k] for k in pick_answers.MEASURES], nan_ok=True)
+    # two files holding one pick with different rows are refused
+    other = json.loads(out.read_text())
+    other["details"]["picks"][0]["idx"] = other["details"]["picks"][0]["idx"][::-1][1:]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="different rows"):
+        pick_answers.main([*args[:6], "--merge", str(out), str(tmp_path / "other.json"),
+                           "--out", str(merged)])
     # a stored pick that differs from the recomputed one stops the run
-    record = json.loads(path.read_text())
     record["details"]["per_seed"][0]["source_shares"] = {"target": 1.0}
     path.write_text(json.dumps(record))
     with pytest.raises(SystemExit, match="differ from the stored"):
