@@ -56,7 +56,7 @@ added (a replication on picks it has not seen). A post-hoc diagnosis: it decides
     python benchmarks/pick_answers.py --config chat_labels --methods embedding,tov,length,maxunc
     python benchmarks/pick_answers.py --config chat_labels_v2 --controls --threads 1
     python benchmarks/pick_answers.py --config chat_labels_v2 --methods less_unprojected \
-        --seeds 10 --out benchmarks/results/in_progress/pick_answers_less_seed10.json
+        --seeds 10 --out pick_answers_less_seed10.json   # one seed; then --merge the files
 """
 
 from __future__ import annotations
