@@ -277,6 +277,28 @@ LESS row and the paired differences; where H25 fails by more than 2 s.e. of the 
 difference it says LESS's pick was better there, and the claim "ToV >= LESS" stays limited
 to where it was measured. About 26 min of one thread a seed on ``lm_tweets_v3``.
 
+LoRA rank of the selector (issue 13, item 7; methods added to finished configurations, as
+LESS above: same data, budget, seeds and stored controls and methods, ``quality.py
+--add-to``; stated here and committed before either rank ran on either configuration). The
+library's rank is ``default_lora_rank``: hidden/16 rounded down to a power of two, clamped to
+[8, 256] (SmolLM2 -> 32, MiniLM -> 16); its only evidence so far is two seeds of
+``lm_tweets_v2`` (rank 8 within one s.e. of 32). ``tov_rank<r>`` = ``tov`` (F identity, the
+library's default score, Score+Random in length bins) with the selector's LoRA at rank r and
+nothing else changed (same seed, split, U and trajectory). Run ``lm_tweets_v3`` (seeds 10-14;
+r = 8 and 128, a quarter and four times its default 32) first, then ``ner_coarse_v3`` (seeds
+0-2; r = 4 and 64 around its 16) as time allows, every seed of a configuration before it is
+judged; the two ranks run at once, one thread each, so their selection times are side by
+side. Stated before the run: H30 (primary, each configuration and r), the mean over seeds of
+the paired difference ``tov_rank<r>`` - ``tov`` (gain vs random, points) is within 2 s.e.
+of zero: in this range the rank does not change the pick's gain; H31, each r's raw-score AUC
+of target rows (mean over seeds) is within 0.02 of ``tov``'s. No sign is predicted.
+Decision: if a rank is ahead of the default by more than 2 s.e. of the paired difference on
+a configuration and behind by more than 2 s.e. on none, ``default_lora_rank``'s ratio moves
+to give that rank (hidden/64 or hidden/4; clamps unchanged); otherwise the default stays,
+and the README reports each rank's gain, AUC and selection time (as a ratio of the two ranks
+run side by side), saying where a smaller rank matched the default at lower cost. About 10
+min of one thread a selection on ``lm_tweets_v3``, 5 on ``ner_coarse_v3``.
+
 Changing anything here makes a new configuration: commit it first, then rerun every method
 (quality.py records the commit that last changed this file as ``config_commit``).
 """
