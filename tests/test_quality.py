@@ -528,6 +528,23 @@ def test_add_to_a_stored_result_runs_only_the_new_method(tmp_path, monkeypatch):
                       "--out-dir", str(tmp_path / "c")])
 
 
+def test_tov_rank_variant_changes_only_the_selectors_lora_rank(monkeypatch):
+    """``tov_rank<r>`` runs the default ToV ("tov") with a LoRA of rank r and every other
+    setting of the configuration; the setup's own LoRA config is left as it was."""
+    s = quality.setup(CONFIGS["lm_tweets"], "tiny", 0)
+    calls = []
+    monkeypatch.setattr(quality.tov, "run", lambda *a, **k: calls.append(k))
+    quality.tov_result(s, "tov")
+    quality.tov_result(s, "tov_rank4")
+    default, ranked = calls
+    assert ranked["name"] == default["name"] == "tov"
+    assert ranked["lora"].r == 4 and default["lora"] is s.selector_lora
+    assert s.selector_lora.r != 4
+    assert dataclasses.replace(ranked["lora"], r=s.selector_lora.r) == s.selector_lora
+    assert {k: v for k, v in ranked.items() if k != "lora"} == {
+        k: v for k, v in default.items() if k != "lora"}
+
+
 def test_merge_progress_adds_another_processs_entries_and_refuses_a_mismatch(tmp_path):
     key = {"config_commit": "abc", "seeds": [1, 2]}
     mine = quality.Progress(tmp_path / "mine.json", key)
