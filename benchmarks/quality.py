@@ -44,7 +44,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -640,12 +640,14 @@ class Progress:
         """Seeds this progress with a stored result's calibration and per-seed records (a
         method added to a finished run reuses its budget, controls and other methods);
         returns the result's configuration commit. Refused unless the result is of this
-        configuration, size, sizes and seeds."""
+        configuration, size, sizes and seeds (a Sizes field added since the result was
+        written counts at its default)."""
         if not path.is_file():
             raise SystemExit(f"--add-to: no such file: {path}")
         stored = json.loads(path.read_text())
         cfg = stored.get("config", {})
-        got = (cfg.get("config"), cfg.get("size"), cfg.get("sizes"),
+        added = {f.name: f.default for f in fields(Sizes) if f.default is not MISSING}
+        got = (cfg.get("config"), cfg.get("size"), {**added, **cfg.get("sizes", {})},
                sorted({r["seed"] for r in stored["details"]["per_seed"]}))
         want = (config, size, json.loads(json.dumps(sizes)), sorted(seeds))
         if got != want:

@@ -495,11 +495,13 @@ def test_summary_keeps_per_seed_gains_and_paired_differences_of_selectors():
 def test_add_to_a_stored_result_runs_only_the_new_method(tmp_path, monkeypatch):
     """--add-to reuses a stored result's budget, controls and methods (nothing of them is
     recomputed), runs the new method (unprojected LESS here) on every seed and keeps the
-    stored configuration commit; a result of another configuration is refused."""
+    stored configuration commit; a result of another configuration or seeds is refused."""
     args = ["--config", "lm_tweets", "--tiny", "--threads", "1", "--force"]
     first = quality.main([*args, "--methods", "length", "--out-dir", str(tmp_path / "a")])
     stored = json.loads(first.read_text())
     stored["summary"]["config_commit"] = "0123abc"
+    # written before Sizes had first_seed: the field counts at its default (0 = tiny's)
+    del stored["config"]["sizes"]["first_seed"]
     first.write_text(json.dumps(stored))
     ran = []
     real = quality.run_selector
@@ -522,6 +524,12 @@ def test_add_to_a_stored_result_runs_only_the_new_method(tmp_path, monkeypatch):
     assert stats["less_unprojected"]["seeds"] == [0, 1]
     assert 0.0 <= stats["less_unprojected"]["auc"] <= 1.0
     assert record["details"]["calibration"] == stored["details"]["calibration"]
+    other_seeds = tmp_path / "other_seeds.json"
+    stored["config"]["sizes"]["first_seed"] = 1
+    other_seeds.write_text(json.dumps(stored))
+    with pytest.raises(SystemExit, match="not a result of --config lm_tweets"):
+        quality.main([*args, "--methods", "length", "--add-to", str(other_seeds),
+                      "--out-dir", str(tmp_path / "d")])
     with pytest.raises(SystemExit, match="not a result of --config chat_long"):
         quality.main(["--config", "chat_long", "--tiny", "--threads", "1", "--force",
                       "--methods", "length", "--add-to", str(first),
