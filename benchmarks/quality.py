@@ -291,14 +291,17 @@ def run_selector(name: str, s: Setup) -> dict[str, dict[str, Any]]:
 
 def tov_result(s: Setup, name: str, **kwargs: Any) -> Any:
     """`tov_select`'s result for ToV variant ``name`` on seed ``s`` at the configuration's
-    trajectory settings (``tov_rank<r>``: the default with LoRA rank r); ``kwargs`` (e.g.
-    ``output_dir``) go to `tov_select`."""
-    sz, lora, variant = s.sizes, s.selector_lora, name
+    trajectory settings (``tov_rank<r>``: the default with LoRA rank r; ``tov_epochs<L>``:
+    the default with L trajectory epochs); ``kwargs`` (e.g. ``output_dir``) go to
+    `tov_select`."""
+    sz, lora, variant, epochs = s.sizes, s.selector_lora, name, s.sizes.epochs
     if name.startswith("tov_rank"):
         lora, variant = copy.deepcopy(lora), "tov"
         lora.r = int(name[len("tov_rank"):])
+    elif name.startswith("tov_epochs"):
+        variant, epochs = "tov", int(name[len("tov_epochs"):])
     return tov.run(s.model, s.tokenizer, s.pool, s.val, sz.n, seed=s.seed, name=variant,
-                   lora=lora, base_size=sz.base_size, epochs=sz.epochs, lr=sz.lr,
+                   lora=lora, base_size=sz.base_size, epochs=epochs, lr=sz.lr,
                    batch_size=sz.batch_size, max_length=sz.max_length, **kwargs)
 
 
@@ -880,7 +883,7 @@ def main(argv: list[str] | None = None) -> Path:
                     f"strata, which also offers {STRATA_RANDOM} and {STRATA_ALL_RANDOM}; "
                     "Config.tov_picks may choose others); variants: "
                     f"{sorted(tov.VARIANTS)} "
-                    "and tov_rank<r>; "
+                    "and tov_rank<r>, tov_epochs<L>; "
                     f"<baseline>{SCORE_RANDOM}: a baseline's score picked in ToV's shape")
     ap.add_argument("--force", action="store_true", help="run the methods on a failed gate")
     ap.add_argument("--summarise-only", action="store_true",

@@ -553,6 +553,21 @@ def test_tov_rank_variant_changes_only_the_selectors_lora_rank(monkeypatch):
         k: v for k, v in default.items() if k != "lora"}
 
 
+def test_tov_epochs_variant_changes_only_the_trajectorys_epochs(monkeypatch):
+    """``tov_epochs<L>`` runs the default ToV ("tov") for L trajectory epochs with every
+    other setting of the configuration, the selector's LoRA included."""
+    s = quality.setup(CONFIGS["lm_tweets"], "tiny", 0)
+    calls = []
+    monkeypatch.setattr(quality.tov, "run", lambda *a, **k: calls.append(k))
+    quality.tov_result(s, "tov")
+    quality.tov_result(s, "tov_epochs3")
+    default, longer = calls
+    assert longer["name"] == "tov" and longer["epochs"] == 3
+    assert default["epochs"] == s.sizes.epochs != 3
+    assert {k: v for k, v in longer.items() if k != "epochs"} == {
+        k: v for k, v in default.items() if k != "epochs"}
+
+
 def test_merge_progress_adds_another_processs_entries_and_refuses_a_mismatch(tmp_path):
     key = {"config_commit": "abc", "seeds": [1, 2]}
     mine = quality.Progress(tmp_path / "mine.json", key)
