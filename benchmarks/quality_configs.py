@@ -303,8 +303,8 @@ Trajectory epochs of the selector (issue 13, item 7; methods added to finished
 configurations, as the rank study above: same data, budget, seeds and stored controls and
 methods, ``quality.py --add-to``; stated here and committed before either L ran on either
 configuration). Every configuration's ToV runs L = 2 epochs; the library's rule
-(`num_epochs`, ``epochs=None``) is L = round(16384 / |U|) clamped to [1, 8] (8 at these
-|U|, 4 at the default |U| 4096), its only evidence the demo's 1-vs-2-epoch runs (README).
+(`num_epochs`, ``epochs=None``) is L = round(16384 / |U|) clamped to [1, 8] (8 and 7 at
+these |U| of 120 and 2400, 4 at the default |U| 4096), its only evidence the demo's 1-vs-2-epoch runs (README).
 ``tov_epochs<L>`` = ``tov`` (F identity, Score+Random in length bins, the configuration's
 rank) with L trajectory epochs and nothing else changed (same seed, split, U, LoRA start and
 lr of epoch 1: the per-epoch linear lr rule gives epoch k the base lr lr * (L - k + 1) / L,
