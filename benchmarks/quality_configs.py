@@ -304,29 +304,28 @@ configurations, as the rank study above: same data, budget, seeds and stored con
 methods, ``quality.py --add-to``; stated here and committed before either L ran on either
 configuration). Every configuration's ToV runs L = 2 epochs; the library's rule
 (`num_epochs`, ``epochs=None``) is L = round(16384 / |U|) clamped to [1, 8] (8 and 7 at
-these |U| of 120 and 2400, 4 at the default |U| 4096), its only evidence the demo's 1-vs-2-epoch runs (README).
-``tov_epochs<L>`` = ``tov`` (F identity, Score+Random in length bins, the configuration's
-rank) with L trajectory epochs and nothing else changed (same seed, split, U, LoRA start and
-lr of epoch 1: the per-epoch linear lr rule gives epoch k the base lr lr * (L - k + 1) / L,
-so L = 1 trains and scores exactly as the first epoch of the stored L = 2 run). Run
-``lm_tweets_v3`` (seeds 10-14; L = 1 and 4) first, then ``ner_coarse_v3`` (seeds 0-2; L = 1
-and 4) as time allows, every seed of a configuration before it is judged; two 1-thread
-processes side by side (one runs L = 1 on every seed, then L = 4 on the last seeds; the
-other L = 4 on the first seeds). Known before the run: the stored ``tov`` runs' AUC of
-target rows by epoch, lm_tweets_v3 0.978 (epoch 1) and 0.945 (epoch 2), 0.972 for their
-mean; ner_coarse_v3 at chance for every epoch. Stated before the run: H32 (primary, each
-configuration and L), the mean over seeds of the paired difference ``tov_epochs<L>`` -
-``tov`` (gain vs random, points) is within 2 s.e. of zero; H33, each L's raw-score AUC
-(mean over seeds) is within 0.02 of ``tov``'s; H34 (a check of the lr rule), on every seed
-``tov_epochs1``'s AUC equals the stored ``tov`` run's epoch-1 AUC to 0.001. No sign is
-predicted for L = 4. Decision: if L = 4 is ahead of L = 2 by more than 2 s.e. of the paired
-difference on a configuration and behind by more than 2 s.e. on none, the rule stays (it
-gives >= 4 epochs at these sizes); if L = 4 is behind by more than 2 s.e. somewhere and
+these |U| of 120 and 2400, 4 at the default |U| 4096), its only evidence the demo's
+1-vs-2-epoch runs (README). ``tov_epochs<L>`` = ``tov`` (F identity, Score+Random in length
+bins, the configuration's rank) with L trajectory epochs and nothing else changed (same
+seed, split, U, LoRA start and lr of epoch 1: the per-epoch linear lr rule gives epoch k the
+base lr lr * (L - k + 1) / L, so L = 1 trains and scores exactly as the first epoch of the
+stored L = 2 run). Run ``lm_tweets_v3`` (seeds 10-14; L = 1 and 4) first, then
+``ner_coarse_v3`` (seeds 0-2; L = 1 and 4) as time allows, every seed of a configuration
+before it is judged; two 1-thread processes side by side (one runs L = 1 on every seed, then
+L = 4 on the last seeds; the other L = 4 on the first seeds). Known before the run: the
+stored ``tov`` runs' AUC of target rows by epoch, lm_tweets_v3 0.978 (epoch 1) and 0.945
+(epoch 2), 0.972 for their mean; ner_coarse_v3 at chance for every epoch. Stated before the
+run: H32 (primary, each configuration and L), the mean over seeds of the paired difference
+``tov_epochs<L>`` - ``tov`` (gain vs random, points) is within 2 s.e. of zero; H33, each L's
+raw-score AUC (mean over seeds) is within 0.02 of ``tov``'s; H34 (a check of the lr rule),
+on every seed ``tov_epochs1``'s AUC equals the stored ``tov`` run's epoch-1 AUC to 0.001. No
+sign is predicted for L = 4. Decision: if L = 4 is ahead of L = 2 by more than 2 s.e. of the
+paired difference on a configuration and behind by more than 2 s.e. on none, the rule stays
+(it gives >= 4 epochs at these sizes); if L = 4 is behind by more than 2 s.e. somewhere and
 ahead nowhere, ``MAX_DEFAULT_EPOCHS`` becomes 2; otherwise the rule stays and the README
-reports each L's gain, AUC and selection time (median over seeds, as a ratio of L = 4 to
-L = 1, both measured under the same two-process load), saying where one epoch matched two.
-About 5 min of one thread per epoch a selection on ``lm_tweets_v3``, 2.5 on
-``ner_coarse_v3``.
+reports each L's gain, AUC and selection time (median over seeds, as a ratio of L = 4 to L =
+1, both measured under the same two-process load), saying where one epoch matched two. About
+5 min of one thread per epoch a selection on ``lm_tweets_v3``, 2.5 on ``ner_coarse_v3``.
 
 Changing anything here makes a new configuration: commit it first, then rerun every method
 (quality.py records the commit that last changed this file as ``config_commit``).
