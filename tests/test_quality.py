@@ -536,36 +536,27 @@ def test_add_to_a_stored_result_runs_only_the_new_method(tmp_path, monkeypatch):
                       "--out-dir", str(tmp_path / "c")])
 
 
-def test_tov_rank_variant_changes_only_the_selectors_lora_rank(monkeypatch):
-    """``tov_rank<r>`` runs the default ToV ("tov") with a LoRA of rank r and every other
-    setting of the configuration; the setup's own LoRA config is left as it was."""
+@pytest.mark.parametrize("name, changed", [("tov_rank4", "lora"), ("tov_epochs3", "epochs")])
+def test_tov_setting_variant_changes_only_its_setting(monkeypatch, name, changed):
+    """``tov_rank<r>`` / ``tov_epochs<L>`` run the default ToV ("tov") with the selector's
+    LoRA at rank r / for L trajectory epochs and every other setting of the configuration;
+    the setup's own LoRA config is left as it was."""
     s = quality.setup(CONFIGS["lm_tweets"], "tiny", 0)
+    rank = s.selector_lora.r
     calls = []
     monkeypatch.setattr(quality.tov, "run", lambda *a, **k: calls.append(k))
     quality.tov_result(s, "tov")
-    quality.tov_result(s, "tov_rank4")
-    default, ranked = calls
-    assert ranked["name"] == default["name"] == "tov"
-    assert ranked["lora"].r == 4 and default["lora"] is s.selector_lora
-    assert s.selector_lora.r != 4
-    assert dataclasses.replace(ranked["lora"], r=s.selector_lora.r) == s.selector_lora
-    assert {k: v for k, v in ranked.items() if k != "lora"} == {
-        k: v for k, v in default.items() if k != "lora"}
-
-
-def test_tov_epochs_variant_changes_only_the_trajectorys_epochs(monkeypatch):
-    """``tov_epochs<L>`` runs the default ToV ("tov") for L trajectory epochs with every
-    other setting of the configuration, the selector's LoRA included."""
-    s = quality.setup(CONFIGS["lm_tweets"], "tiny", 0)
-    calls = []
-    monkeypatch.setattr(quality.tov, "run", lambda *a, **k: calls.append(k))
-    quality.tov_result(s, "tov")
-    quality.tov_result(s, "tov_epochs3")
-    default, longer = calls
-    assert longer["name"] == "tov" and longer["epochs"] == 3
-    assert default["epochs"] == s.sizes.epochs != 3
-    assert {k: v for k, v in longer.items() if k != "epochs"} == {
-        k: v for k, v in default.items() if k != "epochs"}
+    quality.tov_result(s, name)
+    default, variant = calls
+    assert variant["name"] == default["name"] == "tov"
+    assert {k: v for k, v in variant.items() if k != changed} == {
+        k: v for k, v in default.items() if k != changed}
+    assert default["lora"] is s.selector_lora and s.selector_lora.r == rank
+    if changed == "lora":
+        assert variant["lora"].r == 4 != rank
+        assert dataclasses.replace(variant["lora"], r=rank) == s.selector_lora
+    else:
+        assert variant["epochs"] == 3 != default["epochs"] == s.sizes.epochs
 
 
 def test_merge_progress_adds_another_processs_entries_and_refuses_a_mismatch(tmp_path):
