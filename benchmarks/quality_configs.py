@@ -327,6 +327,31 @@ reports each L's gain, AUC and selection time (median over seeds, as a ratio of 
 1, both measured under the same two-process load), saying where one epoch matched two. About
 5 min of one thread per epoch a selection on ``lm_tweets_v3``, 2.5 on ``ner_coarse_v3``.
 
+Validation update rule of the selector (issue 13, item 5; methods added to finished
+configurations, as the rank and epochs studies above: same data, budget, seeds and stored
+controls and methods, ``quality.py --add-to``; stated here and committed before either rule
+ran on either configuration). The library's default ``val_optimizer="fresh"`` (a new AdamW
+each val epoch) rests on one seed of ``lm_tweets_v2`` (README, "Validation update"): AUC of
+target rows 0.983 (fresh), 0.931 (``"continue"``, AdamW from a copy of the base's moments),
+0.969 (``"sgd"``, normalised gradient steps), test loss 5.047 / 5.060 / 5.051 (random
+5.180). ``tov_val_continue`` and ``tov_val_sgd`` = ``tov`` (F identity, Score+Random in
+length bins, the configuration's rank and 2 epochs) with that val rule and nothing else
+changed (same seed, split, U, LoRA start, base training and val lr). Run ``lm_tweets_v3``
+(seeds 10-14) first, then ``ner_coarse_v3`` (seeds 0-2), every seed of a configuration
+before it is judged; two 1-thread processes side by side, one per rule, so their selection
+times are comparable. Stated before the run: H35 (primary, each configuration and rule), the
+mean over seeds of the paired difference ``tov_val_<rule>`` - ``tov`` (gain vs random,
+points) is within 2 s.e. of zero; H36, each rule's raw-score AUC of target rows (mean over
+seeds) is within 0.02 of ``tov``'s; H37 (the one seed above, replicated), on
+``lm_tweets_v3`` ``tov_val_continue``'s AUC is below ``tov``'s by more than 0.02. No sign is
+predicted for the gains. Decision: if a rule is ahead of ``tov`` by more than 2 s.e. of the
+paired difference on a configuration and behind by more than 2 s.e. on none, it becomes
+``val_optimizer``'s default (both qualifying: the one with the larger mean paired
+difference summed over the two configurations); otherwise ``"fresh"`` stays, and the README
+reports each rule's gain, AUC (overall and by epoch) and the selection-time ratio of the two
+rules (median over seeds, same two-process load), replacing the one-seed paragraph. About 10
+min of one thread a selection on ``lm_tweets_v3``, 5 on ``ner_coarse_v3``.
+
 Changing anything here makes a new configuration: commit it first, then rerun every method
 (quality.py records the commit that last changed this file as ``config_commit``).
 """
