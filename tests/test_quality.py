@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import eval_data, quality
 from benchmarks.quality_configs import CONFIGS, coarse_tag
+from tov_datasets import trajectory
 
 
 def _refuse(*args, **kwargs):
@@ -557,6 +558,24 @@ def test_tov_setting_variant_changes_only_its_setting(monkeypatch, name, changed
         assert dataclasses.replace(variant["lora"], r=rank) == s.selector_lora
     else:
         assert variant["epochs"] == 3 != default["epochs"] == s.sizes.epochs
+
+
+@pytest.mark.parametrize("name, rule", [("tov_val_continue", "continue"),
+                                        ("tov_val_sgd", "sgd")])
+def test_tov_val_variant_changes_only_the_val_update_rule(monkeypatch, name, rule):
+    """``tov_val_<rule>`` calls `tov_select` with the default ToV's arguments ("tov": the
+    library's default val update "fresh" and F identity) and ``val_optimizer=<rule>``."""
+    s = quality.setup(CONFIGS["lm_tweets"], "tiny", 0)
+    calls = []
+    monkeypatch.setattr(quality.tov, "tov_select", lambda *a, **k: calls.append((a, k)))
+    quality.tov_result(s, "tov")
+    quality.tov_result(s, name)
+    (default_args, default), (variant_args, variant) = calls
+    assert variant.pop("val_optimizer") == rule
+    assert "val_optimizer" not in default and trajectory.ToVConfig().val_optimizer == "fresh"
+    # "tov" names its F; the variant takes the library's default F, the same identity
+    assert default.pop("transform") == trajectory.ToVConfig().transform == "identity"
+    assert variant_args == default_args and variant == default
 
 
 def test_merge_progress_adds_another_processs_entries_and_refuses_a_mismatch(tmp_path):
