@@ -563,8 +563,8 @@ def test_tov_setting_variant_changes_only_its_setting(monkeypatch, name, changed
 @pytest.mark.parametrize("name, rule", [("tov_val_continue", "continue"),
                                         ("tov_val_sgd", "sgd")])
 def test_tov_val_variant_changes_only_the_val_update_rule(monkeypatch, name, rule):
-    """``tov_val_<rule>`` calls `tov_select` with the default ToV's arguments ("tov": the
-    library's default val update "fresh" and F identity) and ``val_optimizer=<rule>``."""
+    """``tov_val_<rule>`` calls `tov_select` with the default ToV's arguments and
+    ``val_optimizer=<rule>`` ("tov" keeps "fresh", the rule its stored runs judged)."""
     s = quality.setup(CONFIGS["lm_tweets"], "tiny", 0)
     calls = []
     monkeypatch.setattr(quality.tov, "tov_select", lambda *a, **k: calls.append((a, k)))
@@ -572,7 +572,7 @@ def test_tov_val_variant_changes_only_the_val_update_rule(monkeypatch, name, rul
     quality.tov_result(s, name)
     (default_args, default), (variant_args, variant) = calls
     assert variant.pop("val_optimizer") == rule
-    assert "val_optimizer" not in default and trajectory.ToVConfig().val_optimizer == "fresh"
+    assert default.pop("val_optimizer") == quality.tov.JUDGED_VAL_OPTIMIZER == "fresh"
     # "tov" names its F; the variant takes the library's default F, the same identity
     assert default.pop("transform") == trajectory.ToVConfig().transform == "identity"
     assert variant_args == default_args and variant == default

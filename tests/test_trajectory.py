@@ -87,9 +87,11 @@ def test_adapter_sequence_and_learning_rates(tiny_tokenizer, pool, val, lora, fi
     assert [c["lr"] for c in base] == pytest.approx(lrs)
     assert [c["lr"] for c in val_calls] == pytest.approx([0.1 * lr for lr in lrs])
     assert all(c["schedule"] == "constant" for c in fit_calls)
-    # the base optimizer persists across epochs; each val epoch gets a fresh AdamW
+    # the base optimizer persists across epochs; each val epoch gets its own new update rule
+    # (the default "sgd": normalised gradient steps at the val lr)
     assert base[0]["optimizer"] is base[1]["optimizer"] is base[2]["optimizer"] is not None
-    assert all(c["optimizer"] is None for c in val_calls)
+    assert all(isinstance(c["optimizer"], training.NormalizedSGD) for c in val_calls)
+    assert len({id(c["optimizer"]) for c in val_calls}) == 3
     assert all(c["steps"] == 5 for c in base)  # ceil(20 / 4) micro-batches per epoch
     for k in range(3):
         assert _same(val_calls[k]["before"], base[k]["after"])  # val starts from the base
@@ -262,14 +264,16 @@ def test_continue_copies_the_base_optimizer_state_and_leaves_it_untouched(
                        for n, st in state.items() for k, v in st.items())
 
 
-def test_fresh_is_the_default(tiny_tokenizer, pool, val, lora, fit_calls):
+def test_sgd_is_the_default(tiny_tokenizer, pool, val, lora, fit_calls):
+    assert trajectory.DEFAULT_VAL_OPTIMIZER == trajectory.ToVConfig().val_optimizer == "sgd"
     default = _run(tiny_tokenizer, pool, val, lora=lora)
-    fresh = _run(tiny_tokenizer, pool, val, lora=lora, val_optimizer="fresh")
-    assert default.scores.data.table.equals(fresh.scores.data.table)
-    assert default.selected.data.table.equals(fresh.selected.data.table)
-    assert all(c["optimizer"] is None for c in fit_calls if c["adapter"] == "tov_val")
+    sgd = _run(tiny_tokenizer, pool, val, lora=lora, val_optimizer="sgd")
+    assert default.scores.data.table.equals(sgd.scores.data.table)
+    assert default.selected.data.table.equals(sgd.selected.data.table)
+    assert all(isinstance(c["optimizer"], training.NormalizedSGD)
+               for c in fit_calls if c["adapter"] == "tov_val")
     others = {v: _run(tiny_tokenizer, pool, val, lora=lora, val_optimizer=v).scores
-              for v in ("continue", "sgd")}
+              for v in ("continue", "fresh")}
     for scores in others.values():  # the option reaches the val update
         assert not np.array_equal(scores["tov_score"], default.scores["tov_score"])
 
@@ -414,9 +418,9 @@ def test_changed_arguments_with_the_same_output_dir(tiny_tokenizer, pool, val, l
         _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path, epochs=1, lr=1e-2)
     with pytest.raises(storage.ManifestMismatchError, match="val"):
         _run(tiny_tokenizer, pool, val.select([0, 1]), lora=lora, output_dir=tmp_path, epochs=1)
-    with pytest.raises(storage.ManifestMismatchError, match="val_optimizer: 'fresh' -> 'sgd'"):
+    with pytest.raises(storage.ManifestMismatchError, match="val_optimizer: 'sgd' -> 'fresh'"):
         _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path, epochs=1,
-             val_optimizer="sgd")
+             val_optimizer="fresh")
     # the selection arguments act on the stored scores: changing them is fine
     again = _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path, epochs=1, n=6)
     assert len(again.selected) == 6

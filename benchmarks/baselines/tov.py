@@ -11,7 +11,11 @@ Variants (names used in the benchmark tables):
 - ``tov_nobins``: one bin (no length binning);
 - ``tov_parallel``: the parallel trajectory;
 - ``tov_val_continue`` / ``tov_val_sgd``: the val update continues from a copy of the base
-  optimizer's moments / takes normalised gradient steps (``val_optimizer``).
+  optimizer's moments / takes normalised gradient steps (``val_optimizer``; "sgd" is the
+  library's default since the val update rule study, H35-H37 in ``quality_configs.py``).
+
+Every other variant trains its val adapter with ``JUDGED_VAL_OPTIMIZER`` ("fresh", the
+library's default before that study), so every stored pick reproduces.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 
 from tov_datasets import tov_select
 
+JUDGED_VAL_OPTIMIZER = "fresh"
 VARIANTS: dict[str, dict[str, Any]] = {
     "tov": {"transform": "identity"},
     "tov_abs": {"transform": "abs"},
@@ -36,7 +41,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def run(model, tokenizer, pool, val, n: int, seed: int = 0, name: str = "tov", **kwargs):
     """The library's ToVResult for variant ``name`` (kwargs go to tov_select)."""
-    options = {**VARIANTS[name], **kwargs}
+    options = {"val_optimizer": JUDGED_VAL_OPTIMIZER, **VARIANTS[name], **kwargs}
     return tov_select(model, tokenizer, pool, val, n=n, seed=seed, **options)
 
 
