@@ -844,7 +844,8 @@ def _interleaved_reference(model, tok, data, named_targets, *, epochs, lr, batch
                            base_size, seed=0, val_lr_ratio=0.1):
     """The interleaved trajectory written out: per epoch the base continues from the plain
     float64 mean of the K val adapters (epoch 1: from its start), trains on U, each target's
-    val adapter is copied from it and trained; scores by `_reference_scores`."""
+    val adapter is copied from it and trained by the default val rule (normalised gradient
+    steps); scores by `_reference_scores`."""
     task = models.infer_task(model)
     adapters = {name: f"tov_val_{name}" for name in named_targets}
     encode = {"task": task, "max_length": 128, "label2id": models.label_map(model, task)}
@@ -871,10 +872,13 @@ def _interleaved_reference(model, tok, data, named_targets, *, epochs, lr, batch
                     for p, q in zip(base_params, models.adapter_parameters(peft_model, adapter),
                                     strict=True):
                         q.copy_(p)
+                val_lr = val_lr_ratio * lr_k  # the default val rule: normalised steps
+                rule = training.NormalizedSGD(models.adapter_parameters(peft_model, adapter),
+                                              lr=val_lr)
                 training.fit(peft_model, training.encode_dataset(named_targets[name], tok,
                                                                  **encode),
-                             pad_token_id=pad, adapter=adapter, lr=val_lr_ratio * lr_k,
-                             batch_size=batch_size, schedule="constant",
+                             pad_token_id=pad, adapter=adapter, lr=val_lr,
+                             batch_size=batch_size, schedule="constant", optimizer=rule,
                              seed=trajectory._derive(seed, k, 1))
                 per_epoch[name].append(_reference_scores(peft_model, pool_set, adapter,
                                                          task == "causal_lm"))
