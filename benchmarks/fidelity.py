@@ -23,11 +23,15 @@ optimizer step on them?
    projection: the upper-bound reference for any gradient score) and ``adamdot`` =
    -g_val . dtheta_adam(x). A float64 copy of the model recomputes the references of the
    first ``--float64-check`` samples, to show the float32 forwards are exact enough.
-4. Scores at theta*: ToV (the val adapter = theta* trained one epoch on the validation set at
-   lr / 10 with a fresh AdamW, the library's default; score = mean per-token log-prob delta
-   val - base, the library's ToVScorer); LESS published (Adam-preconditioned gradients with
-   theta*'s AdamW moments, val gradients plain, Rademacher-projected to 8192 dims, cosine,
-   mean over the val samples; ``benchmarks.baselines.less``) and LESS unnormalised (the same
+4. Scores at theta*: ToV under each val update rule (the val adapter = theta* trained one
+   epoch on the validation set at lr / 10; score = mean per-token log-prob delta val - base,
+   the library's ToVScorer): ``tov`` a fresh AdamW (``val_optimizer="fresh"``), ``tov_val_sgd``
+   normalised gradient steps (``"sgd"``, the library's default), ``tov_val_continue`` AdamW
+   from a copy of theta*'s optimizer moments (``"continue"``: the moments the reference
+   AdamW step uses), each from theta* with the same seed; LESS published
+   (Adam-preconditioned gradients with theta*'s AdamW moments, val gradients plain,
+   Rademacher-projected to 8192 dims, cosine, mean over the val samples;
+   ``benchmarks.baselines.less``) and LESS unnormalised (the same
    with dot products).
 5. Metrics for every score against both references: Spearman over all samples and within
    each source (per source and their mean), top-k overlap (k = 10% of the samples: share of
@@ -72,12 +76,14 @@ from benchmarks.quality_configs import CONFIGS  # noqa: E402
 from tov_datasets import models, training  # noqa: E402
 from tov_datasets.evaluation import roc_auc  # noqa: E402
 from tov_datasets.formats import IGNORE_INDEX, collate  # noqa: E402
+from tov_datasets.trajectory import val_update_optimizer  # noqa: E402
 
 DEFAULT_SAMPLES = {"full": 150, "small": 45, "tiny": 18}
 TINY = {"base_size": 12, "lr": 5e-2, "batch_size": 4, "max_length": 64}
 PROJ_DIM = {"tiny": 256}  # LESS's projection (8192 otherwise)
 TOPK_FRACTION = 0.1
-SCORES = ("tov", "less", "less_unnormalised", "graddot", "adamdot")
+TOV_RULES = {"tov": "fresh", "tov_val_sgd": "sgd", "tov_val_continue": "continue"}
+SCORES = (*TOV_RULES, "less", "less_unnormalised", "graddot", "adamdot")
 REFERENCES = {"exact": "AdamW step", "exact_sgd": "SGD step"}
 
 
@@ -378,16 +384,21 @@ def less_scores(model: nn.Module, params: list[nn.Parameter], optimizer: torch.o
 
 
 def tov_scores(model: nn.Module, tokenizer: Any, rows: Any, val: Any, *, lr: float,
-               batch_size: int, max_length: int, seed: int) -> tuple[np.ndarray, float]:
-    """ToV at the trained state: val = base trained one epoch on ``val`` at lr / 10 (fresh
-    AdamW, constant lr: the library's default val update); the library's ToVScorer.
+               batch_size: int, max_length: int, seed: int, val_optimizer: str,
+               base_optimizer: torch.optim.Optimizer) -> tuple[np.ndarray, float]:
+    """ToV at the trained state: val = base trained one epoch on ``val`` at lr / 10 (constant
+    lr) under the update rule ``val_optimizer`` (``"continue"`` copies ``base_optimizer``'s
+    moments, which stay untouched); the library's ToVScorer.
     Returns (scores (N,), the val adapter's training loss)."""
     from tov_datasets import ToVScorer
 
     models.copy_adapter(model, "base", "val")
+    optimizer = val_update_optimizer(model, val_optimizer, lr / 10,
+                                     base_optimizer=base_optimizer, base_adapter="base",
+                                     val_adapter="val")
     info = training.finetune(model, val, tokenizer=tokenizer, adapter="val", epochs=1,
                              lr=lr / 10, batch_size=batch_size, max_length=max_length,
-                             seed=seed, schedule="constant")
+                             seed=seed, schedule="constant", optimizer=optimizer)
     model.set_adapter("base")
     scorer = ToVScorer(model, tokenizer, base_adapter="base", val_adapter="val",
                        transform="identity", max_length=max_length, batch_size=2 * batch_size)
@@ -541,11 +552,15 @@ def main(argv: list[str] | None = None) -> Path:
     scores = less_scores(model, params, optimizer, samples, val_samples, pad, task,
                          PROJ_DIM.get(size, 8192), bs)
     timings["less"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    tov, val_train_loss = tov_scores(model, tok, pool.select(rows), s["val"], lr=lr,
-                                     batch_size=bs, max_length=ml, seed=a.seed)
-    timings["tov"] = time.perf_counter() - t0
-    scores = {"tov": tov, **scores, "graddot": fo.graddot, "adamdot": fo.adamdot}
+    tov: dict[str, np.ndarray] = {}
+    val_train_loss: dict[str, float] = {}
+    for name, rule in TOV_RULES.items():
+        t0 = time.perf_counter()
+        tov[name], val_train_loss[name] = tov_scores(
+            model, tok, pool.select(rows), s["val"], lr=lr, batch_size=bs, max_length=ml,
+            seed=a.seed, val_optimizer=rule, base_optimizer=optimizer)
+        timings[name] = time.perf_counter() - t0
+    scores = {**tov, **scores, "graddot": fo.graddot, "adamdot": fo.adamdot}
     refs = {ref: effects[ref] for ref in REFERENCES}
 
     # 4. metrics
@@ -661,8 +676,8 @@ def plot(path: Path, scores: dict[str, np.ndarray], refs: dict[str, np.ndarray],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ("tov", "less", "less_unnormalised")
-    fig, axes = plt.subplots(1, len(names), figsize=(11, 3.4))
+    names = (*TOV_RULES, "less", "less_unnormalised")
+    fig, axes = plt.subplots(1, len(names), figsize=(3.7 * len(names), 3.4))
     for ax, name in zip(axes, names, strict=True):
         for src in np.unique(sources):
             keep = sources == src

@@ -187,7 +187,8 @@ def test_baselines_same_interface(tiny_tokenizer):
                                 "spearman_less_unnormalised_vs_exact", "topk_overlap_tov",
                                 "topk_overlap_less", "spearman_tov_within_source",
                                 "spearman_tov_vs_exact_sgd", "exact_positive_share",
-                                "auc_tov"]),
+                                "auc_tov", "spearman_tov_val_sgd_vs_exact_sgd",
+                                "spearman_tov_val_continue_vs_exact", "auc_tov_val_sgd"]),
 ])
 def test_script_tiny(script, config, keys, tmp_path):
     import importlib

@@ -215,3 +215,36 @@ def test_less_scores_against_autograd_loop():
     np.testing.assert_allclose(out["less_unnormalised"], dot, rtol=1e-4,
                                atol=1e-5 * np.abs(dot).max())
     assert np.abs(out["less"]).max() > 1e-3
+
+
+@pytest.mark.parametrize("config", ["ner_coarse", "lm_tweets"])
+def test_tov_scores_under_each_val_rule(config):
+    """Each rule's score is loss(base, x) - loss(val, x) by two plain evaluations of the val
+    adapter it trained; the rules train different val adapters; "continue" leaves the base
+    optimizer's state bit for bit and the base adapter stays."""
+    s, model, params, opt, samples, val, pad, task = _trained(config)
+    model.add_adapter("val", copy.deepcopy(model.peft_config["base"]))
+    base = [p.detach().clone() for p in params]
+    state = copy.deepcopy({i: opt.state[p] for i, p in enumerate(params)})
+    rows = s["pool"].select(range(12, 18))
+    vals = {}
+    for name, rule in fidelity.TOV_RULES.items():
+        scores, train_loss = fidelity.tov_scores(
+            model, s["tokenizer"], rows, s["val"], lr=1e-2, batch_size=4, max_length=64,
+            seed=0, val_optimizer=rule, base_optimizer=opt)
+        assert np.isfinite(train_loss) and scores.shape == (len(samples),)
+        expected = [training.mean_loss(model, [x], pad_token_id=pad, adapter="base")
+                    - training.mean_loss(model, [x], pad_token_id=pad, adapter="val")
+                    for x in samples]
+        np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-6)
+        assert np.abs(scores).max() > 1e-4
+        vals[name] = torch.cat([p.detach().reshape(-1).clone()
+                                for p in models.adapter_parameters(model, "val")])
+    for a, b in (("tov", "tov_val_sgd"), ("tov", "tov_val_continue"),
+                 ("tov_val_sgd", "tov_val_continue")):
+        assert not torch.allclose(vals[a], vals[b]), (a, b)
+    for p, w in zip(params, base, strict=True):
+        assert torch.equal(p, w)
+    for i, p in enumerate(params):
+        for k, v in state[i].items():
+            assert torch.equal(torch.as_tensor(opt.state[p][k]), torch.as_tensor(v))

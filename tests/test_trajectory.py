@@ -1059,3 +1059,19 @@ def test_named_targets_bad_arguments(tiny_tokenizer, pool, val, val_arg, n, erro
     with pytest.raises(error, match=message):
         trajectory.tov_select(model, tiny_tokenizer, pool, val_arg, n=n, base_size=20)
     assert not hasattr(model, "peft_config")
+
+
+def test_val_update_optimizer_names_what_is_wrong(tiny_tokenizer):
+    """The rule's optimizer over the named val adapter; a bad rule or "continue" without the
+    base optimizer is one clear error."""
+    model = tiny.causal_lm_with_adapters(tiny_tokenizer)
+    rule = trajectory.val_update_optimizer
+    with pytest.raises(ValueError, match="needs the base optimizer"):
+        rule(model, "continue", 1e-3, base_adapter="base", val_adapter="val")
+    with pytest.raises(ValueError, match="val_optimizer must be one of"):
+        rule(model, "adam", 1e-3, val_adapter="val")
+    assert rule(model, "fresh", 1e-3, val_adapter="val") is None
+    sgd = rule(model, "sgd", 1e-3, val_adapter="val")
+    assert isinstance(sgd, training.NormalizedSGD) and sgd.param_groups[0]["lr"] == 1e-3
+    assert {id(p) for g in sgd.param_groups for p in g["params"]} == {
+        id(p) for p in models.adapter_parameters(model, "val")}

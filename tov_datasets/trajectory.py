@@ -83,7 +83,7 @@ from tov_datasets.select import (
 )
 
 __all__ = ["TARGETS", "ToVConfig", "ToVResult", "draw_base_set", "epoch_column", "epoch_lrs",
-           "num_epochs", "tov_select"]
+           "num_epochs", "tov_select", "val_update_optimizer"]
 
 VARIANTS = ("interleaved", "parallel")
 VAL_MODES = ("epoch", "step")
@@ -580,27 +580,45 @@ def _train_base(run: _Run, k: int) -> dict[str, Any]:
     return {"base_lr": run.lrs[k - 1], "base_steps": out["steps"], "base_loss": out["mean_loss"]}
 
 
+def val_update_optimizer(model: nn.Module, choice: str, val_lr: float, *,
+                         base_optimizer: torch.optim.Optimizer | None = None,
+                         base_adapter: str = BASE_ADAPTER,
+                         val_adapter: str = VAL_ADAPTER) -> torch.optim.Optimizer | None:
+    """The optimizer that trains ``val_adapter`` under the update rule ``choice`` (one of
+    ``VAL_OPTIMIZERS``) at ``val_lr``; None for ``"fresh"`` (`training.fit`'s new AdamW).
+
+    ``"continue"``: an AdamW over ``val_adapter`` starting from a copy of
+    ``base_optimizer``'s state (exp_avg, exp_avg_sq and step mapped parameter by parameter
+    from ``base_adapter``; its betas, eps and weight decay; lr = val_lr), which is left
+    untouched. ``"sgd"``: `training.NormalizedSGD` at val_lr.
+    """
+    if choice == "continue":
+        if base_optimizer is None:
+            raise ValueError('val_optimizer "continue" needs the base optimizer')
+        pairs = models.paired_adapter_parameters(model, base_adapter, val_adapter)
+        return training.copy_optimizer(base_optimizer, pairs, val_lr)
+    if choice == "sgd":
+        return training.NormalizedSGD(models.adapter_parameters(model, val_adapter), lr=val_lr)
+    if choice != "fresh":
+        raise ValueError(f"val_optimizer must be one of {VAL_OPTIMIZERS}, got {choice!r}")
+    return None
+
+
 def _val_optimizer(run: _Run, k: int, adapter: str,
                    val_lr: float) -> torch.optim.Optimizer | None:
-    """The update rule of epoch k's training of the val adapter ``adapter`` (None:
-    `training.fit`'s fresh AdamW).
+    """The update rule of epoch k's training of the val adapter ``adapter``
+    (`val_update_optimizer` of ``run.config.val_optimizer``).
 
-    ``"continue"``: an AdamW over the val adapter starting from a copy of the base
-    optimizer's state right after base epoch k (exp_avg, exp_avg_sq and step mapped
-    parameter by parameter; the base's betas, eps and weight decay; lr = val_lr), held
-    only while val trains (one more copy of the moments in memory). The base optimizer is
-    not modified. Base and val training of an epoch form one manifest step, so a resumed
-    epoch k reloads epoch k-1's ``optimizer.safetensors``, retrains base epoch k and copies
-    the same state as an uninterrupted run. ``"sgd"``: `training.NormalizedSGD` at val_lr.
+    ``"continue"`` copies the base optimizer's state right after base epoch k, held only
+    while val trains (one more copy of the moments in memory). Base and val training of an
+    epoch form one manifest step, so a resumed epoch k reloads epoch k-1's
+    ``optimizer.safetensors``, retrains base epoch k and copies the same state as an
+    uninterrupted run.
     """
-    choice = run.config.val_optimizer
-    if choice == "continue":
+    if run.config.val_optimizer == "continue":
         assert run.optimizer_epoch == k, "the base optimizer must hold epoch k's state"
-        pairs = models.paired_adapter_parameters(run.model, BASE_ADAPTER, adapter)
-        return training.copy_optimizer(run.optimizer, pairs, val_lr)
-    if choice == "sgd":
-        return training.NormalizedSGD(models.adapter_parameters(run.model, adapter), lr=val_lr)
-    return None
+    return val_update_optimizer(run.model, run.config.val_optimizer, val_lr,
+                                base_optimizer=run.optimizer, val_adapter=adapter)
 
 
 def _train_val(run: _Run, k: int) -> dict[str, Any]:
