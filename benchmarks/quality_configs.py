@@ -352,6 +352,36 @@ reports each rule's gain, AUC (overall and by epoch) and the selection-time rati
 rules (median over seeds, same two-process load), replacing the one-seed paragraph. About 10
 min of one thread a selection on ``lm_tweets_v3``, 5 on ``ner_coarse_v3``.
 
+Validation update rule, confirmation (issue 13, item 5; a method added to a finished
+configuration, as the studies above; stated here and committed before ``tov_val_sgd`` ran on
+it). H35-H37 made ``"sgd"`` the library's default on a thin margin (paired ``tov_val_sgd`` -
+``tov``: ``ner_coarse_v3`` +10.9 +- 5.5 points, 2.003 s.e., three seeds; ``lm_tweets_v3``
++0.00 +- 0.09). It is tested here where no val rule has run and where the score's ranking
+is imperfect: ``chat_labels_v2`` (seeds 10-14; its stored controls, ``tov`` (fresh),
+``tov_abs``, embedding and ``less_unprojected`` reused), a target that differs from its
+conflicting rows in its answers only; ``tov`` there: +9.3% +- 14.8 vs random (2 of 5
+seeds), raw-score AUC of target rows 0.766. ``chat_long_v3`` is not used: ``tov``'s AUC is
+1.000 there, so a val rule can change little. Two 1-thread processes: seeds 10-12, and
+seeds 13-14 followed by the fidelity run below. Stated before the run: H38 (primary), the
+mean over seeds of the paired difference ``tov_val_sgd`` - ``tov`` (gain vs random, points)
+is not below zero by more than 2 s.e.; H39, ``tov_val_sgd``'s raw-score AUC of target rows
+(mean over seeds) is >= ``tov``'s - 0.02; H40, ``tov_val_sgd`` beats random by > 2 s.e.
+Decision: if H38 fails, ``val_optimizer``'s default returns to ``"fresh"``; otherwise
+``"sgd"`` stays, and the README gives these numbers beside H35-H37's. H39 and H40 decide
+nothing in the library (H40 counts toward the issue's target as a row of the default ToV).
+About 22 min of one thread a selection.
+
+Fidelity per val rule (issue 13, item 5's "redone fidelity"; ``benchmarks/fidelity.py`` at
+the commit that adds ``TOV_RULES``, before any rule but fresh was scored there): the stored
+run (``--config ner_coarse --seed 0``: same data, sample rows and base training) is rerun,
+scoring ToV under every val rule at the same trained state theta*. Stated before the run:
+H41 (reproduction), the rerun's fresh ``tov`` has Spearman vs the exact AdamW effect within
+0.01 of the stored 0.925; H42, ``tov_val_continue``'s Spearman vs the exact AdamW one-step
+effect (the step with theta*'s moments, which continue's val update starts from) is >=
+fresh's - 0.02; H43, ``tov_val_sgd``'s Spearman vs the exact SGD one-step effect is >=
+fresh's (0.473 stored). Decision: none in the library (the default is decided by selection
+gains above); the README's fidelity rows gain the two rules.
+
 Changing anything here makes a new configuration: commit it first, then rerun every method
 (quality.py records the commit that last changed this file as ``config_commit``).
 """
