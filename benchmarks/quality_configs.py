@@ -371,6 +371,18 @@ Decision: if H38 fails, ``val_optimizer``'s default returns to ``"fresh"``; othe
 nothing in the library (H40 counts toward the issue's target as a row of the default ToV).
 About 22 min of one thread a selection.
 
+The library default on more gated configurations (stated and committed after H38-H43 were
+read, before ``tov_val_sgd`` ran on either configuration below; a method added, as above):
+the README's scoreboard shows the default ToV (F identity, val rule sgd) on three gated
+configurations only. ``tov_val_sgd`` is added to ``chat_long_v3`` (seeds 10-14; fresh
+``tov`` +10.1% +- 5.4, AUC 1.000) and then ``lm_tweets_v2`` (seeds 0-2; fresh ``tov`` +2.9%
++- 0.3, AUC 0.977). Two 1-thread processes: ``chat_long_v3`` seeds 10-12; seeds 13-14, then
+``lm_tweets_v2``. A configuration is judged only with every seed done. Stated before the run:
+H44 (primary, each configuration), the mean paired ``tov_val_sgd`` - ``tov`` is not below
+zero by more than 2 s.e.; H45, ``tov_val_sgd`` beats random by > 2 s.e. Decision: if H44
+fails on either, ``val_optimizer``'s default returns to ``"fresh"`` (the rule of H38);
+otherwise it stays. H45 decides nothing (it counts toward the issue's target).
+
 Fidelity per val rule (issue 13, item 5's "redone fidelity"; ``benchmarks/fidelity.py`` at
 the commit that adds ``TOV_RULES``, before any rule but fresh was scored there): the stored
 run (``--config ner_coarse --seed 0``: same data, sample rows and base training) is rerun,
