@@ -252,8 +252,7 @@ class _Recorded(Exception):
 
 
 @pytest.mark.parametrize("command", ["select", "score"])
-@pytest.mark.parametrize("flag", [[], ["--val-optimizer", "continue"],
-                                  ["--val-optimizer", "fresh"]])
+@pytest.mark.parametrize("flag", [[], ["--val-optimizer", "continue"], ["--val-optimizer", "sgd"]])
 def test_val_optimizer_reaches_tov_select(files, tmp_path, monkeypatch, command, flag):
     from tov_datasets import trajectory
 

@@ -87,11 +87,10 @@ def test_adapter_sequence_and_learning_rates(tiny_tokenizer, pool, val, lora, fi
     assert [c["lr"] for c in base] == pytest.approx(lrs)
     assert [c["lr"] for c in val_calls] == pytest.approx([0.1 * lr for lr in lrs])
     assert all(c["schedule"] == "constant" for c in fit_calls)
-    # the base optimizer persists across epochs; each val epoch gets its own new update rule
-    # (the default "sgd": normalised gradient steps at the val lr)
+    # the base optimizer persists across epochs; each val epoch gets a fresh AdamW (the
+    # default "fresh": fit builds a new one)
     assert base[0]["optimizer"] is base[1]["optimizer"] is base[2]["optimizer"] is not None
-    assert all(isinstance(c["optimizer"], training.NormalizedSGD) for c in val_calls)
-    assert len({id(c["optimizer"]) for c in val_calls}) == 3
+    assert all(c["optimizer"] is None for c in val_calls)
     assert all(c["steps"] == 5 for c in base)  # ceil(20 / 4) micro-batches per epoch
     for k in range(3):
         assert _same(val_calls[k]["before"], base[k]["after"])  # val starts from the base
@@ -264,16 +263,15 @@ def test_continue_copies_the_base_optimizer_state_and_leaves_it_untouched(
                        for n, st in state.items() for k, v in st.items())
 
 
-def test_sgd_is_the_default(tiny_tokenizer, pool, val, lora, fit_calls):
-    assert trajectory.DEFAULT_VAL_OPTIMIZER == trajectory.ToVConfig().val_optimizer == "sgd"
+def test_fresh_is_the_default(tiny_tokenizer, pool, val, lora, fit_calls):
+    assert trajectory.DEFAULT_VAL_OPTIMIZER == trajectory.ToVConfig().val_optimizer == "fresh"
     default = _run(tiny_tokenizer, pool, val, lora=lora)
-    sgd = _run(tiny_tokenizer, pool, val, lora=lora, val_optimizer="sgd")
-    assert default.scores.data.table.equals(sgd.scores.data.table)
-    assert default.selected.data.table.equals(sgd.selected.data.table)
-    assert all(isinstance(c["optimizer"], training.NormalizedSGD)
-               for c in fit_calls if c["adapter"] == "tov_val")
+    fresh = _run(tiny_tokenizer, pool, val, lora=lora, val_optimizer="fresh")
+    assert default.scores.data.table.equals(fresh.scores.data.table)
+    assert default.selected.data.table.equals(fresh.selected.data.table)
+    assert all(c["optimizer"] is None for c in fit_calls if c["adapter"] == "tov_val")
     others = {v: _run(tiny_tokenizer, pool, val, lora=lora, val_optimizer=v).scores
-              for v in ("continue", "fresh")}
+              for v in ("continue", "sgd")}
     for scores in others.values():  # the option reaches the val update
         assert not np.array_equal(scores["tov_score"], default.scores["tov_score"])
 
@@ -418,9 +416,9 @@ def test_changed_arguments_with_the_same_output_dir(tiny_tokenizer, pool, val, l
         _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path, epochs=1, lr=1e-2)
     with pytest.raises(storage.ManifestMismatchError, match="val"):
         _run(tiny_tokenizer, pool, val.select([0, 1]), lora=lora, output_dir=tmp_path, epochs=1)
-    with pytest.raises(storage.ManifestMismatchError, match="val_optimizer: 'sgd' -> 'fresh'"):
+    with pytest.raises(storage.ManifestMismatchError, match="val_optimizer: 'fresh' -> 'sgd'"):
         _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path, epochs=1,
-             val_optimizer="fresh")
+             val_optimizer="sgd")
     # the selection arguments act on the stored scores: changing them is fine
     again = _run(tiny_tokenizer, pool, val, lora=lora, output_dir=tmp_path, epochs=1, n=6)
     assert len(again.selected) == 6
@@ -844,8 +842,8 @@ def _interleaved_reference(model, tok, data, named_targets, *, epochs, lr, batch
                            base_size, seed=0, val_lr_ratio=0.1):
     """The interleaved trajectory written out: per epoch the base continues from the plain
     float64 mean of the K val adapters (epoch 1: from its start), trains on U, each target's
-    val adapter is copied from it and trained by the default val rule (normalised gradient
-    steps); scores by `_reference_scores`."""
+    val adapter is copied from it and trained by the default val rule (a fresh AdamW, which
+    fit builds); scores by `_reference_scores`."""
     task = models.infer_task(model)
     adapters = {name: f"tov_val_{name}" for name in named_targets}
     encode = {"task": task, "max_length": 128, "label2id": models.label_map(model, task)}
@@ -872,13 +870,10 @@ def _interleaved_reference(model, tok, data, named_targets, *, epochs, lr, batch
                     for p, q in zip(base_params, models.adapter_parameters(peft_model, adapter),
                                     strict=True):
                         q.copy_(p)
-                val_lr = val_lr_ratio * lr_k  # the default val rule: normalised steps
-                rule = training.NormalizedSGD(models.adapter_parameters(peft_model, adapter),
-                                              lr=val_lr)
                 training.fit(peft_model, training.encode_dataset(named_targets[name], tok,
                                                                  **encode),
-                             pad_token_id=pad, adapter=adapter, lr=val_lr,
-                             batch_size=batch_size, schedule="constant", optimizer=rule,
+                             pad_token_id=pad, adapter=adapter, lr=val_lr_ratio * lr_k,
+                             batch_size=batch_size, schedule="constant",
                              seed=trajectory._derive(seed, k, 1))
                 per_epoch[name].append(_reference_scores(peft_model, pool_set, adapter,
                                                          task == "causal_lm"))

@@ -1100,9 +1100,9 @@ def _add_trajectory_options(p: argparse.ArgumentParser) -> None:
         "LoRA rank (default: scales with the model: the largest power of two <= hidden size "
         "/ 16, clamped to [8, 256]; e.g. 4096 -> 256, 576 -> 32, 384 -> 16)"))
     p.add_argument("--lr", type=float, default=2e-4, help="base learning rate (val: lr/10)")
-    p.add_argument("--val-optimizer", choices=("fresh", "continue", "sgd"), default="sgd",
-                   help="the val update: sgd (default) = normalised gradient steps "
-                   "lr*g/rms(g); fresh = a new AdamW each epoch (steps ~ lr*sign(g)); "
+    p.add_argument("--val-optimizer", choices=("fresh", "continue", "sgd"), default="fresh",
+                   help="the val update: fresh (default) = a new AdamW each epoch (steps ~ "
+                   "lr*sign(g)); sgd = normalised gradient steps lr*g/rms(g); "
                    "continue = AdamW from a copy of the base optimizer's moments")
     p.add_argument("--seed", type=int, default=0, help="random seed")
 

@@ -11,11 +11,12 @@ Variants (names used in the benchmark tables):
 - ``tov_nobins``: one bin (no length binning);
 - ``tov_parallel``: the parallel trajectory;
 - ``tov_val_continue`` / ``tov_val_sgd``: the val update continues from a copy of the base
-  optimizer's moments / takes normalised gradient steps (``val_optimizer``; "sgd" is the
-  library's default since the val update rule study, H35-H37 in ``quality_configs.py``).
+  optimizer's moments / takes normalised gradient steps (``val_optimizer``; "sgd" was the
+  library's default after the val update rule study, H35-H37 in ``quality_configs.py``,
+  until its confirmation, H44, failed on ``chat_long_v3``).
 
 Every other variant trains its val adapter with ``JUDGED_VAL_OPTIMIZER`` ("fresh", the
-library's default before that study), so every stored pick reproduces.
+library's default again), pinned so that every stored pick reproduces whatever the default.
 """
 
 from __future__ import annotations
