@@ -394,6 +394,30 @@ fresh's - 0.02; H43, ``tov_val_sgd``'s Spearman vs the exact SGD one-step effect
 fresh's (0.473 stored). Decision: none in the library (the default is decided by selection
 gains above); the README's fidelity rows gain the two rules.
 
+LESS and embedding similarity where ToV's score finds the target (issue 13: "at least as much
+as LESS", "where the embedding baseline wins, say where and why"; methods added to a finished
+configuration, as above; stated and committed after the val rule's default returned to
+"fresh", before either method ran on it). On ``chat_long_v3`` both F rank the answer family
+perfectly (raw-score AUC 1.000), yet no baseline has run there: the scoreboard compares ToV
+with LESS only where LESS collapsed (``ner_coarse_v3``, ``chat_labels_v2``) or on plain text
+(``lm_tweets_v3``, LESS +4.80% against ``tov``'s +3.22%). Added: ``embedding`` on seeds
+10-14 and ``less_unprojected`` (the cosine of full LoRA gradients, as on ``lm_tweets_v3``
+and ``chat_labels_v2``) on seeds 10-12 (~45 min of one thread a seed, measured on
+``chat_labels_v2``). Two 1-thread processes: LESS seed 10, then embedding seeds 10-14; LESS
+seed 11, then seed 12. A hypothesis is judged only with all of its seeds done (a later
+session finishes any that this one does not). Stated before the run, gains vs random in
+points, paired by seed, the stored ``tov`` (F identity, val rule fresh: the library
+default) and ``tov_score_only`` reused: H46 (primary), the mean over seeds 10-12 of ``tov``
+- ``less_unprojected`` is not below zero by more than 2 s.e. (ToV at least as good as
+LESS); H47, ``less_unprojected``'s raw-score AUC of target rows (mean over its seeds) is >=
+0.9; H48, ``embedding`` - ``tov`` over seeds 10-14 is > 0 by more than 2 s.e. (predicted
+from ``chat_long_v2``: embedding +36.0% against ``tov``'s +20.9% on seeds 0-2); H49,
+``embedding`` beats random by > 2 s.e. Secondary (LESS picks its top n, ToV spends half of
+n on random rows): H50, ``tov_score_only`` - ``less_unprojected`` over seeds 10-12 is not
+below zero by more than 2 s.e. Decision: none in the library; the README's scoreboard
+fills ``chat_long_v3``'s embedding and LESS cells, and if H46 fails it says that LESS beat
+the default ToV on this configuration, with the numbers.
+
 Changing anything here makes a new configuration: commit it first, then rerun every method
 (quality.py records the commit that last changed this file as ``config_commit``).
 """
