@@ -98,6 +98,17 @@ CONTROLS = ("random", "oracle")
 # gradients' cosines, which the projection estimates (causal LM: SmolLM2's 9.8M-dim LoRA
 # gradients make the projection ~80 min a seed on one CPU thread)
 LESS_MODES = {"less": "optimised", "less_unprojected": "unprojected"}
+# LESS's per-sample gradients are vmapped over micro-batches of at most this many padded
+# tokens (8 rows of 160, as every stored LESS run used): 8 rows of chat_long_v3's 352 tokens
+# held over 18 GB and were killed for memory on a 24 GB machine
+LESS_GRAD_TOKENS = 1280
+
+
+def less_grad_batch_size(max_length: int) -> int:
+    """Rows per per-sample-gradient micro-batch: 8, fewer where 8 rows of ``max_length``
+    tokens exceed LESS_GRAD_TOKENS (at least 1). The rows are independent, so only memory
+    and time change."""
+    return max(1, min(8, LESS_GRAD_TOKENS // max_length))
 
 
 # ------------------------------------------------------------------ set-up -----------------
@@ -276,7 +287,8 @@ def run_selector(name: str, s: Setup) -> dict[str, dict[str, Any]]:
         r = less.less_scores(copy.deepcopy(s.model), s.tokenizer, s.pool, s.val, n=n,
                              seed=s.seed, lora=s.selector_lora, lr=sz.lr,
                              train_batch_size=sz.batch_size, max_length=sz.max_length,
-                             mode=LESS_MODES[name], cache_bytes=4 << 30)
+                             mode=LESS_MODES[name], cache_bytes=4 << 30,
+                             grad_batch_size=less_grad_batch_size(sz.max_length))
         scores, extra = np.asarray(r.scores, dtype=np.float64), {"timings": r.timings}
     elif name == "embedding":
         scores = embedding.scores(s.model, s.tokenizer, s.pool, s.val)

@@ -417,6 +417,13 @@ n on random rows): H50, ``tov_score_only`` - ``less_unprojected`` over seeds 10-
 below zero by more than 2 s.e. Decision: none in the library; the README's scoreboard
 fills ``chat_long_v3``'s embedding and LESS cells, and if H46 fails it says that LESS beat
 the default ToV on this configuration, with the numbers.
+Amended before any LESS seed finished (no LESS result existed): the two LESS processes ran
+out of memory on this 24 GB machine (16 and 18 GB at their first seed, both killed; a second
+try of seed 10 beside the embedding process was killed at 18 GB). LESS's per-sample gradients
+are now vmapped over micro-batches of at most ``quality.LESS_GRAD_TOKENS`` padded tokens (3
+rows of 352 here; 8 rows, as before, on every configuration LESS ran on), and its seeds run
+one at a time. The rows are independent, so only memory and time change. Hypotheses, seeds
+and methods unchanged; LESS seeds this session does not finish run in a later one.
 
 Changing anything here makes a new configuration: commit it first, then rerun every method
 (quality.py records the commit that last changed this file as ``config_commit``).

@@ -53,6 +53,16 @@ def test_config_helpers():
             assert in_pool >= 2 * sz.n and sz.base_size >= 2 * sz.n
 
 
+def test_less_gradient_micro_batches_keep_every_stored_runs_size():
+    sizes = {name: CONFIGS[name].sizes["full"].max_length
+             for name in ("ner_coarse_v3", "lm_tweets_v3", "chat_labels_v2", "chat_long_v3")}
+    batch = {name: quality.less_grad_batch_size(length) for name, length in sizes.items()}
+    # the configurations LESS ran on keep 8 rows; chat_long_v3's 352 tokens get 3
+    assert batch == {"ner_coarse_v3": 8, "lm_tweets_v3": 8, "chat_labels_v2": 8,
+                     "chat_long_v3": 3}
+    assert quality.less_grad_batch_size(100_000) == 1
+
+
 def test_run_seeds_start_at_first_seed():
     v3, v4 = (CONFIGS[c].sizes["full"] for c in ("ner_coarse_v3", "ner_coarse_v4"))
     assert v3.seed_list() == [0, 1, 2] and v4.seed_list() == [3, 4, 5, 6, 7]
