@@ -423,7 +423,7 @@ try of seed 10 beside the embedding process was killed at 18 GB). LESS's per-sam
 are now vmapped over micro-batches of at most ``quality.LESS_GRAD_TOKENS`` padded tokens (3
 rows of 352 here; 8 rows, as before, on every configuration LESS ran on), and its seeds run
 one at a time. The rows are independent, so only memory and time change. Hypotheses, seeds
-and methods unchanged; LESS seeds this session does not finish run in a later one.
+and methods unchanged; LESS seeds that this session does not finish run in a later one.
 
 Changing anything here makes a new configuration: commit it first, then rerun every method
 (quality.py records the commit that last changed this file as ``config_commit``).
