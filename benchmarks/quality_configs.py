@@ -425,6 +425,24 @@ rows of 352 here; 8 rows, as before, on every configuration LESS ran on), and it
 one at a time. The rows are independent, so only memory and time change. Hypotheses, seeds
 and methods unchanged; LESS seeds that this session does not finish run in a later one.
 
+The library default on ``ner_coarse_v9`` (a method added to a finished configuration, as
+above; stated and committed before it ran there). The scoreboard's default column lacks two
+gated configurations: ``ner_coarse_v9`` (its question was F = abs against an entity-density
+pick) and ``chat_labels_v4`` (its ``tov_picks`` fine-tune only the strata picks, so the
+default pick cannot be added without changing the configuration). Added on
+``ner_coarse_v9``: ``tov`` (F identity, val rule fresh, Score+Random in length bins: the
+library default) on seeds 61-70, with its derived ``tov_score_only`` and ``tov_nobins``; two
+1-thread processes (seeds 61-65 and 66-70), resumed across sessions from a committed
+progress file; judged only with all ten seeds done. Stated before the run, gains vs random
+in points, paired by seed: H51 (primary), ``tov`` beats random by > 2 s.e. (predicted to
+fail, as on ``ner_coarse_v8``: +2.1 +- 2.8, 6 of 10 seeds); H52, ``tov_abs`` - ``tov`` is
+> 0 by > 2 s.e. (``ner_coarse_v8``'s H2 replicated: +7.0 +- 3.0); H53, ``tov`` -
+``tov_score_only`` is > 0 by > 2 s.e. (the random half limits the loss where the identity's
+score does not find the target: ``ner_coarse_v8`` +13.5 +- 3.0). Decision: none in the
+library (the default F stays the identity; F = abs is already the README's advice for token
+classification); the scoreboard fills the cell and the README's count of gated
+configurations where the default beat random includes it.
+
 Changing anything here makes a new configuration: commit it first, then rerun every method
 (quality.py records the commit that last changed this file as ``config_commit``).
 """
