@@ -152,6 +152,8 @@ def test_out_of_range_options(inputs, tmp_path, capsys):
                                    ("--batch-size", "0", "--batch-size=0 must be >= 1"),
                                    ("--epochs", "0", "--epochs=0 must be >= 1"),
                                    ("--random-fraction", "1.5", "must be in [0, 1]"),
+                                   ("--holdout-fraction", "1", "--holdout-fraction=1.0 must "
+                                                               "be in [0, 1)"),
                                    ("--lr", "0", "--lr=0.0 must be > 0")]:
         _fails(capsys, fx.select_argv(inputs, out, option, value), message)
     assert not out.exists()

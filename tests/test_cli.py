@@ -207,6 +207,31 @@ def test_bad_input_exits_2_with_one_line(files, tmp_path, capsys, change, messag
     assert "\n" not in err and "Traceback" not in err
 
 
+def test_holdout_fraction_reports_the_check_and_refuses_too_few_rows(files, tmp_path, capsys):
+    """--holdout-fraction 0.25 keeps 2 of the 8 validation rows out of the val updates; the
+    AUC of those rows against the pool is in select's report.md and run.json, and in score's
+    log; a share that leaves no row to train on exits 2 before training, naming the flag."""
+    out = tmp_path / "out"
+    assert _select(files, out, "--holdout-fraction", "0.25") == 0
+    line = json.loads((out / cli.RUN_FILE).read_text())["counts"]["held-out check"]
+    assert re.fullmatch(r"AUC (0|1)\.\d{3} of 2 validation rows kept out of the val updates "
+                        r"against 60 pool rows .*", line)
+    assert line in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert cli.main([
+        "score", "--model", str(files["model"]), "--pool", str(files["pool"]),
+        "--val", str(files["val"]), "--out", str(tmp_path / "scores.parquet"),
+        "--holdout-fraction", "0.25", *SELECT[2:-4], *SELECT[-2:],  # no --n, --bins
+    ]) == 0
+    assert f"held-out check: {line}" in capsys.readouterr().err  # the same run's check
+    assert _select(files, tmp_path / "none", "--holdout-fraction", "0.95") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("tov select: error: --holdout-fraction=0.95 holds out all 8 rows of the "
+                   "validation set, leaving none for the val update; lower --holdout-fraction "
+                   "or pass more validation rows")
+    assert not (tmp_path / "none" / cli.RUN_FILE).exists()
+
+
 def test_changed_arguments_on_rerun_exit_2(files, selected_run, capsys):
     out = selected_run[0]
     assert _select(files, out, "--seed", "1") == 2
@@ -269,6 +294,7 @@ def test_val_optimizer_reaches_tov_select(files, tmp_path, monkeypatch, command,
     # the CLI turns the exception into its one-line failure; the call was recorded first
     assert cli.main(argv + (["--n", "12"] if command == "select" else [])) != 0
     assert seen["val_optimizer"] == (flag[1] if flag else trajectory.DEFAULT_VAL_OPTIMIZER)
+    assert seen["holdout_fraction"] == 0.0
 
 
 def test_val_optimizer_choices_match_the_library(capsys):

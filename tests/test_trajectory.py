@@ -839,16 +839,22 @@ def _reference_scores(model, samples, val_adapter, causal):
 
 
 def _interleaved_reference(model, tok, data, named_targets, *, epochs, lr, batch_size,
-                           base_size, seed=0, val_lr_ratio=0.1):
+                           base_size, seed=0, val_lr_ratio=0.1, held_rows=None):
     """The interleaved trajectory written out: per epoch the base continues from the plain
     float64 mean of the K val adapters (epoch 1: from its start), trains on U, each target's
     val adapter is copied from it and trained by the default val rule (a fresh AdamW, which
-    fit builds); scores by `_reference_scores`."""
+    fit builds) on its validation rows outside ``held_rows[name]`` (default: none); scores of
+    the pool and of the held-out rows by `_reference_scores`: ({name: per-epoch pool scores},
+    {name: per-epoch held-out scores})."""
+    held_rows = held_rows or {name: [] for name in named_targets}
     task = models.infer_task(model)
     adapters = {name: f"tov_val_{name}" for name in named_targets}
     encode = {"task": task, "max_length": 128, "label2id": models.label_map(model, task)}
     base_rows = np.sort(np.random.default_rng(seed).choice(len(data), base_size, replace=False))
     per_epoch = {name: [] for name in named_targets}
+    held_per_epoch = {name: [] for name in named_targets}
+    trained = {name: ds.select([i for i in range(len(ds)) if i not in held_rows[name]])
+               for name, ds in named_targets.items()}
     with models.attached(model, ["tov_base", *adapters.values()], seed=seed) as peft_model:
         pad = models.pad_token_id(tok)
         base_set = training.encode_dataset(data.select(base_rows), tok, **encode)
@@ -870,14 +876,118 @@ def _interleaved_reference(model, tok, data, named_targets, *, epochs, lr, batch
                     for p, q in zip(base_params, models.adapter_parameters(peft_model, adapter),
                                     strict=True):
                         q.copy_(p)
-                training.fit(peft_model, training.encode_dataset(named_targets[name], tok,
-                                                                 **encode),
+                training.fit(peft_model, training.encode_dataset(trained[name], tok, **encode),
                              pad_token_id=pad, adapter=adapter, lr=val_lr_ratio * lr_k,
                              batch_size=batch_size, schedule="constant",
                              seed=trajectory._derive(seed, k, 1))
                 per_epoch[name].append(_reference_scores(peft_model, pool_set, adapter,
                                                          task == "causal_lm"))
-    return per_epoch
+                held_set = training.encode_dataset(
+                    named_targets[name].select(held_rows[name]), tok, **encode)
+                held_per_epoch[name].append(_reference_scores(peft_model, held_set, adapter,
+                                                              task == "causal_lm"))
+    return per_epoch, held_per_epoch
+
+
+def _pairwise_auc(positive, negative):
+    """P(a positive outscores a negative), ties one half, over all pairs (float64)."""
+    diff = np.asarray(positive, np.float64)[:, None] - np.asarray(negative, np.float64)[None]
+    return float(np.mean((diff > 0) + 0.5 * (diff == 0)))
+
+
+@pytest.mark.parametrize("kind", ["causal_lm", "token_classification"])
+def test_holdout_check_matches_a_reference_loop(tiny_tokenizer, pool, targets, kind):
+    """holdout_fraction 0.34, K = 3 targets of 2-4 rows: one row of each is held out; the val
+    updates train on the others (the pool's per-epoch scores equal the reference loop's
+    trained on them), the held-out rows' mean scores equal the loop's two-forward float64
+    scores, and the AUC equals a pairwise count against the pool's scored rows."""
+    make, data, named_targets, kw = _task_case(kind, tiny_tokenizer, pool, targets)
+    kw = _select_kw(**kw, holdout_fraction=0.34)
+    result = trajectory.tov_select(make(), tiny_tokenizer, data, named_targets, **kw)
+    held_rows = {name: trajectory.holdout_split(len(ds), 0.34, 0)
+                 for name, ds in named_targets.items()}
+    assert [len(r) for r in held_rows.values()] == [1, 1, 1]
+    reference, held = _interleaved_reference(make(), tiny_tokenizer, data, named_targets,
+                                             epochs=2, lr=kw["lr"], batch_size=4,
+                                             base_size=kw["base_size"], held_rows=held_rows)
+    counts = np.asarray(result.scores["tov_num_tokens"])
+    assert set(result.holdout) == set(named_targets)
+    for name, check in result.holdout.items():
+        for k in (1, 2):
+            np.testing.assert_allclose(result.scores[trajectory.epoch_column(k, name)],
+                                       reference[name][k - 1], rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(check.rows, held_rows[name])
+        np.testing.assert_allclose(check.scores_per_epoch, held[name], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(check.scores, np.mean(held[name], axis=0), rtol=1e-4,
+                                   atol=1e-6)
+        scored = counts > 0  # AUC on the library's float32 scores (checked just above)
+        pool_mean = np.asarray(result.scores[f"tov_score_{name}"])[scored]
+        assert check.auc == pytest.approx(_pairwise_auc(check.scores, pool_mean))
+        per_epoch = [np.asarray(result.scores[trajectory.epoch_column(k, name)])[scored]
+                     for k in (1, 2)]
+        assert check.auc_per_epoch == pytest.approx(
+            [_pairwise_auc(h, p) for h, p in zip(check.scores_per_epoch, per_epoch,
+                                                 strict=True)])
+        assert 0 <= check.auc <= 1 and check.num_tokens.min() > 0
+
+
+def test_holdout_split_is_seeded_disjoint_and_sized():
+    """max(1, round(f x rows)) distinct ascending rows, fixed by the seed; none for f = 0."""
+    for rows, fraction, count in ((30, 0.2, 6), (16, 0.2, 3), (3, 0.1, 1), (100, 0.0, 0)):
+        held = trajectory.holdout_split(rows, fraction, 7)
+        assert held.dtype == np.int64 and len(held) == count
+        assert np.all(np.diff(held) > 0) and (held.size == 0 or 0 <= held.min() < rows)
+        np.testing.assert_array_equal(held, trajectory.holdout_split(rows, fraction, 7))
+    assert not np.array_equal(trajectory.holdout_split(30, 0.2, 7),
+                              trajectory.holdout_split(30, 0.2, 8))
+
+
+def test_holdout_run_selects_as_a_run_on_the_kept_rows(tiny_tokenizer, pool, val, lora,
+                                                        tmp_path, monkeypatch):
+    """One validation set with a held-out row trains, scores and selects exactly as a run on
+    the other rows alone; its held-out scores are stored per epoch and a rerun after an
+    interruption in epoch 2 resumes to the same result; changing holdout_fraction is
+    another run; a share that leaves nothing to train on is refused before training."""
+    kw = {"lora": lora, "holdout_fraction": 0.34}
+    held_rows = trajectory.holdout_split(len(val), 0.34, 0)
+    kept = val.select([i for i in range(len(val)) if i not in held_rows])
+    plain = _run(tiny_tokenizer, pool, kept, lora=lora)
+    assert plain.holdout is None
+    real_fit = training.fit
+    calls = []
+
+    def interrupted_fit(model, samples, **fit_kw):
+        calls.append(fit_kw["adapter"])
+        if len(calls) == 4:
+            raise _Interrupted
+        return real_fit(model, samples, **fit_kw)
+
+    monkeypatch.setattr(training, "fit", interrupted_fit)
+    with pytest.raises(_Interrupted):
+        _run(tiny_tokenizer, pool, val, output_dir=tmp_path, **kw)
+    monkeypatch.setattr(training, "fit", real_fit)
+    held = _run(tiny_tokenizer, pool, val, output_dir=tmp_path, **kw)
+    assert held.scores.data.table.equals(plain.scores.data.table)
+    assert held.selected.data.table.equals(plain.selected.data.table)
+    assert isinstance(held.holdout, trajectory.HoldoutCheck)
+    np.testing.assert_array_equal(held.holdout.rows, held_rows)
+    fresh = _run(tiny_tokenizer, pool, val, **kw)
+    np.testing.assert_array_equal(fresh.holdout.scores, held.holdout.scores)
+    assert fresh.holdout.auc == held.holdout.auc
+    stored = [pa.parquet.read_table(tmp_path / f"epoch_00{k}" / "holdout" / "val.parquet")
+              for k in (1, 2)]
+    np.testing.assert_array_equal([t["tov_score"].to_numpy() for t in stored],
+                                  held.holdout.scores_per_epoch)
+    with pytest.raises(storage.ManifestMismatchError, match="holdout_fraction: 0.34 -> 0.5"):
+        _run(tiny_tokenizer, pool, val, output_dir=tmp_path, **{**kw, "holdout_fraction": 0.5})
+    model = tiny.causal_lm(tiny_tokenizer)
+    for fraction, message in ((0.9, r"holdout_fraction=0.9 holds out all 3 rows of the "
+                                     "validation set, leaving none"),
+                              (1.0, r"holdout_fraction=1.0 must be in \[0, 1\)")):
+        with pytest.raises(ValueError, match=message):
+            trajectory.tov_select(model, tiny_tokenizer, pool, val, n=10, base_size=20,
+                                  holdout_fraction=fraction)
+    assert not hasattr(model, "peft_config")
 
 
 @pytest.mark.parametrize("kind", ["causal_lm", "token_classification"])
@@ -889,9 +999,9 @@ def test_interleaved_targets_match_a_reference_loop(tiny_tokenizer, pool, target
     make, data, named_targets, kw = _task_case(kind, tiny_tokenizer, pool, targets)
     kw = _select_kw(**kw)
     result = trajectory.tov_select(make(), tiny_tokenizer, data, named_targets, **kw)
-    reference = _interleaved_reference(make(), tiny_tokenizer, data, named_targets,
-                                       epochs=2, lr=kw["lr"], batch_size=4,
-                                       base_size=kw["base_size"])
+    reference, _ = _interleaved_reference(make(), tiny_tokenizer, data, named_targets,
+                                          epochs=2, lr=kw["lr"], batch_size=4,
+                                          base_size=kw["base_size"])
     for name in named_targets:
         for k in (1, 2):
             np.testing.assert_allclose(result.scores[trajectory.epoch_column(k, name)],

@@ -25,6 +25,7 @@ _EXPORTS = {
     "tov_select": "tov_datasets.trajectory",
     "ToVResult": "tov_datasets.trajectory",
     "ToVConfig": "tov_datasets.trajectory",
+    "HoldoutCheck": "tov_datasets.trajectory",
     "finetune": "tov_datasets.training",
     "evaluate_loss": "tov_datasets.training",
     "default_lora_config": "tov_datasets.models",

@@ -48,6 +48,7 @@ OPTION_NAMES = {
     "base_size": "--base-size", "epochs": "--epochs", "lr": "--lr", "seed": "--seed",
     "variant": "--variant", "transform": "--transform", "batch_size": "--batch-size",
     "max_length": "--max-length", "lora": "--lora-rank", "val_optimizer": "--val-optimizer",
+    "holdout_fraction": "--holdout-fraction",
     "start_adapter": "",  # drawn from --seed, --lora-rank and --model: shown through them
     "model_class": "--model", "model_config": "--model", "model_weights": "--model",
     "tokenizer": "--model (tokenizer)", "pool": "--pool (content)", "val": "--val (content)",
@@ -464,6 +465,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
     fraction = getattr(args, "random_fraction", None)
     if fraction is not None and not 0 <= fraction <= 1:
         raise CliError(f"--random-fraction={fraction} must be in [0, 1]")
+    holdout = getattr(args, "holdout_fraction", None)
+    if holdout is not None and not 0 <= holdout < 1:
+        raise CliError(f"--holdout-fraction={holdout} must be in [0, 1) (0: no held-out check)")
     lr = getattr(args, "lr", None)
     if lr is not None and not (lr > 0 and math.isfinite(lr)):
         raise CliError(f"--lr={lr} must be > 0 and finite")
@@ -564,7 +568,7 @@ def _trajectory(args: argparse.Namespace, flag: str, shown: Path, state_dir: Pat
         return tov_select(
             model, tokenizer, pool, val, base_size=min(args.base_size, len(pool)),
             epochs=args.epochs, lr=args.lr, variant=args.variant,
-            val_optimizer=args.val_optimizer,
+            val_optimizer=args.val_optimizer, holdout_fraction=args.holdout_fraction,
             lora=_lora(model, args.lora_rank), transform=args.transform,
             batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
             output_dir=state_dir, progress=progress_factory(args.quiet), **selection,
@@ -586,9 +590,26 @@ def _trajectory(args: argparse.Namespace, flag: str, shown: Path, state_dir: Pat
             raise CliError(f"{text}; the trajectory is kept in {flag} {shown}: rerun with a "
                            "smaller --n or --random-fraction to select again without "
                            "retraining") from e
+        if str(e).startswith("holdout_fraction="):
+            raise CliError(_one_line(e).replace("holdout_fraction", "--holdout-fraction")) from e
         if not str(e).startswith("val: "):
             raise
         raise CliError(f"--{_one_line(e)}") from e
+
+
+def holdout_summary(result: Any, num_pool_rows: int) -> dict[str, str]:
+    """{"held-out check[ (NAME)]": one line} per target of a run with --holdout-fraction
+    (empty without): the AUC of its held-out validation rows against the pool."""
+    if result.holdout is None:
+        return {}
+    checks = result.holdout if isinstance(result.holdout, Mapping) else {None: result.holdout}
+    return {
+        "held-out check" + ("" if name is None else f" ({name})"):
+            f"AUC {check.auc:.3f} of {len(check.rows)} validation rows kept out of the val "
+            f"updates against {num_pool_rows} pool rows (1: all above the pool, 0.5: the "
+            "score does not tell the target from the pool)"
+        for name, check in checks.items()
+    }
 
 
 STRATA_ARG = "stratify_by_column="
@@ -732,6 +753,7 @@ def _select_counts(args: argparse.Namespace, pool: Any, val: Any, model: Any, re
     if named:
         counts["selected by any target (union)"] = len(result.selected)
     counts.update({"random fraction": args.random_fraction, "length bins": args.bins})
+    counts.update(holdout_summary(result, len(pool)))
     if args.stratify_column:
         counts["label strata"] = (f"{args.stratify_column}: both parts in the validation "
                                   "set's label shares")
@@ -779,6 +801,8 @@ def _select(args: argparse.Namespace, out: Path, pool: Any, pool_format: str, va
         disk_bytes={"trajectory": result.disk_bytes, "total": directory_bytes(out)},
         sha256={name: sha256_file(out / name) for name in (*files, SCORES_FILE)},
     )
+    for key, line in holdout_summary(result, len(pool)).items():
+        log.info("%s: %s", key, line)
     log.info("selected %d of %d rows -> %s", files[SELECTED_FILE].num_rows, len(pool),
              out / SELECTED_FILE)
 
@@ -913,6 +937,8 @@ def cmd_score(args: argparse.Namespace) -> None:
             random_fraction=0.0,
         )
         table = _scores_table(result, digest)
+        for key, line in holdout_summary(result, len(pool)).items():
+            log.info("%s: %s", key, line)
     write_parquet(out, table)
     log.info("scored %d rows -> %s", len(pool), out)
 
@@ -1104,6 +1130,10 @@ def _add_trajectory_options(p: argparse.ArgumentParser) -> None:
                    help="the val update: fresh (default) = a new AdamW each epoch (steps ~ "
                    "lr*sign(g)); sgd = normalised gradient steps lr*g/rms(g); "
                    "continue = AdamW from a copy of the base optimizer's moments")
+    p.add_argument("--holdout-fraction", type=float, default=0.0, help=(
+        "share of each validation set kept out of the val updates and scored with the pool: "
+        "reports the AUC of those rows against the pool, i.e. whether the score recognises the "
+        "target (0.5: it does not); the val updates see the rest only. Default 0: off"))
     p.add_argument("--seed", type=int, default=0, help="random seed")
 
 

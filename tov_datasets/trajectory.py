@@ -18,6 +18,12 @@ For epochs k = 1..L on a random base set U of the pool:
 The final score is the mean over epochs; the selection is length-binned Score+Random
 (`select_by_score`) with the random part drawn from U.
 
+Held-out check (``holdout_fraction`` > 0): a share of each validation set, drawn with the
+seed, is kept out of every val update and scored with the pool each epoch. The ROC-AUC of
+those held-out rows against the pool's rows (`HoldoutCheck`) says whether the score ranks
+unseen rows of the target above the pool, that is whether it recognises the target at all,
+without labels on the pool; the val updates then see the rest of the validation set only.
+
 Several targets (``val`` a mapping name -> validation set, K >= 1): the base trajectory
 does not depend on the target, so each epoch trains the base once; step 2 runs per target,
 each with its own val adapter (`models.val_adapter_name`) copied from the same base and the
@@ -62,6 +68,7 @@ import torch
 from torch import nn
 
 from tov_datasets import models, storage, tables, training
+from tov_datasets.evaluation import roc_auc
 from tov_datasets.formats import num_scored
 from tov_datasets.models import BASE_ADAPTER, VAL_ADAPTER
 from tov_datasets.report import Timer
@@ -82,8 +89,8 @@ from tov_datasets.select import (
     selection_overlap,
 )
 
-__all__ = ["TARGETS", "ToVConfig", "ToVResult", "draw_base_set", "epoch_column", "epoch_lrs",
-           "num_epochs", "tov_select", "val_update_optimizer"]
+__all__ = ["TARGETS", "HoldoutCheck", "ToVConfig", "ToVResult", "draw_base_set", "epoch_column",
+           "epoch_lrs", "holdout_split", "num_epochs", "tov_select", "val_update_optimizer"]
 
 VARIANTS = ("interleaved", "parallel")
 VAL_MODES = ("epoch", "step")
@@ -110,7 +117,8 @@ MAX_DEFAULT_EPOCHS = 8
 # random_fraction and stratify_by_column act on the final selection only, so a rerun may
 # change them.
 _RECORDED = ("base_size", "epochs", "lr", "val_lr_ratio", "variant", "val_mode",
-             "val_optimizer", "transform", "batch_size", "seed", "max_length", "column_map")
+             "val_optimizer", "transform", "batch_size", "seed", "max_length", "column_map",
+             "holdout_fraction")
 _TIMED_STAGES = ("setup", "train_base", "train_val", "score", "io", "select")
 
 
@@ -127,11 +135,25 @@ def _score_name(target: str | None) -> str:
 
 @dataclass(frozen=True)
 class _Target:
-    """One validation target of a run: its name (None: ``val`` was one Dataset) and
-    validation set; the name fixes its val adapter, files and score column."""
+    """One validation target of a run: its name (None: ``val`` was one Dataset), validation
+    set and the rows of it held out of the val updates (int64 ascending, empty: none); the
+    name fixes its val adapter, files and score column."""
 
     name: str | None
     val: Any
+    held_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), compare=False)
+
+    @property
+    def trained(self) -> Any:
+        """The rows of the validation set the val updates train on."""
+        if not self.held_rows.size:
+            return self.val
+        return self.val.select(np.setdiff1d(np.arange(len(self.val)), self.held_rows))
+
+    @property
+    def held(self) -> Any:
+        """The held-out rows of the validation set (a Dataset, possibly empty)."""
+        return self.val.select(self.held_rows)
 
     @property
     def adapter(self) -> str:
@@ -154,6 +176,16 @@ class _Target:
     @property
     def described(self) -> str:
         return "the validation set" + ("" if self.name is None else f" of target {self.name!r}")
+
+
+def holdout_split(num_rows: int, fraction: float, seed: int) -> np.ndarray:
+    """The rows of a validation set of ``num_rows`` rows that a run with ``seed`` and
+    holdout_fraction ``fraction`` holds out: int64 ascending, max(1, round(fraction x
+    num_rows)) of them (none for fraction 0), the same for every target of a run."""
+    count = 0 if fraction == 0 else max(1, round(fraction * num_rows))
+    rng = np.random.default_rng(_derive(seed, 0, 2))
+    return np.sort(rng.choice(num_rows, size=min(count, num_rows), replace=False)
+                   ).astype(np.int64)
 
 
 def _epoch_step(k: int, name: str) -> str:
@@ -194,7 +226,9 @@ class ToVConfig:
     answer) in the pool and every validation set: the scored part and the random part each
     keep each label's share of the target's validation set (`select_by_score`); None: no
     strata.
-    seed: draws U, the LoRA start, micro-batch order and dropout.
+    seed: draws U, the LoRA start, micro-batch order, dropout and the held-out rows.
+    holdout_fraction: the share of each validation set kept out of the val updates and
+    scored with the pool (`holdout_split`; module doc, `HoldoutCheck`); 0 (default): none.
     column_map: {user_column: canonical_column} (`tov_datasets.formats`; kept as a dict,
     None when empty).
     """
@@ -214,6 +248,7 @@ class ToVConfig:
     batch_size: int = 8
     max_length: int | None = None
     seed: int = 0
+    holdout_fraction: float = 0.0
     column_map: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
@@ -233,6 +268,11 @@ class ToVConfig:
                 f"max_length={self.max_length} must be >= 1 (or None: the model's "
                 "max_position_embeddings)"
             )
+        if not 0 <= self.holdout_fraction < 1:
+            raise ValueError(
+                f"holdout_fraction={self.holdout_fraction} must be in [0, 1) (0: no held-out "
+                "check)"
+            )
         if not (self.lr > 0 and self.val_lr_ratio > 0 and self.batch_size >= 1):
             raise ValueError(
                 f"lr={self.lr}, val_lr_ratio={self.val_lr_ratio} and "
@@ -249,6 +289,29 @@ class ToVConfig:
     def record(self) -> dict[str, Any]:
         """What the manifest records of the settings (``_RECORDED``, plus shard_rows)."""
         return {**{name: getattr(self, name) for name in _RECORDED}, "shard_rows": SHARD_ROWS}
+
+
+@dataclass(frozen=True)
+class HoldoutCheck:
+    """How the scores rank the validation rows held out of the val updates against the pool.
+
+    rows: int64 (H,), the held-out rows of the validation set, ascending. scores: float32
+    (H,), their scores (mean over epochs, the run's F); scores_per_epoch: each epoch's
+    float32 (H,); num_tokens: int32 (H,), their scored tokens. auc: ROC-AUC of the held-out
+    rows against the pool's rows, on the mean scores (rows without scored tokens left out):
+    the chance that an unseen row of the target outscores a pool row; 1: the score puts the
+    target above the whole pool, 0.5: it does not tell the target from the pool.
+    auc_per_epoch: the same on each epoch's scores.
+    Pool rows like the target's count as negatives here, which pulls the AUC towards 0.5
+    as their share of the pool grows.
+    """
+
+    rows: np.ndarray
+    scores: np.ndarray
+    scores_per_epoch: list[np.ndarray]
+    num_tokens: np.ndarray
+    auc: float
+    auc_per_epoch: list[float]
 
 
 @dataclass
@@ -282,6 +345,8 @@ class ToVResult:
     disk_bytes: bytes under output_dir at the end (0 without one).
     history: per epoch, the base and val learning rates, step counts and training losses
     (named targets: ``val_steps`` and ``val_loss`` are {name: value}).
+    holdout: with ``holdout_fraction`` > 0, the `HoldoutCheck` of the validation set (named
+    targets: {name: HoldoutCheck}); None otherwise.
     """
 
     selected: Any
@@ -292,6 +357,7 @@ class ToVResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     per_target: dict[str, Any] | None = None
     overlap: dict[str, SelectionOverlap] | None = None
+    holdout: HoldoutCheck | dict[str, HoldoutCheck] | None = None
 
 
 def num_epochs(base_size: int, epochs: int | None = None) -> int:
@@ -328,6 +394,22 @@ def _targets(val: Any) -> list[_Target]:
                 f"with the epoch columns of target {match.group(1)!r}; rename it"
             )
     return [_Target(name, val[name]) for name in names]
+
+
+def _with_holdout(targets: list[_Target], config: ToVConfig) -> list[_Target]:
+    """``targets`` with their held-out rows (`holdout_split`); a validation set left with no
+    rows to train on is a ValueError naming ``holdout_fraction``."""
+    out = []
+    for target in targets:
+        held = holdout_split(len(target.val), config.holdout_fraction, config.seed)
+        if held.size and held.size >= len(target.val):
+            raise ValueError(
+                f"holdout_fraction={config.holdout_fraction} holds out all {len(target.val)} "
+                f"rows of {target.described}, leaving none for the val update; lower "
+                "holdout_fraction or pass more validation rows"
+            )
+        out.append(_Target(target.name, target.val, held))
+    return out
 
 
 def _counts(n: int | Mapping[str, int], targets: list[_Target]) -> dict[str | None, int]:
@@ -519,9 +601,10 @@ class _Run:
         )
         self.base_samples = training.encode_dataset(pool.select(base_indices), tokenizer,
                                                     **encode)
-        # {val adapter: its encoded validation set}
-        self.val_samples = {t.adapter: training.encode_dataset(t.val, tokenizer, **encode)
+        # {val adapter: its encoded validation set (the rows the val updates train on)}
+        self.val_samples = {t.adapter: training.encode_dataset(t.trained, tokenizer, **encode)
                             for t in targets}
+        self.held = {t.adapter: t.held for t in targets if t.held_rows.size}
         if not any(num_scored(s, task) for s in self.base_samples):
             raise ValueError(
                 "the base set (drawn from the pool) has no scored tokens: every sample is "
@@ -532,6 +615,15 @@ class _Run:
                 raise ValueError(
                     f"{target.described} has no scored tokens: every sample is empty after "
                     "tokenization and truncation"
+                )
+            held = self.held.get(target.adapter)
+            if held is not None and not any(
+                    num_scored(s, task) for s in training.encode_dataset(held, tokenizer,
+                                                                          **encode)):
+                raise ValueError(
+                    f"holdout_fraction={config.holdout_fraction}: the {len(held)} held-out rows "
+                    f"of {target.described} have no scored tokens (empty after tokenization "
+                    "and truncation); raise holdout_fraction or pass 0 for no held-out check"
                 )
         self.pad_token_id = models.pad_token_id(tokenizer)
         self.lrs = epoch_lrs(config.lr, config.epochs)
@@ -718,10 +810,43 @@ def _score_epoch(run: _Run, k: int) -> tuple[np.ndarray, np.ndarray]:
     return scores, counts
 
 
-def _trajectory(run: _Run) -> tuple[list[np.ndarray], np.ndarray, list[dict[str, Any]]]:
-    """All epochs: per-epoch scores (K, N), token counts and per-epoch history (resuming finished
-    epochs and shards from the manifest; a redone epoch invalidates everything after it)."""
-    per_epoch, history, counts = [], [], None
+def _score_holdout(run: _Run, k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{val adapter: (scores float32 (H,), scored-token counts int32 (H,))} of each target's
+    held-out rows at epoch k, by that target's val adapter (one file per target, one
+    manifest step per epoch; a finished step is read back)."""
+    step = _epoch_step(k, "holdout")
+    paths = {t.adapter: run.path(k, f"holdout/{t.directory}.parquet") if run.manifest else None
+             for t in run.targets if t.adapter in run.held}
+    if run.done(step):
+        with run.timed("io"):
+            held_tables = {adapter: storage.read_parquet(path) for adapter, path in paths.items()}
+    else:
+        _load_epoch(run, k, optimizer=False)
+        held_tables = {}
+        for i, target in enumerate(run.targets):
+            if target.adapter not in run.held:
+                continue
+            with run.timed("score"):
+                s, c = run.scorer.score_columns(run.held[target.adapter][:])
+            held_tables[target.adapter] = pa.table({
+                SCORE: pa.array(s.reshape(len(run.targets), -1)[i], pa.float32()),
+                NUM_TOKENS: pa.array(c, pa.int32()),
+            })
+        if run.manifest is not None:
+            with run.timed("io"):
+                written = [storage.write_parquet(paths[a], t) for a, t in held_tables.items()]
+                run.manifest.record(step, written)
+    return {adapter: (t.column(SCORE).to_numpy(), t.column(NUM_TOKENS).to_numpy())
+            for adapter, t in held_tables.items()}
+
+
+def _trajectory(run: _Run) -> tuple[list[np.ndarray], np.ndarray, list[dict[str, Any]],
+                                    list[dict[str, tuple[np.ndarray, np.ndarray]]]]:
+    """All epochs: per-epoch scores (K, N), token counts, per-epoch history and per-epoch
+    held-out scores (`_score_holdout`; empty dicts without a held-out check), resuming
+    finished epochs and shards from the manifest; a redone epoch invalidates everything
+    after it."""
+    per_epoch, history, held, counts = [], [], [], None
     for k in range(1, run.config.epochs + 1):
         step = _epoch_step(k, "train")
         if run.done(step):
@@ -734,14 +859,53 @@ def _trajectory(run: _Run) -> tuple[list[np.ndarray], np.ndarray, list[dict[str,
             _save_epoch(run, k, info)
         scores, counts = _score_epoch(run, k)
         per_epoch.append(scores)
+        held.append(_score_holdout(run, k) if run.held else {})
         history.append(info)
-    return per_epoch, counts, history
+    return per_epoch, counts, history, held
+
+
+def _holdout_check(target: _Target, held: list[tuple[np.ndarray, np.ndarray]],
+                   pool_scores: list[np.ndarray], pool_counts: np.ndarray) -> HoldoutCheck:
+    """The `HoldoutCheck` of one target from its per-epoch held-out (scores, counts) and the
+    pool's per-epoch scores float32 (N,) and counts int32 (N,)."""
+    held_counts = held[0][1]
+    scored_held, scored_pool = held_counts > 0, pool_counts > 0
+    positive = np.r_[np.ones(scored_held.sum(), bool), np.zeros(scored_pool.sum(), bool)]
+
+    def auc(held_scores: np.ndarray, pool: np.ndarray) -> float:
+        return roc_auc(np.r_[held_scores[scored_held], pool[scored_pool]], positive)
+
+    per_epoch = [s for s, _ in held]
+    mean = _mean_score(per_epoch)
+    return HoldoutCheck(
+        rows=target.held_rows, scores=mean, scores_per_epoch=per_epoch,
+        num_tokens=held_counts, auc=auc(mean, _mean_score(pool_scores)),
+        auc_per_epoch=[auc(s, p) for s, p in zip(per_epoch, pool_scores, strict=True)],
+    )
+
+
+def _holdout_checks(targets: list[_Target], held: list[dict[str, tuple[np.ndarray, np.ndarray]]],
+                    per_epoch: list[np.ndarray], counts: np.ndarray
+                    ) -> HoldoutCheck | dict[str, HoldoutCheck] | None:
+    """`ToVResult.holdout` from `_trajectory`'s per-epoch held-out and pool scores."""
+    checks = {t.name: _holdout_check(t, [h[t.adapter] for h in held],
+                                     [e[i] for e in per_epoch], counts)
+              for i, t in enumerate(targets) if t.held_rows.size}
+    if not checks:
+        return None
+    return checks[None] if None in checks else checks
+
+
+def _mean_score(per_epoch: list[np.ndarray]) -> np.ndarray:
+    """float32 (N,): the mean over epochs of per-epoch float32 (N,) scores (summed in
+    float64), the ``tov_score`` of a row."""
+    return np.mean(np.stack(per_epoch), axis=0, dtype=np.float64).astype(np.float32)
 
 
 def _scores_dataset(per_epoch: list[np.ndarray], counts: np.ndarray) -> pa.Table:
     """The scores table of one target: ``tov_row``, ``tov_score`` (mean of the epochs'
     float32 (N,) scores), ``tov_num_tokens``, ``tov_score_epoch_1..L``."""
-    mean = np.mean(np.stack(per_epoch), axis=0, dtype=np.float64).astype(np.float32)
+    mean = _mean_score(per_epoch)
     columns = {
         ROW: pa.array(np.arange(counts.size, dtype=np.int64)),
         SCORE: pa.array(mean),
@@ -875,7 +1039,8 @@ def tov_select(
     mapping {target name: n} with the targets' names as keys.
     output_dir: per-epoch adapters (``epoch_KKK/base``, ``epoch_KKK/val``, named targets
     ``epoch_KKK/val_<name>``, peft safetensors), base optimizer state, score shards
-    (``epoch_KKK/scores/shard_SSSSS.parquet``, one score column per target) and
+    (``epoch_KKK/scores/shard_SSSSS.parquet``, one score column per target), the held-out
+    rows' scores (``epoch_KKK/holdout/val[_<name>].parquet``, with ``holdout_fraction``) and
     ``manifest.json`` (recording every target's name and validation rows). A rerun with the
     same arguments resumes (finished epochs and shards are verified by checksum and
     skipped; the results are bit-identical on CPU, and on CUDA with
@@ -890,6 +1055,7 @@ def tov_select(
     targets = _targets(val)
     counts_by_target = _counts(n, targets)
     _check_data(config, pool, targets, counts_by_target)
+    targets = _with_holdout(targets, config)
     base_indices = draw_base_set(len(pool), config.base_size, config.seed)
     adapters = [BASE_ADAPTER, *(t.adapter for t in targets)]
     with (
@@ -904,7 +1070,7 @@ def tov_select(
         run = _Run(peft_model, tokenizer, pool, targets, base_indices, settings, manifest,
                    progress)
         run.timed.seconds["setup"] = time.perf_counter() - started
-        per_epoch, counts, history = _trajectory(run)
+        per_epoch, counts, history, held = _trajectory(run)
     with run.timed("select"):
         scores, selected, per_target, overlap = _selections(
             pool, targets, per_epoch, counts, counts_by_target, config, base_indices
@@ -921,4 +1087,5 @@ def tov_select(
         history=history,
         per_target=per_target,
         overlap=overlap,
+        holdout=_holdout_checks(targets, held, per_epoch, counts),
     )
