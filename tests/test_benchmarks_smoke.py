@@ -259,3 +259,28 @@ def test_less_vs_tov_runs_from_a_bundle(tmp_path):
     record = json.loads(path.read_text())
     assert record["config"]["from_bundle"] and record["config"]["pool"] == len(original["pool"])
     assert np.isfinite(record["summary"]["speedup_vs_less_published"])
+
+
+def test_holdout_check_tiny(tmp_path, monkeypatch):
+    """benchmarks/holdout_check.py on two tiny seeds: per-seed figures in range and
+    consistent, the summary their means; a rerun of the same settings reuses the seeds."""
+    from benchmarks import holdout_check
+
+    argv = ["--config", "lm_tweets_v3", "--tiny", "--seeds", "0,1", "--fraction", "0.3",
+            "--threads", "1", "--out-dir", str(tmp_path)]
+    path = holdout_check.main(argv)
+    record = json.loads(path.read_text())
+    per_seed = record["details"]["per_seed"]
+    assert [e["seed"] for e in per_seed] == [0, 1]
+    for e in per_seed:
+        assert e["held_out_rows"] == max(1, round(0.3 * e["val_rows"]))
+        assert len(e["held_out_scores"]) == e["held_out_rows"]
+        for k in ("holdout_auc", "holdout_auc_vs_nontarget", "pool_target_auc"):
+            assert 0 <= e[k] <= 1, k
+        assert e["abs_gap"] == pytest.approx(abs(e["holdout_auc_vs_nontarget"]
+                                                 - e["pool_target_auc"]))
+    for k in ("holdout_auc", "pool_target_auc", "abs_gap"):
+        assert record["summary"][f"{k}_mean"] == pytest.approx(np.mean([e[k] for e in per_seed]))
+    monkeypatch.setattr(holdout_check, "check_seed", lambda *a: pytest.fail("recomputed"))
+    again = json.loads(holdout_check.main(argv).read_text())
+    assert again["details"]["per_seed"] == per_seed
