@@ -980,6 +980,10 @@ def test_holdout_run_selects_as_a_run_on_the_kept_rows(tiny_tokenizer, pool, val
                                   held.holdout.scores_per_epoch)
     with pytest.raises(storage.ManifestMismatchError, match="holdout_fraction: 0.34 -> 0.5"):
         _run(tiny_tokenizer, pool, val, output_dir=tmp_path, **{**kw, "holdout_fraction": 0.5})
+    with pytest.raises(storage.ManifestMismatchError, match="holdout_fraction"):
+        _run(tiny_tokenizer, pool, val, output_dir=tmp_path, lora=lora)
+    # a manifest written without the option (before it existed) is the same run as 0
+    assert "holdout_fraction" not in trajectory.ToVConfig().record()
     model = tiny.causal_lm(tiny_tokenizer)
     for fraction, message in ((0.9, r"holdout_fraction=0.9 holds out all 3 rows of the "
                                      "validation set, leaving none"),

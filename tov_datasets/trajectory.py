@@ -117,8 +117,7 @@ MAX_DEFAULT_EPOCHS = 8
 # random_fraction and stratify_by_column act on the final selection only, so a rerun may
 # change them.
 _RECORDED = ("base_size", "epochs", "lr", "val_lr_ratio", "variant", "val_mode",
-             "val_optimizer", "transform", "batch_size", "seed", "max_length", "column_map",
-             "holdout_fraction")
+             "val_optimizer", "transform", "batch_size", "seed", "max_length", "column_map")
 _TIMED_STAGES = ("setup", "train_base", "train_val", "score", "io", "select")
 
 
@@ -287,8 +286,11 @@ class ToVConfig:
         )
 
     def record(self) -> dict[str, Any]:
-        """What the manifest records of the settings (``_RECORDED``, plus shard_rows)."""
-        return {**{name: getattr(self, name) for name in _RECORDED}, "shard_rows": SHARD_ROWS}
+        """What the manifest records of the settings (``_RECORDED``, plus shard_rows, and
+        holdout_fraction where > 0, so that a run begun before the option resumes)."""
+        held = {"holdout_fraction": self.holdout_fraction} if self.holdout_fraction else {}
+        return {**{name: getattr(self, name) for name in _RECORDED}, "shard_rows": SHARD_ROWS,
+                **held}
 
 
 @dataclass(frozen=True)
