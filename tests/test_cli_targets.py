@@ -393,3 +393,17 @@ def test_score_state_dir_holding_a_target_input_is_refused(inputs, tmp_path, cap
                            capsys)
     assert code == 2 and f"--state-dir {inputs['music']} is --val music" in err
     assert fx.snapshot(inputs["music"].parent) == snapshot and not out.exists()
+
+
+def test_holdout_check_per_target_in_the_run_record(inputs, tmp_path):
+    """--holdout-fraction with two targets: one check line per target in run.json and
+    report.md, each counting that target's held-out rows (2 of math's 8, 2 of music's 8)."""
+    out = tmp_path / "out"
+    assert cli.main(targets_argv(inputs, out, "--holdout-fraction", "0.25")) == 0
+    counts = json.loads((out / cli.RUN_FILE).read_text())["counts"]
+    text = (out / "report.md").read_text()
+    for name in TARGETS:
+        line = counts[f"held-out check ({name})"]
+        assert " of 2 validation rows kept out of the val updates against 48 pool rows" in line
+        assert 0 <= float(line.split()[1]) <= 1 and line in text
+    assert "held-out check" not in counts
