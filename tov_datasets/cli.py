@@ -597,7 +597,7 @@ def _trajectory(args: argparse.Namespace, flag: str, shown: Path, state_dir: Pat
         raise CliError(f"--{_one_line(e)}") from e
 
 
-def holdout_summary(result: Any, num_pool_rows: int) -> dict[str, str]:
+def _holdout_summary(result: Any, num_pool_rows: int) -> dict[str, str]:
     """{"held-out check[ (NAME)]": one line} per target of a run with --holdout-fraction
     (empty without): the AUC of its held-out validation rows against the pool."""
     if result.holdout is None:
@@ -610,6 +610,12 @@ def holdout_summary(result: Any, num_pool_rows: int) -> dict[str, str]:
             "score does not tell the target from the pool)"
         for name, check in checks.items()
     }
+
+
+def _log_holdout(result: Any, num_pool_rows: int) -> None:
+    """Log each line of `_holdout_summary` (nothing without --holdout-fraction)."""
+    for key, line in _holdout_summary(result, num_pool_rows).items():
+        log.info("%s: %s", key, line)
 
 
 STRATA_ARG = "stratify_by_column="
@@ -753,7 +759,7 @@ def _select_counts(args: argparse.Namespace, pool: Any, val: Any, model: Any, re
     if named:
         counts["selected by any target (union)"] = len(result.selected)
     counts.update({"random fraction": args.random_fraction, "length bins": args.bins})
-    counts.update(holdout_summary(result, len(pool)))
+    counts.update(_holdout_summary(result, len(pool)))
     if args.stratify_column:
         counts["label strata"] = (f"{args.stratify_column}: both parts in the validation "
                                   "set's label shares")
@@ -801,8 +807,7 @@ def _select(args: argparse.Namespace, out: Path, pool: Any, pool_format: str, va
         disk_bytes={"trajectory": result.disk_bytes, "total": directory_bytes(out)},
         sha256={name: sha256_file(out / name) for name in (*files, SCORES_FILE)},
     )
-    for key, line in holdout_summary(result, len(pool)).items():
-        log.info("%s: %s", key, line)
+    _log_holdout(result, len(pool))
     log.info("selected %d of %d rows -> %s", files[SELECTED_FILE].num_rows, len(pool),
              out / SELECTED_FILE)
 
@@ -937,8 +942,7 @@ def cmd_score(args: argparse.Namespace) -> None:
             random_fraction=0.0,
         )
         table = _scores_table(result, digest)
-        for key, line in holdout_summary(result, len(pool)).items():
-            log.info("%s: %s", key, line)
+        _log_holdout(result, len(pool))
     write_parquet(out, table)
     log.info("scored %d rows -> %s", len(pool), out)
 
