@@ -23,7 +23,9 @@ AUC does (predicted to hold; chat_labels_v2 the likeliest miss, its stored seeds
 non-target rows - the same run's pool-target AUC| is <= 0.10 (predicted to hold on
 lm_tweets_v3 and chat_long_v3, where both are near 1; uncertain on the others, with 6 and
 20 held-out rows a seed). Reported, not judged: the cost of holding rows out (the same
-run's pool-target AUC against the stored default's on the same seeds).
+run's pool-target AUC against the stored default's on the same seeds). Added after H54-H55
+were judged, to explain one seed: ``--by-answer`` (its own file, ``..._by_answer.json``)
+records each answer's count and mean score among the held-out and the pool's target rows.
 
     python benchmarks/holdout_check.py --config lm_tweets_v3 --seeds 10,11,12 --threads 1
 """
@@ -50,9 +52,10 @@ AVERAGED = ("holdout_auc", "holdout_auc_vs_nontarget", "pool_target_auc",
             "pool_target_auc_outside_u", "abs_gap", "stored_default_auc")
 
 
-def check_seed(s: quality.Setup, fraction: float) -> dict[str, Any]:
+def check_seed(s: quality.Setup, fraction: float, by_answer: bool = False) -> dict[str, Any]:
     """One seed: the held-out check of a `tov_select` at the configuration's settings
-    against the pool-target AUC of the same run (module doc)."""
+    against the pool-target AUC of the same run (module doc); ``by_answer`` (chat rows):
+    also the mean score and count per answer of the held-out and the pool's target rows."""
     r = quality.tov_result(s, "tov", holdout_fraction=fraction)
     check = r.holdout
     scores = tov.pool_scores(r)  # float64 (N,), pool order
@@ -66,6 +69,13 @@ def check_seed(s: quality.Setup, fraction: float) -> dict[str, Any]:
     vs_nontarget = roc_auc(np.r_[held, negatives],
                            np.r_[np.ones(held.size, bool), np.zeros(negatives.size, bool)])
     pool_auc = roc_auc(scores[scored], is_target[scored])
+    extra = {}
+    if by_answer:
+        held_answers = quality.answers(s.val.select(check.rows))
+        extra["by_answer"] = {
+            "held_out": answer_means(check.scores.astype(np.float64), held_answers),
+            "pool_target": answer_means(scores[is_target], quality.answers(s.pool)[is_target]),
+        }
     return {
         "seed": s.seed, "val_rows": len(s.val), "held_out_rows": int(len(check.rows)),
         "holdout_auc": check.auc, "holdout_auc_per_epoch": check.auc_per_epoch,
@@ -74,8 +84,16 @@ def check_seed(s: quality.Setup, fraction: float) -> dict[str, Any]:
         "pool_target_auc_outside_u": roc_auc(scores[scored & outside],
                                              is_target[scored & outside]),
         "abs_gap": abs(vs_nontarget - pool_auc),
-        "held_out_scores": check.scores.tolist(), "select_s": r.timings["total"],
+        "held_out_scores": check.scores.tolist(), "select_s": r.timings["total"], **extra,
     }
+
+
+def answer_means(scores: np.ndarray, answers: np.ndarray) -> dict[str, dict[str, float]]:
+    """{answer: {"rows": count, "mean_score": mean of ``scores``}} over float64 (R,) scores
+    and (R,) str answers."""
+    return {str(a): {"rows": int((answers == a).sum()),
+                     "mean_score": float(scores[answers == a].mean())}
+            for a in np.unique(answers)}
 
 
 def stored_default_aucs(config: str, path: Path | None = None) -> dict[int, float]:
@@ -104,6 +122,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--config", choices=sorted(CONFIGS), required=True)
     ap.add_argument("--seeds", required=True, help="comma list of the configuration's seeds")
     ap.add_argument("--fraction", type=float, default=0.2, help="holdout_fraction")
+    ap.add_argument("--by-answer", action="store_true",
+                    help="chat rows: also each answer's mean score among the held-out and the "
+                    "pool's target rows (added after H54-H55 were judged, to explain one seed)")
     ap.add_argument("--tiny", action="store_true", help="tiny random models (tests)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-dir", type=Path, default=None, help="default benchmarks/results")
@@ -115,10 +136,12 @@ def main(argv: list[str] | None = None) -> Path:
     seeds = [int(x) for x in a.seeds.split(",")]
     out_dir = a.out_dir or _common.RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = "_".join(x for x in ("holdout_check", a.config, "" if size == "full" else size) if x)
+    name = "_".join(x for x in ("holdout_check", a.config, "by_answer" if a.by_answer else "",
+                                "" if size == "full" else size) if x)
     path = out_dir / f"{name}.json"
     cfg = {"config": a.config, "size": size, "fraction": a.fraction, "seeds": seeds,
-           "threads": a.threads, "config_commit": quality.config_commit()}
+           "threads": a.threads, "config_commit": quality.config_commit(),
+           **({"by_answer": True} if a.by_answer else {})}
     # a rerun keeps the seeds a run of the same settings finished
     done = json.loads(path.read_text())["details"]["per_seed"] if path.exists() else []
     if done and json.loads(path.read_text())["config"] != cfg:
@@ -128,7 +151,7 @@ def main(argv: list[str] | None = None) -> Path:
     for seed in seeds:
         if any(e["seed"] == seed for e in per_seed):
             continue
-        entry = check_seed(quality.setup(config, size, seed), a.fraction)
+        entry = check_seed(quality.setup(config, size, seed), a.fraction, a.by_answer)
         entry["stored_default_auc"] = stored.get(seed)
         per_seed.append(entry)
         print(f"seed {seed}: held-out AUC {entry['holdout_auc']:.3f} (vs non-target "

@@ -284,3 +284,21 @@ def test_holdout_check_tiny(tmp_path, monkeypatch):
     monkeypatch.setattr(holdout_check, "check_seed", lambda *a: pytest.fail("recomputed"))
     again = json.loads(holdout_check.main(argv).read_text())
     assert again["details"]["per_seed"] == per_seed
+
+
+def test_holdout_check_by_answer_tiny(tmp_path):
+    """--by-answer writes its own file with each answer's count and mean score among the
+    held-out rows and the pool's target rows (counts: the held-out rows, the target rows)."""
+    from benchmarks import holdout_check
+
+    path = holdout_check.main(["--config", "chat_labels_v2", "--tiny", "--seeds", "0",
+                               "--by-answer", "--threads", "1", "--out-dir", str(tmp_path)])
+    assert path.name == "holdout_check_chat_labels_v2_by_answer_tiny.json"
+    entry = json.loads(path.read_text())["details"]["per_seed"][0]
+    held, target = entry["by_answer"]["held_out"], entry["by_answer"]["pool_target"]
+    assert sum(v["rows"] for v in held.values()) == entry["held_out_rows"]
+    assert sum(v["rows"] for v in target.values()) > 0
+    means = {a: v["mean_score"] for a, v in held.items()}
+    weighted = sum(v["rows"] * v["mean_score"] for v in held.values()) / entry["held_out_rows"]
+    assert weighted == pytest.approx(np.mean(entry["held_out_scores"]))
+    assert all(np.isfinite(list(means.values())))
