@@ -125,33 +125,29 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--by-answer", action="store_true",
                     help="chat rows: also each answer's mean score among the held-out and the "
                     "pool's target rows (added after H54-H55 were judged, to explain one seed)")
-    ap.add_argument("--tiny", action="store_true", help="tiny random models (tests)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out-dir", type=Path, default=None, help="default benchmarks/results")
+    _common.add_size_options(ap)
     a = ap.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(a.threads)
-    config, size = CONFIGS[a.config], "tiny" if a.tiny else "full"
+    size, data_size, label = _common.resolve_size(a)
+    config = CONFIGS[a.config]
     seeds = [int(x) for x in a.seeds.split(",")]
     out_dir = a.out_dir or _common.RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     name = "_".join(x for x in ("holdout_check", a.config, "by_answer" if a.by_answer else "",
                                 "" if size == "full" else size) if x)
     path = out_dir / f"{name}.json"
-    cfg = {"config": a.config, "size": size, "fraction": a.fraction, "seeds": seeds,
+    cfg = {"config": a.config, "size": label, "fraction": a.fraction, "seeds": seeds,
            "threads": a.threads, "config_commit": quality.config_commit(),
            **({"by_answer": True} if a.by_answer else {})}
     # a rerun keeps the seeds a run of the same settings finished
     done = json.loads(path.read_text())["details"]["per_seed"] if path.exists() else []
     if done and json.loads(path.read_text())["config"] != cfg:
         done = []
-    stored = {} if a.tiny else stored_default_aucs(a.config)
+    stored = stored_default_aucs(a.config) if label == "full" else {}
     per_seed = [e for e in done if e["seed"] in seeds]
     for seed in seeds:
         if any(e["seed"] == seed for e in per_seed):
             continue
-        entry = check_seed(quality.setup(config, size, seed), a.fraction, a.by_answer)
+        entry = check_seed(quality.setup(config, data_size, seed), a.fraction, a.by_answer)
         entry["stored_default_auc"] = stored.get(seed)
         per_seed.append(entry)
         print(f"seed {seed}: held-out AUC {entry['holdout_auc']:.3f} (vs non-target "
