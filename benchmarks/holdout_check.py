@@ -138,12 +138,11 @@ def main(argv: list[str] | None = None) -> Path:
     cfg = {"config": a.config, "size": label, "fraction": a.fraction, "seeds": seeds,
            "threads": a.threads, "config_commit": quality.config_commit(),
            **({"by_answer": True} if a.by_answer else {})}
-    # a rerun keeps the seeds a run of the same settings finished
-    done = json.loads(path.read_text())["details"]["per_seed"] if path.exists() else []
-    if done and json.loads(path.read_text())["config"] != cfg:
-        done = []
+    # a rerun of the same settings keeps the seeds it finished (written after each seed)
+    previous = json.loads(path.read_text()) if path.exists() else None
+    per_seed = (previous["details"]["per_seed"]
+                if previous is not None and previous["config"] == cfg else [])
     stored = stored_default_aucs(a.config) if label == "full" else {}
-    per_seed = [e for e in done if e["seed"] in seeds]
     for seed in seeds:
         if any(e["seed"] == seed for e in per_seed):
             continue
@@ -153,12 +152,8 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"seed {seed}: held-out AUC {entry['holdout_auc']:.3f} (vs non-target "
               f"{entry['holdout_auc_vs_nontarget']:.3f}), pool-target AUC "
               f"{entry['pool_target_auc']:.3f}, {entry['select_s']:.0f} s", flush=True)
-        summary = summarise(per_seed)
-        _common.write_result("holdout_check", cfg, summary, {"per_seed": per_seed},
+        _common.write_result("holdout_check", cfg, summarise(per_seed), {"per_seed": per_seed},
                              filename=str(path.resolve()))
-    summary = summarise(per_seed)
-    path = _common.write_result("holdout_check", cfg, summary, {"per_seed": per_seed},
-                                filename=str(path.resolve()))
     _common.print_table([{k: e.get(k) for k in ("seed", "held_out_rows", *AVERAGED)}
                          for e in per_seed], f"holdout check {a.config} ({size})")
     return path
