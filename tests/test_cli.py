@@ -232,6 +232,38 @@ def test_holdout_fraction_reports_the_check_and_refuses_too_few_rows(files, tmp_
     assert not (tmp_path / "none" / cli.RUN_FILE).exists()
 
 
+def test_scored_only_above_takes_the_whole_pick_by_score_where_the_check_passes(
+        files, tmp_path, capsys):
+    """--scored-only-above 0 (every AUC passes): all 12 rows by score, said in run.json;
+    rerun into the same --out with a threshold above the check's AUC: the trajectory is
+    reused and the pick keeps its 6 random rows; without --holdout-fraction, or outside
+    [0, 1], it exits 2 naming the flag before anything is loaded."""
+    out = tmp_path / "out"
+    assert _select(files, out, "--holdout-fraction", "0.25", "--scored-only-above", "0") == 0
+    counts = json.loads((out / cli.RUN_FILE).read_text())["counts"]
+    assert (counts["selected by score"], counts["selected at random"]) == (12, 0)
+    assert counts["held-out check"].endswith(
+        "; >= --scored-only-above 0.0: the whole pick by score")
+    auc = float(counts["held-out check"].split()[1])
+    assert auc < 1
+    assert _select(files, out, "--holdout-fraction", "0.25", "--scored-only-above", "1") == 0
+    counts = json.loads((out / cli.RUN_FILE).read_text())["counts"]
+    assert (counts["selected by score"], counts["selected at random"]) == (6, 6)
+    assert counts["resumed"] == "yes"
+    assert counts["held-out check"].endswith(
+        "; < --scored-only-above 1.0: the pick keeps its random part")
+    capsys.readouterr()
+    for extra, message in (
+            (["--scored-only-above", "0.9"],
+             "--scored-only-above=0.9 reads the held-out check: pass --holdout-fraction > 0 "
+             "with it (e.g. --holdout-fraction 0.2)"),
+            (["--holdout-fraction", "0.25", "--scored-only-above", "1.5"],
+             "--scored-only-above=1.5 must be in [0, 1] (an AUC)")):
+        assert _select(files, tmp_path / "bad", *extra) == 2
+        assert capsys.readouterr().err.strip() == f"tov select: error: {message}"
+        assert not (tmp_path / "bad").exists()
+
+
 def test_changed_arguments_on_rerun_exit_2(files, selected_run, capsys):
     out = selected_run[0]
     assert _select(files, out, "--seed", "1") == 2

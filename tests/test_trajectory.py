@@ -994,6 +994,40 @@ def test_holdout_run_selects_as_a_run_on_the_kept_rows(tiny_tokenizer, pool, val
     assert not hasattr(model, "peft_config")
 
 
+def _from_score(selection):
+    return np.asarray(selection["tov_from_score"], dtype=bool)
+
+
+def test_scored_only_above_drops_the_random_half_where_the_check_passes(
+        tiny_tokenizer, pool, targets, tmp_path):
+    """K = 3 named targets, holdout_fraction 0.34: with scored_only_above between the
+    targets' held-out AUCs, a target at or above it selects exactly as random_fraction 0
+    (every row by score), one below it exactly as the plain Score+Random pick (same
+    trajectory, resumed from output_dir); the option needs holdout_fraction > 0."""
+    kw = _select_kw(n=10, base_size=20, holdout_fraction=0.34, output_dir=tmp_path)
+    model = tiny.causal_lm(tiny_tokenizer)
+    plain = trajectory.tov_select(model, tiny_tokenizer, pool, targets, **kw)
+    scored = trajectory.tov_select(model, tiny_tokenizer, pool, targets, random_fraction=0.0,
+                                   **kw)
+    aucs = {name: check.auc for name, check in plain.holdout.items()}
+    assert len(set(aucs.values())) > 1, aucs  # the threshold can split the targets
+    threshold = float(np.median(list(aucs.values())))
+    switched = trajectory.tov_select(model, tiny_tokenizer, pool, targets,
+                                     scored_only_above=threshold, **kw)
+    assert switched.scores.data.table.equals(plain.scores.data.table)
+    for name, auc in aucs.items():
+        expected = scored if auc >= threshold else plain
+        assert _tables_equal(switched.per_target[name], expected.per_target[name]), name
+        assert _from_score(switched.per_target[name]).all() == (auc >= threshold)
+    assert sum(auc >= threshold for auc in aucs.values()) in (1, 2)
+    for value, fraction in ((0.9, 0.0), (1.5, 0.34)):
+        with pytest.raises(ValueError, match=rf"scored_only_above={value} must be in \[0, 1\] "
+                           rf"and needs holdout_fraction > 0 \(got {fraction}\)"):
+            trajectory.tov_select(model, tiny_tokenizer, pool, targets,
+                                  **{**kw, "holdout_fraction": fraction, "output_dir": None},
+                                  scored_only_above=value)
+
+
 @pytest.mark.parametrize("kind", ["causal_lm", "token_classification"])
 def test_interleaved_targets_match_a_reference_loop(tiny_tokenizer, pool, targets, kind):
     """Interleaved, K = 3: every target's per-epoch scores equal a hand-written loop whose

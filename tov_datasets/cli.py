@@ -468,6 +468,12 @@ def _check_numbers(args: argparse.Namespace) -> None:
     holdout = getattr(args, "holdout_fraction", None)
     if holdout is not None and not 0 <= holdout < 1:
         raise CliError(f"--holdout-fraction={holdout} must be in [0, 1) (0: no held-out check)")
+    threshold = getattr(args, "scored_only_above", None)
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise CliError(f"--scored-only-above={threshold} must be in [0, 1] (an AUC)")
+    if threshold is not None and not holdout:
+        raise CliError(f"--scored-only-above={threshold} reads the held-out check: pass "
+                       "--holdout-fraction > 0 with it (e.g. --holdout-fraction 0.2)")
     lr = getattr(args, "lr", None)
     if lr is not None and not (lr > 0 and math.isfinite(lr)):
         raise CliError(f"--lr={lr} must be > 0 and finite")
@@ -597,9 +603,11 @@ def _trajectory(args: argparse.Namespace, flag: str, shown: Path, state_dir: Pat
         raise CliError(f"--{_one_line(e)}") from e
 
 
-def _holdout_summary(result: Any, num_pool_rows: int) -> dict[str, str]:
+def _holdout_summary(result: Any, num_pool_rows: int, threshold: float | None = None
+                     ) -> dict[str, str]:
     """{"held-out check[ (NAME)]": one line} per target of a run with --holdout-fraction
-    (empty without): the AUC of its held-out validation rows against the pool."""
+    (empty without): the AUC of its held-out validation rows against the pool, and with
+    --scored-only-above (``threshold``) what it decided for the target's pick."""
     if result.holdout is None:
         return {}
     checks = result.holdout if isinstance(result.holdout, Mapping) else {None: result.holdout}
@@ -607,14 +615,24 @@ def _holdout_summary(result: Any, num_pool_rows: int) -> dict[str, str]:
         "held-out check" + ("" if name is None else f" ({name})"):
             f"AUC {check.auc:.3f} of {len(check.rows)} validation rows kept out of the val "
             f"updates against {num_pool_rows} pool rows (1: all above the pool, 0.5: the "
-            "score does not tell the target from the pool)"
+            "score does not tell the target from the pool)" + _switch_note(check.auc, threshold)
         for name, check in checks.items()
     }
 
 
-def _log_holdout(result: Any, num_pool_rows: int) -> None:
+def _switch_note(auc: float, threshold: float | None) -> str:
+    """What --scored-only-above decided for a target whose held-out check read ``auc``
+    (empty without the option)."""
+    if threshold is None:
+        return ""
+    if auc >= threshold:
+        return f"; >= --scored-only-above {threshold}: the whole pick by score"
+    return f"; < --scored-only-above {threshold}: the pick keeps its random part"
+
+
+def _log_holdout(result: Any, num_pool_rows: int, threshold: float | None = None) -> None:
     """Log each line of `_holdout_summary` (nothing without --holdout-fraction)."""
-    for key, line in _holdout_summary(result, num_pool_rows).items():
+    for key, line in _holdout_summary(result, num_pool_rows, threshold).items():
         log.info("%s: %s", key, line)
 
 
@@ -759,7 +777,7 @@ def _select_counts(args: argparse.Namespace, pool: Any, val: Any, model: Any, re
     if named:
         counts["selected by any target (union)"] = len(result.selected)
     counts.update({"random fraction": args.random_fraction, "length bins": args.bins})
-    counts.update(_holdout_summary(result, len(pool)))
+    counts.update(_holdout_summary(result, len(pool), args.scored_only_above))
     if args.stratify_column:
         counts["label strata"] = (f"{args.stratify_column}: both parts in the validation "
                                   "set's label shares")
@@ -776,6 +794,7 @@ def _select(args: argparse.Namespace, out: Path, pool: Any, pool_format: str, va
     resumed = _has_finished_steps(out / TRAJECTORY_DIR)
     result = _trajectory(args, "--out", out, out / TRAJECTORY_DIR, model, tokenizer, pool, val,
                          n=args.n, num_bins=args.bins, random_fraction=args.random_fraction,
+                         scored_only_above=args.scored_only_above,
                          stratify_by_column=args.stratify_column)
     stages.add(result.timings, TRAJECTORY_STAGES)
     (out / RUN_FILE).unlink(missing_ok=True)  # from here on the directory is unfinished
@@ -807,7 +826,7 @@ def _select(args: argparse.Namespace, out: Path, pool: Any, pool_format: str, va
         disk_bytes={"trajectory": result.disk_bytes, "total": directory_bytes(out)},
         sha256={name: sha256_file(out / name) for name in (*files, SCORES_FILE)},
     )
-    _log_holdout(result, len(pool))
+    _log_holdout(result, len(pool), args.scored_only_above)
     log.info("selected %d of %d rows -> %s", files[SELECTED_FILE].num_rows, len(pool),
              out / SELECTED_FILE)
 
@@ -1229,6 +1248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-column", help="pool column for the composition table and plot")
     _add_trajectory_options(p)
     _add_selection_options(p, targets=True)
+    p.add_argument("--scored-only-above", type=float, metavar="AUC", help=(
+        "with --holdout-fraction: a target whose held-out check reads an AUC >= this takes "
+        "its whole pick by score (no random part); below it, --random-fraction applies. "
+        "Default: --random-fraction always"))
     p.set_defaults(func=cmd_select)
 
     p = add("score", "ToV scores only (no selection)",

@@ -23,6 +23,8 @@ seed, is kept out of every val update and scored with the pool each epoch. The R
 those held-out rows against the pool's rows (`HoldoutCheck`) says whether the score ranks
 unseen rows of the target above the pool, that is whether it recognises the target at all,
 without labels on the pool; the val updates then see the rest of the validation set only.
+With ``scored_only_above``, a target whose check reads at least that AUC takes its whole
+pick by score (no random half).
 
 Several targets (``val`` a mapping name -> validation set, K >= 1): the base trajectory
 does not depend on the target, so each epoch trains the base once; step 2 runs per target,
@@ -114,8 +116,8 @@ MAX_DEFAULT_EPOCHS = 8
 
 # The settings a manifest records (with shard_rows): those that change the trained adapters
 # or the scores. lora is recorded through the adapter config (`_run_identity`); num_bins,
-# random_fraction and stratify_by_column act on the final selection only, so a rerun may
-# change them.
+# random_fraction, scored_only_above and stratify_by_column act on the final selection only,
+# so a rerun may change them.
 _RECORDED = ("base_size", "epochs", "lr", "val_lr_ratio", "variant", "val_mode",
              "val_optimizer", "transform", "batch_size", "seed", "max_length", "column_map")
 _TIMED_STAGES = ("setup", "train_base", "train_val", "score", "io", "select")
@@ -228,6 +230,10 @@ class ToVConfig:
     seed: draws U, the LoRA start, micro-batch order, dropout and the held-out rows.
     holdout_fraction: the share of each validation set kept out of the val updates and
     scored with the pool (`holdout_split`; module doc, `HoldoutCheck`); 0 (default): none.
+    scored_only_above: with holdout_fraction > 0, a target whose held-out check reads an AUC
+    >= this value (`HoldoutCheck.auc`) takes its whole pick by score (random_fraction 0): the
+    check says the score recognises the target, so the random half would only dilute the
+    pick; below it, random_fraction applies. None (default): random_fraction always.
     column_map: {user_column: canonical_column} (`tov_datasets.formats`; kept as a dict,
     None when empty).
     """
@@ -248,6 +254,7 @@ class ToVConfig:
     max_length: int | None = None
     seed: int = 0
     holdout_fraction: float = 0.0
+    scored_only_above: float | None = None
     column_map: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
@@ -271,6 +278,14 @@ class ToVConfig:
             raise ValueError(
                 f"holdout_fraction={self.holdout_fraction} must be in [0, 1) (0: no held-out "
                 "check)"
+            )
+        if self.scored_only_above is not None and not (
+            0 <= self.scored_only_above <= 1 and self.holdout_fraction > 0
+        ):
+            raise ValueError(
+                f"scored_only_above={self.scored_only_above} must be in [0, 1] and needs "
+                f"holdout_fraction > 0 (got {self.holdout_fraction}), e.g. "
+                "holdout_fraction=0.2: it reads the held-out check's AUC"
             )
         if not (self.lr > 0 and self.val_lr_ratio > 0 and self.batch_size >= 1):
             raise ValueError(
@@ -348,7 +363,9 @@ class ToVResult:
     history: per epoch, the base and val learning rates, step counts and training losses
     (named targets: ``val_steps`` and ``val_loss`` are {name: value}).
     holdout: with ``holdout_fraction`` > 0, the `HoldoutCheck` of the validation set (named
-    targets: {name: HoldoutCheck}); None otherwise.
+    targets: {name: HoldoutCheck}); None otherwise. With ``scored_only_above``, a target
+    whose check reads an AUC at or above it has every row of its pick chosen by score
+    (``tov_from_score`` all True).
     """
 
     selected: Any
@@ -933,14 +950,26 @@ def _with_columns(pool: Any, columns: pa.Table) -> Any:
                             info=datasets.DatasetInfo(features=features))
 
 
+def _random_fraction_of(config: ToVConfig, check: HoldoutCheck | None) -> float:
+    """The random share of a target's pick: 0 where ``config.scored_only_above`` is set and
+    the target's held-out ``check`` reads an AUC at or above it, else
+    ``config.random_fraction``."""
+    threshold = config.scored_only_above
+    if threshold is not None and check is not None and check.auc >= threshold:
+        return 0.0
+    return config.random_fraction
+
+
 def _select(pool: Any, scores: pa.Table, n: int, config: ToVConfig,
-            base_indices: np.ndarray, val: Any) -> Any:
+            base_indices: np.ndarray, val: Any, check: HoldoutCheck | None) -> Any:
     """The Score+Random selection of n pool rows by the one-target ``scores`` table (label
-    strata weighted by ``val``, the target's validation set, where configured)."""
+    strata weighted by ``val``, the target's validation set, where configured; the random
+    share from `_random_fraction_of` the target's held-out ``check``)."""
     column = config.stratify_by_column
     return select_by_score(
         _with_columns(pool, scores), n, num_bins=config.num_bins,
-        random_fraction=config.random_fraction, random_pool=base_indices, seed=config.seed,
+        random_fraction=_random_fraction_of(config, check), random_pool=base_indices,
+        seed=config.seed,
         mark_from_score=True, stratify_by_column=column,
         stratify_like=None if column is None else val,
     )
@@ -993,13 +1022,15 @@ def _overlap(rows: Mapping[str, np.ndarray],
 def _selections(
     pool: Any, targets: list[_Target], per_epoch: list[np.ndarray], counts: np.ndarray,
     counts_by_target: Mapping[str | None, int], config: ToVConfig, base_indices: np.ndarray,
+    holdout: HoldoutCheck | dict[str, HoldoutCheck] | None,
 ) -> tuple[pa.Table, Any, dict[str, Any] | None, dict[str, SelectionOverlap] | None]:
     """(scores table, selected, per_target, overlap) of `ToVResult` from the per-epoch
-    scores float32 (K, N) and token counts (N,)."""
+    scores float32 (K, N), token counts (N,) and the held-out checks (`ToVResult.holdout`)."""
     single = {t.name: _scores_dataset([e[i] for e in per_epoch], counts)
               for i, t in enumerate(targets)}
+    checks = holdout if isinstance(holdout, dict) else {None: holdout}
     per_target = {t.name: _select(pool, single[t.name], counts_by_target[t.name], config,
-                                  base_indices, t.val) for t in targets}
+                                  base_indices, t.val, checks.get(t.name)) for t in targets}
     if None in single:  # one validation set
         return single[None], per_target[None], None, None
     scores = _named_scores(single, len(per_epoch))
@@ -1047,8 +1078,9 @@ def tov_select(
     same arguments resumes (finished epochs and shards are verified by checksum and
     skipped; the results are bit-identical on CPU, and on CUDA with
     ``torch.use_deterministic_algorithms(True)``); other arguments
-    raise `storage.ManifestMismatchError`. ``n``, ``num_bins`` and ``random_fraction`` only
-    act on the final selection, so they may change between reruns (the scores are reused).
+    raise `storage.ManifestMismatchError`. ``n``, ``num_bins``, ``random_fraction`` and
+    ``scored_only_above`` only act on the final selection, so they may change between reruns
+    (the scores are reused).
     progress: a tqdm-like factory, ``progress(total=..., desc=...)`` -> object with
     ``update(k)`` and ``close()`` (e.g. ``tqdm.tqdm``); default: quiet.
     """
@@ -1074,8 +1106,9 @@ def tov_select(
         run.timed.seconds["setup"] = time.perf_counter() - started
         per_epoch, counts, history, held = _trajectory(run)
     with run.timed("select"):
+        holdout = _holdout_checks(targets, held, per_epoch, counts)
         scores, selected, per_target, overlap = _selections(
-            pool, targets, per_epoch, counts, counts_by_target, config, base_indices
+            pool, targets, per_epoch, counts, counts_by_target, config, base_indices, holdout
         )
     import datasets
 
@@ -1089,5 +1122,5 @@ def tov_select(
         history=history,
         per_target=per_target,
         overlap=overlap,
-        holdout=_holdout_checks(targets, held, per_epoch, counts),
+        holdout=holdout,
     )
