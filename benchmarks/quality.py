@@ -78,6 +78,11 @@ GATE_MIN_GAIN_PCT, GATE_MIN_T = 3.0, 4.0
 LEARNED_ENTROPY_RATIO, LEARNED_LM_GAIN = 0.6, 0.03
 # ToV's selection variants computed from the scores of the "tov" run (no second trajectory)
 DERIVED = {"tov_score_only": {"random_fraction": 0.0}, "tov_nobins": {"num_bins": 1}}
+# "tov_holdout" (the held-out check's switch, `tov.HOLDOUT_SWITCH`) also yields, from the
+# same scores, the two picks the switch chooses between: Score+Random and the scored pick
+# alone; its own pick equals one of them on every seed
+HOLDOUT = "tov_holdout"
+HOLDOUT_DERIVED = {"tov_holdout_sr": {}, "tov_holdout_scored": {"random_fraction": 0.0}}
 # with Config.strata: "tov" also derives STRATA_PICK (its score, the scored half split over
 # the labels in the validation set's proportions); STRATA_RANDOM fills the same label quotas
 # with a uniform random score (same U and random half): the gain of the label column alone.
@@ -327,16 +332,26 @@ def _run_tov(name: str, s: Setup) -> dict[str, dict[str, Any]]:
     counts = np.asarray(table.column("tov_num_tokens").to_numpy())[order]
     extra = {"timings": r.timings, "base_indices": r.base_indices.tolist(),
              "epoch_scores": epochs, "history": r.history}
+    if r.holdout is not None:
+        extra["holdout"] = {
+            "auc": r.holdout.auc, "rows": int(len(r.holdout.rows)),
+            "scored_only": bool(np.all(r.selected.data.column("tov_from_score").to_numpy()))}
     out = {name: {"idx": tov.selected_rows(r), "scores": scores, "extra": extra}}
-    if name == "tov":
-        for derived in (p for p in tov_picks(s.config) if p != "tov"):
-            idx = (score_random_pick(s, scores, counts, r.base_indices, **DERIVED[derived])
-                   if derived in DERIVED else
-                   strata_pick(s, scores, counts, r.base_indices,
-                               whole=derived == STRATA_ALL_PICK))
-            out[derived] = {"idx": idx, "scores": scores,
-                            "extra": {**extra, "derived_from": "tov"}}
+    options = {**DERIVED, **HOLDOUT_DERIVED}
+    for derived in (p for p in picks_of(s.config, name) if p != name):
+        idx = (score_random_pick(s, scores, counts, r.base_indices, **options[derived])
+               if derived in options else
+               strata_pick(s, scores, counts, r.base_indices, whole=derived == STRATA_ALL_PICK))
+        out[derived] = {"idx": idx, "scores": scores, "extra": {**extra, "derived_from": name}}
     return out
+
+
+def picks_of(config: Config, method: str) -> list[str]:
+    """The picks that ``method``'s run yields and that are fine-tuned: `tov_picks` for
+    "tov", the switch and HOLDOUT_DERIVED for HOLDOUT, else the method alone."""
+    if method == "tov":
+        return tov_picks(config)
+    return [HOLDOUT, *HOLDOUT_DERIVED] if method == HOLDOUT else [method]
 
 
 def tov_picks(config: Config) -> list[str]:
@@ -567,6 +582,10 @@ def summarise(per_seed: list[dict[str, Any]], methods: list[str]) -> dict[str, A
                      if "auc_vs_source" in r.get("ranking", {})]
         if by_source:
             st["auc_vs_source"] = mean_by_key(by_source)
+        checks = [r["holdout"] for r in rows if r.get("holdout")]
+        if checks:  # the held-out check of the run the pick came from, and its decision
+            st["holdout_auc_by_seed"] = [c["auc"] for c in checks]
+            st["holdout_scored_only_seeds"] = sum(c["scored_only"] for c in checks)
         stats[m] = st
     selectors = [m for m in stats if m not in CONTROLS]
     for m in selectors:
@@ -727,7 +746,7 @@ class Runner:
     def evaluate(self, seed: int, method: str) -> None:
         """Select with ``method`` (and its derived variants), fine-tune, test; saved per
         pick, so a run stopped between a method's picks fine-tunes only the missing ones."""
-        names = tov_picks(self.config) if method == "tov" else [method]
+        names = picks_of(self.config, method)
         if all(self.progress.get(f"{seed}/{name}") is not None for name in names):
             return
         s = self.setup(seed)
@@ -748,7 +767,8 @@ class Runner:
                 "answer_shares": answer_shares(s, pick["idx"]), "ranking": ranking,
                 "select_s": t_select, "n": int(len(pick["idx"])),
                 "idx": np.asarray(pick["idx"], dtype=np.int64).tolist(),
-                "timings": pick["extra"].get("timings"), "history": pick["extra"].get("history")})
+                "timings": pick["extra"].get("timings"), "history": pick["extra"].get("history"),
+                **({"holdout": pick["extra"]["holdout"]} if "holdout" in pick["extra"] else {})})
             print(f"seed {seed} {name:16s} loss {loss:.4f} target "
                   f"{100 * s.is_target[pick['idx']].mean():5.1f}% auc "
                   f"{ranking.get('auc', float('nan')):.3f} ({time.perf_counter() - t0:.0f}s)",
@@ -893,7 +913,8 @@ def main(argv: list[str] | None = None) -> Path:
                     f"{DEFAULT_METHODS}); random and oracle always run; 'tov' adds "
                     f"{sorted(DERIVED)} (and {STRATA_PICK} where the configuration has "
                     f"strata, which also offers {STRATA_RANDOM} and {STRATA_ALL_RANDOM}; "
-                    "Config.tov_picks may choose others); variants: "
+                    f"Config.tov_picks may choose others); {HOLDOUT} adds "
+                    f"{sorted(HOLDOUT_DERIVED)}; variants: "
                     f"{sorted(tov.VARIANTS)} "
                     "and tov_rank<r>, tov_epochs<L>; "
                     f"<baseline>{SCORE_RANDOM}: a baseline's score picked in ToV's shape")

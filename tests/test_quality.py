@@ -707,3 +707,36 @@ def test_strata_picks_split_the_scored_half_and_whole_pick_over_the_validation_l
                                               tov_picks=("tov_nobody",)))
     assert quality.tov_picks(CONFIGS["chat_labels_v3"]) == [
         "tov", "tov_score_only", "tov_nobins", "tov_strata"]
+
+
+def test_tov_holdout_yields_the_switch_and_the_two_picks_it_chooses_between(tmp_path):
+    """``tov_holdout`` (a fifth of the validation set held out, `tov.HOLDOUT_SWITCH`): per
+    seed its pick is the Score+Random pick (``tov_holdout_sr``) where the held-out AUC is
+    below 0.875, the scored pick alone (``tov_holdout_scored``) at or above it; the derived
+    picks equal the library's own picks from the same run with a fixed random share; the
+    check and its decision are recorded per seed and summarised."""
+    path = quality.main(["--config", "lm_tweets", "--tiny", "--threads", "1", "--force",
+                         "--methods", "tov_holdout", "--out-dir", str(tmp_path)])
+    record = json.loads(path.read_text())
+    per_seed = record["details"]["per_seed"]
+    stats = record["details"]["stats"]
+    assert quality.tov.HOLDOUT_SWITCH == {"holdout_fraction": 0.2, "scored_only_above": 0.875}
+    for seed in (0, 1):
+        picks = {r["method"]: r for r in per_seed if r["seed"] == seed}
+        check = picks["tov_holdout"]["holdout"]
+        assert all(picks[m]["holdout"] == check for m in quality.HOLDOUT_DERIVED)
+        chosen = "tov_holdout_scored" if check["auc"] >= 0.875 else "tov_holdout_sr"
+        assert check["scored_only"] == (chosen == "tov_holdout_scored")
+        assert picks["tov_holdout"]["idx"] == picks[chosen]["idx"]
+        assert picks["tov_holdout"]["test_loss"] == picks[chosen]["test_loss"]
+        s = quality.setup(CONFIGS["lm_tweets"], "tiny", seed)
+        for name, fraction in (("tov_holdout_sr", 0.5), ("tov_holdout_scored", 0.0)):
+            r = quality.tov_result(s, "tov_holdout", scored_only_above=None,
+                                   random_fraction=fraction)
+            assert r.holdout.auc == check["auc"] and len(r.holdout.rows) == check["rows"]
+            assert quality.tov.selected_rows(r).tolist() == picks[name]["idx"], (seed, name)
+    assert stats["tov_holdout"]["holdout_auc_by_seed"] == [
+        r["holdout"]["auc"] for r in per_seed if r["method"] == "tov_holdout"]
+    assert stats["tov_holdout"]["holdout_scored_only_seeds"] == sum(
+        r["holdout"]["scored_only"] for r in per_seed if r["method"] == "tov_holdout")
+    assert "holdout" not in stats["random"] and "holdout_auc_by_seed" not in stats["random"]
