@@ -757,7 +757,14 @@ class Runner:
             pick = picks[name]
             if self.progress.get(f"{seed}/{name}") is not None:
                 continue
-            loss, curve = pick_test_loss(s, pick["idx"], self.budget)
+            idx = np.asarray(pick["idx"], dtype=np.int64).tolist()
+            # a pick of the same rows as one of its run's picks already fine-tuned (the
+            # switch's pick is one of HOLDOUT_DERIVED's) reuses that fine-tune: the
+            # fine-tune depends on the rows and the seed alone
+            same = [r for r in (self.progress.get(f"{seed}/{other}") for other in names)
+                    if r is not None and r["idx"] == idx]
+            loss, curve = ((same[0]["test_loss"], same[0]["test_curve"]) if same
+                           else pick_test_loss(s, pick["idx"], self.budget))
             ranking = ranking_metrics(s, pick["scores"], pick["extra"])
             self.progress.put(f"{seed}/{name}", {
                 "seed": seed, "method": name, "test_loss": loss, "test_curve": curve,
@@ -766,8 +773,8 @@ class Runner:
                 "entity_share": entity_share(s, pick["idx"]),
                 "answer_shares": answer_shares(s, pick["idx"]), "ranking": ranking,
                 "select_s": t_select, "n": int(len(pick["idx"])),
-                "idx": np.asarray(pick["idx"], dtype=np.int64).tolist(),
-                "timings": pick["extra"].get("timings"), "history": pick["extra"].get("history"),
+                "idx": idx, "timings": pick["extra"].get("timings"),
+                "history": pick["extra"].get("history"),
                 **({"holdout": pick["extra"]["holdout"]} if "holdout" in pick["extra"] else {})})
             print(f"seed {seed} {name:16s} loss {loss:.4f} target "
                   f"{100 * s.is_target[pick['idx']].mean():5.1f}% auc "

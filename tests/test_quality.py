@@ -709,12 +709,18 @@ def test_strata_picks_split_the_scored_half_and_whole_pick_over_the_validation_l
         "tov", "tov_score_only", "tov_nobins", "tov_strata"]
 
 
-def test_tov_holdout_yields_the_switch_and_the_two_picks_it_chooses_between(tmp_path):
+def test_tov_holdout_yields_the_switch_and_the_two_picks_it_chooses_between(tmp_path,
+                                                                           monkeypatch):
     """``tov_holdout`` (a fifth of the validation set held out, `tov.HOLDOUT_SWITCH`): per
     seed its pick is the Score+Random pick (``tov_holdout_sr``) where the held-out AUC is
-    below 0.875, the scored pick alone (``tov_holdout_scored``) at or above it; the derived
-    picks equal the library's own picks from the same run with a fixed random share; the
-    check and its decision are recorded per seed and summarised."""
+    below 0.875, the scored pick alone (``tov_holdout_scored``) at or above it, and that
+    pick's fine-tune is reused (two per seed, not three); the derived picks equal the
+    library's own picks from the same run with a fixed random share; the check and its
+    decision are recorded per seed and summarised."""
+    fine_tuned = []
+    real = quality.pick_test_loss
+    monkeypatch.setattr(quality, "pick_test_loss", lambda s, idx, budget: (
+        fine_tuned.append((s.seed, tuple(idx))) or real(s, idx, budget)))
     path = quality.main(["--config", "lm_tweets", "--tiny", "--threads", "1", "--force",
                          "--methods", "tov_holdout", "--out-dir", str(tmp_path)])
     record = json.loads(path.read_text())
@@ -729,6 +735,9 @@ def test_tov_holdout_yields_the_switch_and_the_two_picks_it_chooses_between(tmp_
         assert check["scored_only"] == (chosen == "tov_holdout_scored")
         assert picks["tov_holdout"]["idx"] == picks[chosen]["idx"]
         assert picks["tov_holdout"]["test_loss"] == picks[chosen]["test_loss"]
+        holdout_runs = [tuple(picks[m]["idx"]) for m in quality.HOLDOUT_DERIVED]
+        assert sorted(t for sd, t in fine_tuned if sd == seed and t in holdout_runs) == sorted(
+            holdout_runs) and holdout_runs[0] != holdout_runs[1]
         s = quality.setup(CONFIGS["lm_tweets"], "tiny", seed)
         for name, fraction in (("tov_holdout_sr", 0.5), ("tov_holdout_scored", 0.0)):
             r = quality.tov_result(s, "tov_holdout", scored_only_above=None,
