@@ -762,7 +762,7 @@ class Runner:
             # switch's pick is one of HOLDOUT_DERIVED's) reuses that fine-tune: the
             # fine-tune depends on the rows and the seed alone
             same = [r for r in (self.progress.get(f"{seed}/{other}") for other in names)
-                    if r is not None and r["idx"] == idx]
+                    if r is not None and r.get("idx") == idx]
             loss, curve = ((same[0]["test_loss"], same[0]["test_curve"]) if same
                            else pick_test_loss(s, pick["idx"], self.budget))
             ranking = ranking_metrics(s, pick["scores"], pick["extra"])

@@ -93,8 +93,9 @@ def test_ner_coarse_silver_sentences_follow_silver_seed(monkeypatch):
 @pytest.fixture
 def fake_seed_runner(tmp_path, monkeypatch):
     """make(config, epochs, names, curve) -> (Runner, Progress) on a fake 4-row seed 8 (rows
-    0 and 2 are target rows): every selector picks rows 0 and 1 under ``names`` (default: the
-    method's own name), and a fine-tune for e epochs returns ``curve(e)``."""
+    0 and 2 are target rows): every selector yields the picks ``names`` (default: the
+    method's own name), the i-th of rows 0 and 1 + i % 3 (distinct picks, each fine-tuned),
+    and a fine-tune for e epochs returns ``curve(e)``."""
     from types import SimpleNamespace
 
     fake = SimpleNamespace(seed=8, is_target=np.array([True, False, True, False]),
@@ -106,7 +107,8 @@ def fake_seed_runner(tmp_path, monkeypatch):
     def make(config, epochs, names, curve):
         fake.config = config
         monkeypatch.setattr(quality, "run_selector", lambda name, s: {
-            m: {"idx": np.array([0, 1]), "scores": None, "extra": {}} for m in names or [name]})
+            m: {"idx": np.array([0, 1 + i % 3]), "scores": None, "extra": {}}
+            for i, m in enumerate(names or [name])})
         monkeypatch.setattr(quality, "finetune_curve",
                             lambda s, idx, lr, epochs, held, sched: curve(epochs))
         progress = quality.Progress(tmp_path / "p.json", {"k": 1})
