@@ -142,7 +142,7 @@ QUALITY_CONFIGS = ("ner_coarse", "ner_coarse_v2", "ner_coarse_v3", "ner_coarse_v
                    "ner_coarse_v9",
                    "lm_tweets", "lm_tweets_v2", "lm_news", "chat_long", "chat_long_v2",
                    "chat_long_v3", "lm_tweets_v3", "chat_labels", "chat_labels_v2",
-                   "chat_labels_v3", "chat_labels_v4")
+                   "chat_labels_v3", "chat_labels_v4", "lm_tweets_v4", "chat_labels_v5")
 
 
 def _num(x: object, fmt: str) -> str:
@@ -157,14 +157,17 @@ def _schedule_note(summary: dict) -> str:
 # (methods in the JSON, column head) of the scoreboard: the library's default ToV (F
 # identity, val rule fresh), the same with val rule sgd, with F abs, its pick without the
 # random half, its pick in the validation set's label quotas (the scored half, or the whole
-# pick), and the baselines a user would reach for instead; a column shows the first of its
-# methods a result holds, naming any but the first (LESS projected, else unprojected)
+# pick), the held-out check's switch (`tov_select(scored_only_above=...)`), and the
+# baselines a user would reach for instead; a column shows the first of its methods a
+# result holds, naming any but the first (LESS projected, else unprojected)
+SWITCH = "tov_holdout"  # quality.HOLDOUT: the switch's pick (its run's check per seed)
 SCOREBOARD = ((("tov",), "ToV, library default (F identity, val rule fresh)"),
               (("tov_val_sgd",), "ToV, F identity, val rule sgd"),
               (("tov_abs",), "ToV, F abs"),
               (("tov_score_only",), "ToV identity, no random half"),
               (("tov_strata",), "ToV identity, label strata"),
               (("tov_strata_all",), "ToV identity, whole pick in label strata"),
+              ((SWITCH,), "ToV identity, held-out check's switch"),
               (("embedding",), "embedding similarity"), (("less", "less_unprojected"), "LESS"))
 
 
@@ -246,8 +249,20 @@ def render_quality() -> str:
                 f"{_num(st['oracle_capture_high'], '{:.2f}')}) | "
                 f"{100 * st['target_share']:.1f} | {_num(st.get('auc'), '{:.3f}')} | "
                 f"{_num(st.get('precision_at_n'), '{:.3f}')} |")
-        out += ["", *_by_source(d["stats"])]
+        out += ["", *_holdout_line(d["stats"]), *_by_source(d["stats"])]
     return "\n".join(out)
+
+
+def _holdout_line(stats: dict[str, dict]) -> list[str]:
+    """The held-out check of the switch's run: its AUC by seed and on how many seeds the
+    switch took the scored pick alone; empty where the switch did not run."""
+    st = stats.get(SWITCH)
+    if st is None or "holdout_auc_by_seed" not in st:
+        return []
+    aucs = st["holdout_auc_by_seed"]
+    return [f"Held-out check of `{SWITCH}`'s run: AUC by seed "
+            + ", ".join(f"{a:.4f}" for a in aucs) + f"; the whole pick by score on "
+            f"{st['holdout_scored_only_seeds']} of {len(aucs)} seeds.", ""]
 
 
 def _by_source(stats: dict[str, dict]) -> list[str]:
