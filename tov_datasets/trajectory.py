@@ -905,14 +905,12 @@ def _holdout_check(target: _Target, held: list[tuple[np.ndarray, np.ndarray]],
 
 def _holdout_checks(targets: list[_Target], held: list[dict[str, tuple[np.ndarray, np.ndarray]]],
                     per_epoch: list[np.ndarray], counts: np.ndarray
-                    ) -> HoldoutCheck | dict[str, HoldoutCheck] | None:
-    """`ToVResult.holdout` from `_trajectory`'s per-epoch held-out and pool scores."""
-    checks = {t.name: _holdout_check(t, [h[t.adapter] for h in held],
-                                     [e[i] for e in per_epoch], counts)
-              for i, t in enumerate(targets) if t.held_rows.size}
-    if not checks:
-        return None
-    return checks[None] if None in checks else checks
+                    ) -> dict[str | None, HoldoutCheck]:
+    """{target name (None: one validation set): its `HoldoutCheck`} from `_trajectory`'s
+    per-epoch held-out and pool scores; empty without held-out rows."""
+    return {t.name: _holdout_check(t, [h[t.adapter] for h in held],
+                                   [e[i] for e in per_epoch], counts)
+            for i, t in enumerate(targets) if t.held_rows.size}
 
 
 def _mean_score(per_epoch: list[np.ndarray]) -> np.ndarray:
@@ -1022,13 +1020,12 @@ def _overlap(rows: Mapping[str, np.ndarray],
 def _selections(
     pool: Any, targets: list[_Target], per_epoch: list[np.ndarray], counts: np.ndarray,
     counts_by_target: Mapping[str | None, int], config: ToVConfig, base_indices: np.ndarray,
-    holdout: HoldoutCheck | dict[str, HoldoutCheck] | None,
+    checks: Mapping[str | None, HoldoutCheck],
 ) -> tuple[pa.Table, Any, dict[str, Any] | None, dict[str, SelectionOverlap] | None]:
     """(scores table, selected, per_target, overlap) of `ToVResult` from the per-epoch
-    scores float32 (K, N), token counts (N,) and the held-out checks (`ToVResult.holdout`)."""
+    scores float32 (K, N), token counts (N,) and the held-out checks (`_holdout_checks`)."""
     single = {t.name: _scores_dataset([e[i] for e in per_epoch], counts)
               for i, t in enumerate(targets)}
-    checks = holdout if isinstance(holdout, dict) else {None: holdout}
     per_target = {t.name: _select(pool, single[t.name], counts_by_target[t.name], config,
                                   base_indices, t.val, checks.get(t.name)) for t in targets}
     if None in single:  # one validation set
@@ -1106,9 +1103,9 @@ def tov_select(
         run.timed.seconds["setup"] = time.perf_counter() - started
         per_epoch, counts, history, held = _trajectory(run)
     with run.timed("select"):
-        holdout = _holdout_checks(targets, held, per_epoch, counts)
+        checks = _holdout_checks(targets, held, per_epoch, counts)
         scores, selected, per_target, overlap = _selections(
-            pool, targets, per_epoch, counts, counts_by_target, config, base_indices, holdout
+            pool, targets, per_epoch, counts, counts_by_target, config, base_indices, checks
         )
     import datasets
 
@@ -1122,5 +1119,5 @@ def tov_select(
         history=history,
         per_target=per_target,
         overlap=overlap,
-        holdout=holdout,
+        holdout=checks.get(None, checks) if checks else None,
     )
